@@ -1,1 +1,538 @@
-//! TODO
+//! The durable record of where the bridge is: one RocksDB database holding
+//! - `checkpoints`: next 4.x offset to forward, per (route, source queue);
+//! - `journal`: every cutover-percent change with the per-queue offsets at
+//!   which it took effect;
+//! - `quarantine`: messages 5.x permanently rejected, with the reason.
+//!
+//! This module never talks to a cluster; the pipeline calls it. Writes are
+//! batched (one `WriteBatch` per flush) and, when configured, fsynced, so a
+//! power loss cannot move a checkpoint backwards past what 5.x acknowledged.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+const CF_CHECKPOINTS: &str = "checkpoints";
+const CF_JOURNAL: &str = "journal";
+const CF_QUARANTINE: &str = "quarantine";
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 4] = [CF_CHECKPOINTS, CF_JOURNAL, CF_QUARANTINE, CF_META];
+
+/// A 4.x source queue: positions are per (broker name, queue id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceQueue {
+    pub broker_name: String,
+    pub queue_id: i32,
+}
+
+impl fmt::Display for SourceQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.broker_name, self.queue_id)
+    }
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    Open { dir: PathBuf, reason: String },
+    Write { dir: PathBuf, reason: String },
+    Read { dir: PathBuf, reason: String },
+    Corrupt { what: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open { dir, reason } if reason.contains("lock") => write!(
+                f,
+                "checkpoint store {} is locked: another rmq-bridge process is using it ({reason}); stop that process first (or point checkpoint.dir elsewhere)",
+                dir.display()
+            ),
+            StoreError::Open { dir, reason } => write!(
+                f,
+                "cannot open checkpoint store {}: {reason}; check the directory exists and is writable by the bridge",
+                dir.display()
+            ),
+            StoreError::Write { dir, reason } => write!(
+                f,
+                "cannot write checkpoint store {}: {reason}; if the disk is full, free space — the bridge keeps its place and retries",
+                dir.display()
+            ),
+            StoreError::Read { dir, reason } => {
+                write!(f, "cannot read checkpoint store {}: {reason}", dir.display())
+            }
+            StoreError::Corrupt { what } => write!(f, "checkpoint store holds a corrupt entry: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// One queue's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Next offset to forward.
+    pub offset: i64,
+    /// When it was written (unix ms).
+    pub updated_ms: i64,
+}
+
+/// A cutover change as it took effect on one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub route: String,
+    pub generation: u64,
+    pub from_percent: u8,
+    pub to_percent: u8,
+    pub changed_at_ms: i64,
+    /// Queue and offset of the first message decided under the new percent;
+    /// `None` for the entry written when the change was accepted.
+    pub queue: Option<SourceQueue>,
+    pub offset: Option<i64>,
+    pub note: String,
+}
+
+/// A message 5.x permanently rejected (or translation refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub route: String,
+    pub queue: SourceQueue,
+    pub offset: i64,
+    pub message_id: String,
+    pub reason: String,
+    pub quarantined_at_ms: i64,
+    /// The translated message as JSON (body base64), ready to replay; empty
+    /// when translation itself failed (replay then re-reads the source).
+    pub message_json: String,
+}
+
+/// The checkpoint store. Cheap to clone.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    db: Arc<DB>,
+    dir: PathBuf,
+    sync: bool,
+}
+
+impl fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointStore").field("dir", &self.dir).finish()
+    }
+}
+
+fn queue_key(route: &str, queue: &SourceQueue) -> Vec<u8> {
+    let mut k = Vec::with_capacity(route.len() + queue.broker_name.len() + 6);
+    k.extend_from_slice(route.as_bytes());
+    k.push(0);
+    k.extend_from_slice(queue.broker_name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&queue.queue_id.to_be_bytes());
+    k
+}
+
+fn route_prefix(route: &str) -> Vec<u8> {
+    let mut k = route.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn parse_queue_key(key: &[u8]) -> Option<(String, SourceQueue)> {
+    let first = key.iter().position(|b| *b == 0)?;
+    let rest = &key[first + 1..];
+    let second = rest.iter().position(|b| *b == 0)?;
+    let id_bytes: [u8; 4] = rest.get(second + 1..second + 5)?.try_into().ok()?;
+    Some((
+        String::from_utf8(key[..first].to_vec()).ok()?,
+        SourceQueue {
+            broker_name: String::from_utf8(rest[..second].to_vec()).ok()?,
+            queue_id: i32::from_be_bytes(id_bytes),
+        },
+    ))
+}
+
+fn encode_checkpoint(c: &Checkpoint) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&c.offset.to_be_bytes());
+    v[8..].copy_from_slice(&c.updated_ms.to_be_bytes());
+    v
+}
+
+fn decode_checkpoint(v: &[u8]) -> Option<Checkpoint> {
+    let offset = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let updated_ms = i64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+    Some(Checkpoint { offset, updated_ms })
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl CheckpointStore {
+    /// Opens (creating if needed) the store for the running daemon.
+    pub fn open(dir: &Path, sync: bool) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Small footprint: the store holds a few thousand keys.
+        opts.set_max_background_jobs(1);
+        opts.set_keep_log_file_num(3);
+        opts.set_max_total_wal_size(64 << 20);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(CheckpointStore {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+            sync,
+        })
+    }
+
+    /// Opens the store read-only; works while the daemon holds it open.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.join("CURRENT").exists() {
+            return Err(StoreError::Open {
+                dir: dir.to_path_buf(),
+                reason: "no checkpoint store here yet (the bridge has not run with this checkpoint.dir)".into(),
+            });
+        }
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, dir, ALL_CFS, false).map_err(|e| {
+            StoreError::Open {
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(CheckpointStore {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+            sync: false,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or_else(|| StoreError::Corrupt {
+            what: format!("column family `{name}` missing"),
+        })
+    }
+
+    fn write_opts(&self) -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(self.sync);
+        w
+    }
+
+    fn write_err(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::Write {
+            dir: self.dir.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn read_err(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::Read {
+            dir: self.dir.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    pub fn get(&self, route: &str, queue: &SourceQueue) -> Result<Option<Checkpoint>, StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        let v = self
+            .db
+            .get_cf(cf, queue_key(route, queue))
+            .map_err(|e| self.read_err(e))?;
+        match v {
+            None => Ok(None),
+            Some(v) => decode_checkpoint(&v).map(Some).ok_or_else(|| StoreError::Corrupt {
+                what: format!("checkpoint of route {route} queue {queue}"),
+            }),
+        }
+    }
+
+    /// Every checkpoint of one route, ordered by queue.
+    pub fn route_checkpoints(&self, route: &str) -> Result<Vec<(SourceQueue, Checkpoint)>, StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        let prefix = route_prefix(route);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            cf,
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (_, queue) = parse_queue_key(&k).ok_or_else(|| StoreError::Corrupt {
+                what: format!("checkpoint key {}", hex::encode(&k)),
+            })?;
+            let cp = decode_checkpoint(&v).ok_or_else(|| StoreError::Corrupt {
+                what: format!("checkpoint of {route} {queue}"),
+            })?;
+            out.push((queue, cp));
+        }
+        Ok(out)
+    }
+
+    /// Routes that have at least one checkpoint.
+    pub fn routes(&self) -> Result<Vec<String>, StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        let mut out: Vec<String> = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.read_err(e))?;
+            if let Some((route, _)) = parse_queue_key(&k) {
+                if out.last() != Some(&route) {
+                    out.push(route);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes several checkpoints atomically (one batch, one fsync).
+    pub fn advance(&self, updates: &[(String, SourceQueue, i64)]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        let now = now_ms();
+        let mut batch = WriteBatch::default();
+        for (route, queue, offset) in updates {
+            let value = encode_checkpoint(&Checkpoint {
+                offset: *offset,
+                updated_ms: now,
+            });
+            batch.put_cf(cf, queue_key(route, queue), value);
+        }
+        self.db
+            .write_opt(batch, &self.write_opts())
+            .map_err(|e| self.write_err(e))
+    }
+
+    /// Removes every checkpoint of a route (used by tooling to reset a route).
+    pub fn reset_route(&self, route: &str) -> Result<usize, StoreError> {
+        let existing = self.route_checkpoints(route)?;
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        let mut batch = WriteBatch::default();
+        for (q, _) in &existing {
+            batch.delete_cf(cf, queue_key(route, q));
+        }
+        self.db
+            .write_opt(batch, &self.write_opts())
+            .map_err(|e| self.write_err(e))?;
+        Ok(existing.len())
+    }
+
+    fn next_seq(&self, cf_name: &str, prefix: &[u8]) -> Result<u64, StoreError> {
+        let cf = self.cf(cf_name)?;
+        let mut upper = prefix.to_vec();
+        upper.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut it = self.db.iterator_cf(
+            cf,
+            IteratorMode::From(&upper, rocksdb::Direction::Reverse),
+        );
+        match it.next() {
+            Some(Ok((k, _))) if k.starts_with(prefix) && k.len() == prefix.len() + 8 => {
+                let seq: [u8; 8] = k[prefix.len()..].try_into().map_err(|_| StoreError::Corrupt {
+                    what: "journal key".into(),
+                })?;
+                Ok(u64::from_be_bytes(seq) + 1)
+            }
+            Some(Err(e)) => Err(self.read_err(e)),
+            _ => Ok(0),
+        }
+    }
+
+    pub fn journal_append(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        let prefix = route_prefix(&entry.route);
+        let seq = self.next_seq(CF_JOURNAL, &prefix)?;
+        let mut key = prefix;
+        key.extend_from_slice(&seq.to_be_bytes());
+        let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
+            what: e.to_string(),
+        })?;
+        let cf = self.cf(CF_JOURNAL)?;
+        self.db
+            .put_cf_opt(cf, key, value, &self.write_opts())
+            .map_err(|e| self.write_err(e))
+    }
+
+    pub fn journal(&self, route: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        self.scan_json(CF_JOURNAL, &route_prefix(route))
+    }
+
+    fn scan_json<T: for<'de> Deserialize<'de>>(&self, cf_name: &str, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        let cf = self.cf(cf_name)?;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                what: format!("{cf_name} entry: {e}"),
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn quarantine_key(route: &str, queue: &SourceQueue, offset: i64) -> Vec<u8> {
+        let mut k = queue_key(route, queue);
+        k.extend_from_slice(&offset.to_be_bytes());
+        k
+    }
+
+    /// Stores a quarantined message. Written before the checkpoint moves past it.
+    pub fn quarantine_put(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
+            what: e.to_string(),
+        })?;
+        let cf = self.cf(CF_QUARANTINE)?;
+        self.db
+            .put_cf_opt(
+                cf,
+                Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
+                value,
+                &self.write_opts(),
+            )
+            .map_err(|e| self.write_err(e))
+    }
+
+    /// Quarantined messages, of one route or (None) all routes.
+    pub fn quarantine_list(&self, route: Option<&str>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let prefix = route.map(route_prefix).unwrap_or_default();
+        self.scan_json(CF_QUARANTINE, &prefix)
+    }
+
+    pub fn quarantine_remove(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        let cf = self.cf(CF_QUARANTINE)?;
+        self.db
+            .delete_cf_opt(
+                cf,
+                Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
+                &self.write_opts(),
+            )
+            .map_err(|e| self.write_err(e))
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let cf = self.cf(CF_META)?;
+        let v = self.db.get_cf(cf, key.as_bytes()).map_err(|e| self.read_err(e))?;
+        Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn meta_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let cf = self.cf(CF_META)?;
+        self.db
+            .put_cf_opt(cf, key.as_bytes(), value.as_bytes(), &self.write_opts())
+            .map_err(|e| self.write_err(e))
+    }
+
+    /// Flushes memtables and the WAL; called on shutdown.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|e| self.write_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(b: &str, id: i32) -> SourceQueue {
+        SourceQueue {
+            broker_name: b.into(),
+            queue_id: id,
+        }
+    }
+
+    #[test]
+    fn checkpoints_survive_reopen_and_are_per_route_and_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CheckpointStore::open(dir.path(), true).unwrap();
+            store
+                .advance(&[
+                    ("orders".into(), q("b1", 0), 10),
+                    ("orders".into(), q("b1", 1), 20),
+                    ("orders2".into(), q("b1", 0), 99),
+                ])
+                .unwrap();
+            store.advance(&[("orders".into(), q("b1", 0), 11)]).unwrap();
+        }
+        let store = CheckpointStore::open(dir.path(), true).unwrap();
+        assert_eq!(store.get("orders", &q("b1", 0)).unwrap().unwrap().offset, 11);
+        let all = store.route_checkpoints("orders").unwrap();
+        assert_eq!(all.len(), 2, "orders2 must not leak into orders: {all:?}");
+        assert_eq!(all[1].1.offset, 20);
+        assert_eq!(store.routes().unwrap(), vec!["orders", "orders2"]);
+        assert!(store.get("orders", &q("b2", 0)).unwrap().is_none());
+    }
+
+    #[test]
+    fn second_writer_is_refused_with_a_clear_message_but_readers_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        store.advance(&[("r".into(), q("b", 0), 5)]).unwrap();
+        let err = CheckpointStore::open(dir.path(), false).unwrap_err().to_string();
+        assert!(err.contains("locked"), "{err}");
+        let ro = CheckpointStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.get("r", &q("b", 0)).unwrap().unwrap().offset, 5);
+    }
+
+    #[test]
+    fn journal_and_quarantine_round_trip_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        for (i, to) in [0u8, 30, 100].iter().enumerate() {
+            store
+                .journal_append(&JournalEntry {
+                    route: "r".into(),
+                    generation: i as u64,
+                    from_percent: 0,
+                    to_percent: *to,
+                    changed_at_ms: 1,
+                    queue: Some(q("b", 0)),
+                    offset: Some(i as i64 * 10),
+                    note: String::new(),
+                })
+                .unwrap();
+        }
+        let j = store.journal("r").unwrap();
+        assert_eq!(j.iter().map(|e| e.to_percent).collect::<Vec<_>>(), vec![0, 30, 100]);
+        assert!(store.journal("r2").unwrap().is_empty());
+
+        let entry = QuarantineEntry {
+            route: "r".into(),
+            queue: q("b", 1),
+            offset: 7,
+            message_id: "ID".into(),
+            reason: "type mismatch".into(),
+            quarantined_at_ms: 1,
+            message_json: "{}".into(),
+        };
+        store.quarantine_put(&entry).unwrap();
+        assert_eq!(store.quarantine_list(Some("r")).unwrap(), vec![entry.clone()]);
+        assert_eq!(store.quarantine_list(None).unwrap().len(), 1);
+        store.quarantine_remove(&entry).unwrap();
+        assert!(store.quarantine_list(None).unwrap().is_empty());
+    }
+}

@@ -1,1 +1,68 @@
-//! TODO
+//! The Prometheus surface. Metric names here are a contract with the Grafana
+//! dashboard and alert rules in `config/`; change them together.
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+pub const SOURCE_LAG_MESSAGES: &str = "rmq_bridge_source_lag_messages";
+pub const SOURCE_LAG_SECONDS: &str = "rmq_bridge_source_lag_seconds";
+pub const MESSAGES_TOTAL: &str = "rmq_bridge_messages_total";
+pub const FORWARD_LATENCY_SECONDS: &str = "rmq_bridge_forward_latency_seconds";
+pub const CUTOVER_PERCENT: &str = "rmq_bridge_cutover_percent";
+pub const CHECKPOINT_AGE_SECONDS: &str = "rmq_bridge_checkpoint_age_seconds";
+pub const TARGET_ERRORS_TOTAL: &str = "rmq_bridge_target_errors_total";
+pub const SOURCE_ERRORS_TOTAL: &str = "rmq_bridge_source_errors_total";
+pub const QUARANTINE_SIZE: &str = "rmq_bridge_quarantine_messages";
+pub const CONFIG_RELOADS_TOTAL: &str = "rmq_bridge_config_reloads_total";
+pub const BUILD_INFO: &str = "rmq_bridge_build_info";
+pub const UP: &str = "rmq_bridge_up";
+
+/// Values of the `outcome` label of `rmq_bridge_messages_total`.
+pub mod outcome {
+    pub const FORWARDED: &str = "forwarded";
+    pub const SKIPPED: &str = "skipped";
+    pub const FILTERED: &str = "filtered";
+    pub const QUARANTINED: &str = "quarantined";
+    pub const EXPIRED: &str = "expired";
+    /// Dry run (0%): the message would be rejected by its target topic.
+    pub const WOULD_FAIL: &str = "would_fail";
+}
+
+/// Starts the HTTP exporter on `listen` and describes every metric.
+pub fn install(listen: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            Matcher::Full(FORWARD_LATENCY_SECONDS.to_string()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0, 1800.0, 3600.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| {
+            format!("cannot serve metrics on {listen}: {e}; change [metrics] listen or stop what uses the port")
+        })?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(UP).set(1.0);
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(SOURCE_LAG_MESSAGES, Unit::Count, "4.x max offset minus bridge checkpoint, per source queue");
+    describe_gauge!(SOURCE_LAG_SECONDS, Unit::Seconds, "age of the oldest message not yet checkpointed, per route");
+    describe_counter!(MESSAGES_TOTAL, Unit::Count, "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail");
+    describe_histogram!(FORWARD_LATENCY_SECONDS, Unit::Seconds, "4.x store time to 5.x acknowledgement");
+    describe_gauge!(CUTOVER_PERCENT, "cutover percent in force, per route");
+    describe_gauge!(CHECKPOINT_AGE_SECONDS, Unit::Seconds, "seconds since the route's checkpoints were last written");
+    describe_counter!(TARGET_ERRORS_TOTAL, Unit::Count, "5.x send errors by code");
+    describe_counter!(SOURCE_ERRORS_TOTAL, Unit::Count, "4.x pull / route errors by kind");
+    describe_gauge!(QUARANTINE_SIZE, Unit::Count, "messages held in quarantine, per route");
+    describe_counter!(CONFIG_RELOADS_TOTAL, Unit::Count, "config reloads by result");
+    describe_gauge!(BUILD_INFO, "build information");
+    describe_gauge!(UP, "1 while the bridge runs");
+}
