@@ -16,8 +16,10 @@
 //! - `config`, `metrics`, `systemd`, `cli`: the edges.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod cutover;
+pub mod demo;
 pub mod devcluster;
 pub mod grpc;
 pub mod metrics;

@@ -1,3 +1,153 @@
-fn main() {
-    println!("rmq-bridge");
+//! `rmq-bridge` command line: run, check, status, quarantine, peek, demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use rmq_bridge::cli;
+
+#[derive(Parser)]
+#[command(name = "rmq-bridge", version, about = "Bridge Apache RocketMQ 4.x (Remoting) to 5.x (gRPC v2)")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge daemon.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file; --online also checks both clusters and topic types.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        online: bool,
+    },
+    /// Per route: checkpoints, lag, cutover percent and journal, quarantine count.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Do not contact the 4.x cluster (no lag figures).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Inspect or act on quarantined messages.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Print messages of a 4.x topic as JSON lines.
+    Peek {
+        #[arg(long)]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// earliest | latest | OFFSET (per queue)
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// 4.x tag expression
+        #[arg(long, default_value = "*")]
+        filter: String,
+        /// Keep waiting for new messages until --count is reached.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Quick start: local 4.x and 5.x peers, sample traffic, the bridge, progress.
+    Demo {
+        /// Messages per message type to produce.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    List {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Re-send quarantined messages (stop the daemon first).
+    Replay {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        offset: Option<i64>,
+    },
+    /// Delete quarantined messages (stop the daemon first).
+    Drop {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        offset: Option<i64>,
+        /// Required to drop everything matching without --offset.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Run { config } => cli::run(&config, args.log_json).await,
+            Command::Check { config, online } => {
+                cli::init_logging("warn", args.log_json);
+                cli::check(&config, online).await
+            }
+            Command::Status { config, offline } => {
+                cli::init_logging("warn", args.log_json);
+                cli::status(&config, !offline).await
+            }
+            Command::Quarantine { action } => {
+                cli::init_logging("warn", args.log_json);
+                match action {
+                    QuarantineAction::List { config, route } => cli::quarantine_list(&config, route.as_deref()),
+                    QuarantineAction::Replay { config, route, offset } => {
+                        cli::quarantine_replay(&config, route.as_deref(), offset).await
+                    }
+                    QuarantineAction::Drop { config, route, offset, all } => {
+                        cli::quarantine_drop(&config, route.as_deref(), offset, all)
+                    }
+                }
+            }
+            Command::Peek { namesrv, topic, count, from, filter, follow } => {
+                cli::init_logging("warn", args.log_json);
+                cli::peek(&namesrv, &topic, count, &from, &filter, follow).await
+            }
+            Command::Demo { messages } => {
+                cli::init_logging("info", args.log_json);
+                rmq_bridge::demo::run(messages).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,333 @@
-//! TODO
+//! The pipeline: wires the 4.x source, translation and cutover, and the 5.x
+//! publisher for every route, and alone owns flow control (per-queue
+//! windows), ordering, and checkpoint advancement.
+//!
+//! `Bridge::run` is the daemon: it starts routes, applies config changes
+//! (file change or SIGHUP) without losing position, and on SIGTERM drains
+//! in-flight sends and writes checkpoints before returning.
+
+pub mod progress;
+pub mod quarantine_codec;
+pub mod queue;
+pub mod route;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{self, BridgeConfig, RouteConfig};
+use crate::grpc::{GrpcClientConfig, GrpcCredentials, Publisher};
+use crate::metrics as m;
+use crate::remoting::{AclCredentials, HeartbeatData, NameServers, RemotingClient, RemotingClientConfig};
+
+use progress::CheckpointFlusher;
+use route::{spawn_route, RouteHandle};
+
+/// Connections and stores shared by every route.
+#[derive(Clone)]
+pub struct Shared {
+    pub remoting: RemotingClient,
+    pub namesrv: NameServers,
+    pub publisher: Publisher,
+    pub store: CheckpointStore,
+    pub flusher: Arc<CheckpointFlusher>,
+}
+
+pub fn client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}@rmq-bridge@{}", std::process::id())
+}
+
+pub fn remoting_client(cfg: &BridgeConfig) -> RemotingClient {
+    RemotingClient::new(RemotingClientConfig {
+        request_timeout: cfg.source.request_timeout,
+        connect_timeout: Duration::from_secs(3),
+        credentials: cfg.source.credentials.as_ref().map(|c| AclCredentials {
+            access_key: c.access_key.clone(),
+            secret_key: c.secret_key.clone(),
+            security_token: None,
+        }),
+        client_id: client_id(),
+    })
+}
+
+pub fn grpc_config(cfg: &BridgeConfig) -> GrpcClientConfig {
+    GrpcClientConfig {
+        endpoints: cfg.target.endpoints.clone(),
+        tls: cfg.target.tls,
+        namespace: cfg.target.namespace.clone(),
+        credentials: cfg.target.credentials.as_ref().map(|c| GrpcCredentials {
+            access_key: c.access_key.clone(),
+            secret_key: c.secret_key.clone(),
+            security_token: None,
+        }),
+        request_timeout: cfg.target.request_timeout,
+        client_id: client_id(),
+    }
+}
+
+pub fn name_servers(cfg: &BridgeConfig) -> Result<NameServers, String> {
+    NameServers::parse(&cfg.source.namesrv_addrs.join(";")).map_err(|e| e.to_string())
+}
+
+/// Why a config change cannot be applied to the running bridge.
+fn incompatible_change(old: &RouteConfig, new: &RouteConfig) -> Option<String> {
+    if old.source_topic != new.source_topic {
+        return Some(format!(
+            "route `{}` changed source_topic from `{}` to `{}`; its checkpoints belong to the old topic — give the route a new name to start it fresh",
+            old.name, old.source_topic, new.source_topic
+        ));
+    }
+    None
+}
+
+/// Only these keys are applied to a running route in place; any other change
+/// restarts the route from its checkpoints.
+fn hot_fields_only(old: &RouteConfig, new: &RouteConfig) -> bool {
+    old.target_topic == new.target_topic
+        && old.filter == new.filter
+        && old.start == new.start
+        && old.commit_as_group == new.commit_as_group
+}
+
+pub struct Bridge {
+    config: Arc<BridgeConfig>,
+    shared: Shared,
+    routes: BTreeMap<String, RouteHandle>,
+    flusher_stop: watch::Sender<bool>,
+    flusher_task: tokio::task::JoinHandle<()>,
+}
+
+impl Bridge {
+    /// Connects to both clusters and opens the store; starts nothing yet.
+    pub async fn connect(cfg: BridgeConfig) -> anyhow::Result<Self> {
+        let store = CheckpointStore::open(&cfg.checkpoint.dir, cfg.checkpoint.sync)?;
+        let namesrv = name_servers(&cfg).map_err(anyhow::Error::msg)?;
+        let remoting = remoting_client(&cfg);
+        let publisher = Publisher::connect(grpc_config(&cfg))
+            .await
+            .map_err(|e| anyhow::anyhow!("5.x target {}: {e}", cfg.target.endpoints.join(",")))?;
+        let flusher = CheckpointFlusher::new(store.clone());
+        let (flusher_stop, stop_rx) = watch::channel(false);
+        let flusher_task = tokio::spawn(flusher.clone().run(cfg.checkpoint.flush_interval, stop_rx));
+        for entry_route in cfg.routes.iter() {
+            let n = store.quarantine_list(Some(&entry_route.name)).map(|v| v.len()).unwrap_or(0);
+            metrics::gauge!(m::QUARANTINE_SIZE, "route" => entry_route.name.clone()).set(n as f64);
+        }
+        Ok(Bridge {
+            config: Arc::new(cfg),
+            shared: Shared {
+                remoting,
+                namesrv,
+                publisher,
+                store,
+                flusher,
+            },
+            routes: BTreeMap::new(),
+            flusher_stop,
+            flusher_task,
+        })
+    }
+
+    pub fn start_routes(&mut self) {
+        for route in self.config.routes.clone() {
+            self.start_route(route);
+        }
+    }
+
+    fn start_route(&mut self, route: RouteConfig) {
+        tracing::info!(route = %route.name, source = %route.source_topic, target = %route.target_topic,
+            percent = route.cutover_percent, "starting route");
+        let handle = spawn_route(self.shared.clone(), self.config.clone(), route.clone());
+        self.routes.insert(route.name.clone(), handle);
+    }
+
+    async fn stop_route(&mut self, name: &str) {
+        if let Some(handle) = self.routes.remove(name) {
+            let _ = handle.stop_tx.send(true);
+            let _ = handle.task.await;
+            tracing::info!(route = name, "route stopped; checkpoints kept");
+        }
+    }
+
+    /// Applies a new, already validated config. Returns an error (and changes
+    /// nothing) when the change is not safe to apply in place.
+    pub async fn apply(&mut self, new: BridgeConfig) -> Result<(), String> {
+        for route in &new.routes {
+            if let Some(old) = self.routes.get(&route.name) {
+                if let Some(why) = incompatible_change(&old.config, route) {
+                    return Err(why);
+                }
+            }
+        }
+        if new.source != self.config.source || new.target != self.config.target || new.checkpoint != self.config.checkpoint {
+            tracing::warn!("changes to [source], [target] or [checkpoint] take effect after a restart; routes were updated");
+        }
+        let new = Arc::new(new);
+        let names: Vec<String> = self.routes.keys().cloned().collect();
+        for name in names {
+            if new.route(&name).is_none() {
+                self.stop_route(&name).await;
+            }
+        }
+        self.config = new.clone();
+        for route in new.routes.clone() {
+            let in_place = self.routes.get(&route.name).map(|h| hot_fields_only(&h.config, &route));
+            match in_place {
+                Some(true) => {
+                    if let Some(handle) = self.routes.get_mut(&route.name) {
+                        handle.config = route.clone();
+                        let _ = handle.config_tx.send((new.clone(), route));
+                    }
+                }
+                Some(false) => {
+                    self.stop_route(&route.name).await;
+                    self.start_route(route);
+                }
+                None => self.start_route(route),
+            }
+        }
+        self.config = new;
+        Ok(())
+    }
+
+    /// Stops every route (draining in-flight sends), then writes checkpoints.
+    pub async fn shutdown(mut self) {
+        let names: Vec<String> = self.routes.keys().cloned().collect();
+        for handle in self.routes.values() {
+            let _ = handle.stop_tx.send(true);
+        }
+        for name in names {
+            if let Some(handle) = self.routes.remove(&name) {
+                let _ = handle.task.await;
+            }
+        }
+        let _ = self.flusher_stop.send(true);
+        let _ = self.flusher_task.await;
+        self.shared.publisher.shutdown().await;
+        tracing::info!("checkpoints written; bye");
+    }
+
+    pub fn config(&self) -> &BridgeConfig {
+        &self.config
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Heartbeats the bridge's own group to every broker of every route so the
+/// 4.x console shows the bridge.
+async fn heartbeat_loop(shared: Shared, config: watch::Receiver<Arc<BridgeConfig>>, mut stop: watch::Receiver<bool>) {
+    let client_id = client_id();
+    loop {
+        let cfg = config.borrow().clone();
+        let topics: Vec<String> = cfg.routes.iter().map(|r| r.source_topic.clone()).collect();
+        let data = HeartbeatData::consumer(&client_id, &cfg.source.consumer_group, &topics);
+        let mut addrs = Vec::new();
+        for topic in &topics {
+            if let Ok(Some(route)) = shared.namesrv.topic_route(&shared.remoting, topic).await {
+                for b in &route.broker_datas {
+                    for addr in b.broker_addrs.values() {
+                        if !addrs.contains(addr) {
+                            addrs.push(addr.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for addr in &addrs {
+            if let Err(e) = shared.remoting.heartbeat(addr, &data).await {
+                tracing::debug!(%addr, error = %e, "heartbeat failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM / SIGINT.
+pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let path = cfg.file.clone();
+    let mut bridge = Bridge::connect(cfg).await?;
+    bridge.start_routes();
+
+    let (config_tx, config_rx) = watch::channel(bridge.config.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(heartbeat_loop(bridge.shared.clone(), config_rx, stop_rx.clone()));
+    if let Some(interval) = crate::systemd::watchdog_interval() {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                crate::systemd::watchdog_ping();
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut stamp = file_stamp(&path);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    crate::systemd::ready(&format!("bridging {} route(s)", bridge.config.routes.len()));
+    tracing::info!(config = %path.display(), routes = bridge.config.routes.len(), "rmq-bridge running");
+
+    loop {
+        let reload = tokio::select! {
+            _ = sighup.recv() => { tracing::info!("SIGHUP: reloading config"); true }
+            _ = poll.tick() => {
+                let now = file_stamp(&path);
+                if now != stamp && now.is_some() { stamp = now; tracing::info!("config file changed: reloading"); true } else { false }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        };
+        if !reload {
+            continue;
+        }
+        crate::systemd::reloading();
+        match config::load(&path) {
+            Ok(new) => match bridge.apply(new).await {
+                Ok(()) => {
+                    metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+                    let _ = config_tx.send(bridge.config.clone());
+                    tracing::info!("config reloaded");
+                }
+                Err(why) => {
+                    metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "rejected").increment(1);
+                    tracing::error!("config change rejected, the previous config keeps running: {why}");
+                }
+            },
+            Err(e) => {
+                metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "invalid").increment(1);
+                tracing::error!("invalid config rejected, the previous config keeps running: {e}");
+            }
+        }
+        crate::systemd::ready("running");
+    }
+
+    tracing::info!("stopping: draining in-flight sends and writing checkpoints");
+    crate::systemd::stopping();
+    let _ = stop_tx.send(true);
+    bridge.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! Implementations of the command-line verbs. Each returns an error whose
+//! text is meant for the operator who typed the command.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use base64::Engine;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{self, BridgeConfig};
+use crate::grpc::Publisher;
+use crate::pipeline::{self, quarantine_codec};
+use crate::remoting::{MessageRecord, NameServers, RemotingClient, RemotingClientConfig};
+use crate::source::{PullOutcome, SourceSettings, TopicSource};
+
+pub fn init_logging(default_level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn load(path: &Path) -> anyhow::Result<BridgeConfig> {
+    config::load(path).map_err(|e| anyhow!("{e}"))
+}
+
+pub async fn run(path: &Path, log_json: bool) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    init_logging(
+        &cfg.log_level,
+        log_json || cfg.log_format == config::LogFormat::Json,
+    );
+    if let Some(listen) = cfg.metrics_listen {
+        crate::metrics::install(listen).map_err(anyhow::Error::msg)?;
+        tracing::info!(%listen, "serving Prometheus metrics at /metrics");
+    }
+    pipeline::run_daemon(cfg).await
+}
+
+pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    println!("{}: valid, {} route(s)", path.display(), cfg.routes.len());
+    for r in &cfg.routes {
+        println!(
+            "  {}: {} [{}] -> {}  cutover {}%  routing_key {:?}  environments {:?}  start {}{}",
+            r.name,
+            r.source_topic,
+            r.filter,
+            r.target_topic,
+            r.cutover_percent,
+            r.routing_key,
+            r.environments,
+            r.start,
+            r.commit_as_group
+                .as_ref()
+                .map(|g| format!("  commit_as_group {g}"))
+                .unwrap_or_default()
+        );
+    }
+    if !online {
+        return Ok(());
+    }
+    let mut problems = 0;
+    let namesrv = pipeline::name_servers(&cfg).map_err(anyhow::Error::msg)?;
+    let client = pipeline::remoting_client(&cfg);
+    let publisher = match Publisher::connect(pipeline::grpc_config(&cfg)).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!("  5.x {}: UNREACHABLE: {e}", cfg.target.endpoints.join(","));
+            problems += 1;
+            None
+        }
+    };
+    for r in &cfg.routes {
+        match namesrv.topic_route(&client, &r.source_topic).await {
+            Ok(Some(route)) => println!(
+                "  {}: 4.x topic {} has {} readable queue(s)",
+                r.name,
+                r.source_topic,
+                route.readable_queues().len()
+            ),
+            Ok(None) => {
+                println!("  {}: 4.x topic {} NOT FOUND on {namesrv}", r.name, r.source_topic);
+                problems += 1;
+            }
+            Err(e) => {
+                println!("  {}: 4.x name server error: {e}", r.name);
+                problems += 1;
+            }
+        }
+        if let Some(p) = &publisher {
+            match p.accepted_types(&r.target_topic).await {
+                Ok(types) => println!("  {}: 5.x topic {} accepts {:?}", r.name, r.target_topic, types),
+                Err(e) => {
+                    println!("  {}: 5.x topic {}: {e}", r.name, r.target_topic);
+                    problems += 1;
+                }
+            }
+        }
+    }
+    if let Some(p) = publisher {
+        p.shutdown().await;
+    }
+    if problems > 0 {
+        bail!("{problems} problem(s) found");
+    }
+    println!("online check passed");
+    Ok(())
+}
+
+fn fmt_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let store = CheckpointStore::open_read_only(&cfg.checkpoint.dir).map_err(|e| anyhow!("{e}"))?;
+    let client = pipeline::remoting_client(&cfg);
+    let namesrv = pipeline::name_servers(&cfg).map_err(anyhow::Error::msg)?;
+    for r in &cfg.routes {
+        println!(
+            "route {}: {} -> {}  cutover {}%  environments {:?}",
+            r.name, r.source_topic, r.target_topic, r.cutover_percent, r.environments
+        );
+        let checkpoints = store.route_checkpoints(&r.name).map_err(|e| anyhow!("{e}"))?;
+        let source = TopicSource::new(
+            client.clone(),
+            namesrv.clone(),
+            SourceSettings {
+                topic: r.source_topic.clone(),
+                filter: r.filter.clone(),
+                consumer_group: cfg.source.consumer_group.clone(),
+                pull_batch_size: 1,
+                long_poll: Duration::from_millis(100),
+            },
+        );
+        let reachable = online
+            && tokio::time::timeout(Duration::from_secs(5), source.refresh_route())
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false);
+        let mut total_lag = 0i64;
+        println!("  {:<24} {:>12} {:>12} {:>10}  updated", "queue", "checkpoint", "max", "lag");
+        for (queue, cp) in &checkpoints {
+            let max = if reachable {
+                tokio::time::timeout(Duration::from_secs(3), source.max_offset(queue))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            } else {
+                None
+            };
+            let lag = max.map(|m| (m - cp.offset).max(0));
+            total_lag += lag.unwrap_or(0);
+            println!(
+                "  {:<24} {:>12} {:>12} {:>10}  {}",
+                queue.to_string(),
+                cp.offset,
+                max.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+                lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                fmt_ms(cp.updated_ms)
+            );
+        }
+        if checkpoints.is_empty() {
+            println!("  (no checkpoints yet)");
+        } else if reachable {
+            println!("  total lag: {total_lag} message(s)");
+        } else if online {
+            println!("  4.x not reachable: lag unknown");
+        }
+        let journal = store.journal(&r.name).map_err(|e| anyhow!("{e}"))?;
+        if !journal.is_empty() {
+            println!("  cutover journal:");
+            for j in journal {
+                let at = match (&j.queue, j.offset) {
+                    (Some(q), Some(o)) => format!("took effect on {q} at offset {o}"),
+                    _ => j.note.clone(),
+                };
+                println!(
+                    "    {} gen {} {}% -> {}%: {at}",
+                    fmt_ms(j.changed_at_ms),
+                    j.generation,
+                    j.from_percent,
+                    j.to_percent
+                );
+            }
+        }
+        let quarantined = store.quarantine_list(Some(&r.name)).map_err(|e| anyhow!("{e}"))?.len();
+        println!("  quarantined: {quarantined}");
+    }
+    Ok(())
+}
+
+pub fn quarantine_list(path: &Path, route: Option<&str>) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let store = CheckpointStore::open_read_only(&cfg.checkpoint.dir).map_err(|e| anyhow!("{e}"))?;
+    let entries = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
+    let mut out = std::io::stdout().lock();
+    for e in &entries {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "route": e.route, "broker": e.queue.broker_name, "queue": e.queue.queue_id,
+                "offset": e.offset, "msg_id": e.message_id, "reason": e.reason,
+                "quarantined_at": fmt_ms(e.quarantined_at_ms), "replayable": !e.message_json.is_empty(),
+            })
+        )?;
+    }
+    eprintln!("{} quarantined message(s)", entries.len());
+    Ok(())
+}
+
+fn open_for_write(cfg: &BridgeConfig) -> anyhow::Result<CheckpointStore> {
+    CheckpointStore::open(&cfg.checkpoint.dir, true)
+        .map_err(|e| anyhow!("{e} (quarantine replay and drop need the daemon stopped: systemctl stop rmq-bridge)"))
+}
+
+pub async fn quarantine_replay(path: &Path, route: Option<&str>, offset: Option<i64>) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let store = open_for_write(&cfg)?;
+    let publisher = Publisher::connect(pipeline::grpc_config(&cfg))
+        .await
+        .map_err(|e| anyhow!("5.x: {e}"))?;
+    let mut sent = 0;
+    let mut failed = 0;
+    for e in store.quarantine_list(route).map_err(|e| anyhow!("{e}"))? {
+        if offset.is_some_and(|o| o != e.offset) {
+            continue;
+        }
+        if e.message_json.is_empty() {
+            println!("{} {} offset {}: not replayable (translation failed: {})", e.route, e.queue, e.offset, e.reason);
+            failed += 1;
+            continue;
+        }
+        let msg = quarantine_codec::decode(&e.message_json).map_err(anyhow::Error::msg)?;
+        match publisher.send(&msg).await {
+            Ok(_) => {
+                store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
+                println!("{} {} offset {}: replayed as {}", e.route, e.queue, e.offset, msg.message_id);
+                sent += 1;
+            }
+            Err(err) => {
+                println!("{} {} offset {}: still rejected: {err}", e.route, e.queue, e.offset);
+                failed += 1;
+            }
+        }
+    }
+    publisher.shutdown().await;
+    println!("replayed {sent}, still quarantined {failed}");
+    Ok(())
+}
+
+pub fn quarantine_drop(path: &Path, route: Option<&str>, offset: Option<i64>, all: bool) -> anyhow::Result<()> {
+    if offset.is_none() && !all {
+        bail!("name the message with --offset (and --route), or pass --all to drop every match");
+    }
+    let cfg = load(path)?;
+    let store = open_for_write(&cfg)?;
+    let mut dropped = 0;
+    for e in store.quarantine_list(route).map_err(|e| anyhow!("{e}"))? {
+        if offset.is_some_and(|o| o != e.offset) {
+            continue;
+        }
+        store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
+        println!("dropped {} {} offset {} ({})", e.route, e.queue, e.offset, e.message_id);
+        dropped += 1;
+    }
+    println!("dropped {dropped}");
+    Ok(())
+}
+
+/// One decoded 4.x message as the JSON object `peek` prints.
+pub fn record_json(broker: &str, r: &MessageRecord) -> serde_json::Value {
+    let props: BTreeMap<&str, &str> = r.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut v = json!({
+        "topic": r.topic,
+        "broker": broker,
+        "queue": r.queue_id,
+        "offset": r.queue_offset,
+        "msg_id": r.message_id(),
+        "offset_msg_id": r.offset_msg_id,
+        "tag": r.tag(),
+        "keys": r.keys(),
+        "properties": props,
+        "born_time": fmt_ms(r.born_timestamp_ms),
+        "born_host": r.born_host.to_string(),
+        "store_time": fmt_ms(r.store_timestamp_ms),
+        "store_host": r.store_host.to_string(),
+        "reconsume_times": r.reconsume_times,
+        "sys_flag": r.sys_flag,
+        "body_size": r.body.len(),
+    });
+    match std::str::from_utf8(&r.body) {
+        Ok(text) => v["body"] = json!(text),
+        Err(_) => v["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+    }
+    v
+}
+
+pub async fn peek(namesrv: &str, topic: &str, count: usize, from: &str, filter: &str, follow: bool) -> anyhow::Result<()> {
+    let namesrv = NameServers::parse(namesrv).map_err(|e| anyhow!("--namesrv: {e}"))?;
+    let client = RemotingClient::new(RemotingClientConfig {
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(3),
+        credentials: None,
+        client_id: pipeline::client_id(),
+    });
+    let source = TopicSource::new(
+        client,
+        namesrv,
+        SourceSettings {
+            topic: topic.to_string(),
+            filter: filter.to_string(),
+            consumer_group: "rmq_bridge_peek".into(),
+            pull_batch_size: 32,
+            long_poll: Duration::from_millis(if follow { 15_000 } else { 500 }),
+        },
+    );
+    let queues = source.refresh_route().await.context("cannot read the topic route")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    for queue in &queues {
+        let start = match from {
+            "earliest" => source.min_offset(queue).await?,
+            "latest" => source.max_offset(queue).await?,
+            n => n
+                .parse::<i64>()
+                .map_err(|_| anyhow!("--from `{n}`: use earliest, latest or an offset"))?,
+        };
+        let mut batches = source.spawn_puller(queue.clone(), start, 2, stop_rx.clone());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(b) = batches.recv().await {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut printed = 0;
+    let mut idle: std::collections::BTreeSet<String> = Default::default();
+    let mut out = std::io::stdout().lock();
+    while printed < count {
+        let Some(batch) = rx.recv().await else { break };
+        match batch.outcome {
+            PullOutcome::Records { records, .. } => {
+                if !records.is_empty() {
+                    idle.remove(&batch.queue.to_string());
+                }
+                for r in records {
+                    if printed >= count {
+                        break;
+                    }
+                    writeln!(out, "{}", record_json(&batch.queue.broker_name, &r))?;
+                    printed += 1;
+                }
+            }
+            PullOutcome::Idle { .. } => {
+                idle.insert(batch.queue.to_string());
+                if !follow && idle.len() >= queues.len() {
+                    break;
+                }
+            }
+            PullOutcome::OffsetMoved { requested, next_offset, .. } => {
+                eprintln!("{}: offset {requested} not available; continuing at {next_offset}", batch.queue);
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Per-queue progress shared between a queue worker and the checkpoint
+//! flusher, and the flusher itself: it writes every queue's done offset to
+//! the store in one batch per interval and publishes the durable offsets back.
+//!
+//! The worker admits a message only while `offset - durable < window`, so a
+//! crash can re-send at most `window` messages per queue: the documented
+//! duplicate bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::checkpoint::{now_ms, CheckpointStore, SourceQueue};
+
+/// Progress of one (route, source queue).
+#[derive(Debug)]
+pub struct QueueProgress {
+    pub route: String,
+    pub queue: SourceQueue,
+    /// Next offset not yet done (everything below was forwarded, skipped or quarantined).
+    done: AtomicI64,
+    /// Last value written to the store.
+    durable: AtomicI64,
+    /// Broker's max offset as last seen.
+    max_offset: AtomicI64,
+    /// Store time (ms) of the oldest message not yet done; 0 when none is known.
+    oldest_pending_store_ms: AtomicI64,
+    /// Set once the worker has stopped; the flusher forgets the queue after a final write.
+    retired: AtomicBool,
+    /// Signalled after each flush that moved `durable`.
+    pub flushed: Notify,
+}
+
+impl QueueProgress {
+    pub fn new(route: &str, queue: SourceQueue, start: i64) -> Arc<Self> {
+        Arc::new(QueueProgress {
+            route: route.to_string(),
+            queue,
+            done: AtomicI64::new(start),
+            durable: AtomicI64::new(start),
+            max_offset: AtomicI64::new(start),
+            oldest_pending_store_ms: AtomicI64::new(0),
+            retired: AtomicBool::new(false),
+            flushed: Notify::new(),
+        })
+    }
+
+    pub fn done(&self) -> i64 {
+        self.done.load(Ordering::Acquire)
+    }
+    pub fn set_done(&self, offset: i64) {
+        self.done.fetch_max(offset, Ordering::AcqRel);
+    }
+    pub fn durable(&self) -> i64 {
+        self.durable.load(Ordering::Acquire)
+    }
+    pub fn max_offset(&self) -> i64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+    pub fn set_max_offset(&self, offset: i64) {
+        self.max_offset.store(offset, Ordering::Release);
+    }
+    pub fn set_oldest_pending_store_ms(&self, ms: i64) {
+        self.oldest_pending_store_ms.store(ms, Ordering::Release);
+    }
+    pub fn oldest_pending_store_ms(&self) -> i64 {
+        self.oldest_pending_store_ms.load(Ordering::Acquire)
+    }
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+    /// Messages stored on 4.x and not yet checkpointed.
+    pub fn lag(&self) -> i64 {
+        (self.max_offset() - self.durable()).max(0)
+    }
+}
+
+/// Batches checkpoint writes for every queue of every route.
+pub struct CheckpointFlusher {
+    store: CheckpointStore,
+    queues: Mutex<HashMap<(String, SourceQueue), Arc<QueueProgress>>>,
+    /// Wakes the flusher early (a worker's window is full).
+    pub wake: Notify,
+    /// Last successful write or up-to-date confirmation per route (ms).
+    route_fresh_ms: Mutex<HashMap<String, i64>>,
+}
+
+impl CheckpointFlusher {
+    pub fn new(store: CheckpointStore) -> Arc<Self> {
+        Arc::new(CheckpointFlusher {
+            store,
+            queues: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            route_fresh_ms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn register(&self, progress: Arc<QueueProgress>) {
+        if let Ok(mut q) = self.queues.lock() {
+            q.insert((progress.route.clone(), progress.queue.clone()), progress);
+        }
+    }
+
+    /// Seconds since the route's checkpoints were last written or confirmed
+    /// current (an idle route with zero lag stays fresh).
+    pub fn checkpoint_age_seconds(&self, route: &str) -> f64 {
+        let last = self
+            .route_fresh_ms
+            .lock()
+            .ok()
+            .and_then(|m| m.get(route).copied())
+            .unwrap_or(0);
+        if last == 0 {
+            return 0.0;
+        }
+        ((now_ms() - last).max(0) as f64) / 1000.0
+    }
+
+    /// Writes every queue whose done offset moved; returns how many.
+    pub fn flush_once(&self) -> Result<usize, crate::checkpoint::StoreError> {
+        let snapshot: Vec<Arc<QueueProgress>> = match self.queues.lock() {
+            Ok(q) => q.values().cloned().collect(),
+            Err(_) => return Ok(0),
+        };
+        let mut updates = Vec::new();
+        let mut moved = Vec::new();
+        let now = now_ms();
+        let mut fresh: HashMap<String, i64> = HashMap::new();
+        for p in &snapshot {
+            let done = p.done();
+            if done > p.durable() {
+                updates.push((p.route.clone(), p.queue.clone(), done));
+                moved.push((p.clone(), done));
+            } else if p.lag() == 0 {
+                fresh.insert(p.route.clone(), now);
+            }
+        }
+        self.store.advance(&updates)?;
+        for (p, done) in &moved {
+            p.durable.fetch_max(*done, Ordering::AcqRel);
+            p.flushed.notify_waiters();
+            fresh.insert(p.route.clone(), now);
+        }
+        if let Ok(mut m) = self.route_fresh_ms.lock() {
+            m.extend(fresh);
+        }
+        if let Ok(mut q) = self.queues.lock() {
+            q.retain(|_, p| !(p.retired.load(Ordering::Acquire) && p.done() <= p.durable()));
+        }
+        Ok(updates.len())
+    }
+
+    /// Runs until `stop` turns true, then flushes one last time.
+    pub async fn run(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut failing = false;
+        loop {
+            let stopping = *stop.borrow();
+            match self.flush_once() {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("checkpoint writes succeed again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    // Positions stay in memory and workers stop admitting once
+                    // their window is full, so nothing is lost while we retry.
+                    if !failing {
+                        tracing::error!(error = %e, "checkpoint write failed; retrying");
+                    }
+                    failing = true;
+                    metrics::counter!(crate::metrics::SOURCE_ERRORS_TOTAL, "kind" => "checkpoint_write")
+                        .increment(1);
+                }
+            }
+            if stopping {
+                if let Err(e) = self.store.flush() {
+                    tracing::error!(error = %e, "final checkpoint flush failed");
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

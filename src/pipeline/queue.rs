@@ -1,0 +1,416 @@
+//! One source queue's worker: takes pulled batches in offset order, decides
+//! each message (cutover), translates it, sends it to 5.x inside a bounded
+//! window, and moves the queue's done offset over the contiguous prefix of
+//! finished messages. The flusher makes that offset durable.
+//!
+//! Ordering: messages of one FIFO message group are chained, so a send starts
+//! only after the previous send of its group was acknowledged (or
+//! quarantined). Retriable failures are retried in place, so they never
+//! reorder a group.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoint::{now_ms, CheckpointStore, QuarantineEntry, SourceQueue};
+use crate::cutover::{self, CutoverDecision};
+use crate::grpc::{MessageKind, OutgoingMessage, PublishError, Publisher};
+use crate::metrics::{self as m, outcome};
+use crate::remoting::MessageRecord;
+use crate::source::{PullOutcome, PulledBatch};
+use crate::translate::{self, SourceContext};
+
+use super::progress::{CheckpointFlusher, QueueProgress};
+use super::route::RouteRule;
+
+/// Everything a queue worker needs that is shared by its route.
+#[derive(Clone)]
+pub struct QueueContext {
+    pub route: String,
+    pub target_topic: String,
+    pub publisher: Publisher,
+    pub store: CheckpointStore,
+    pub flusher: Arc<CheckpointFlusher>,
+    pub window: usize,
+    pub rule: watch::Receiver<Arc<RouteRule>>,
+    pub stop: watch::Receiver<bool>,
+    pub drain_timeout: Duration,
+}
+
+enum Item {
+    Message(MessageRecord),
+    /// Everything below this offset has been handed over (filtered gaps included).
+    Advance(i64),
+}
+
+struct Slot {
+    offset: i64,
+    done: bool,
+    store_ms: i64,
+}
+
+enum SendOutcome {
+    Forwarded,
+    Quarantined,
+    /// Stopped while retrying: not done, will be re-sent after restart.
+    Abandoned,
+}
+
+struct Completion {
+    offset: i64,
+    outcome: SendOutcome,
+}
+
+pub async fn run_queue_worker(
+    mut ctx: QueueContext,
+    queue: SourceQueue,
+    progress: Arc<QueueProgress>,
+    mut batches: mpsc::Receiver<PulledBatch>,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+    let mut queued: VecDeque<Item> = VecDeque::new();
+    let mut pending: VecDeque<Slot> = VecDeque::new();
+    let mut frontier = progress.done();
+    let mut fifo_tails: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
+    let mut rule = ctx.rule.borrow_and_update().clone();
+    let mut in_flight = 0usize;
+    let labels_queue = queue.queue_id.to_string();
+    let lag_gauge = metrics::gauge!(m::SOURCE_LAG_MESSAGES,
+        "route" => ctx.route.clone(), "broker" => queue.broker_name.clone(), "queue" => labels_queue);
+
+    loop {
+        // Admit what the window allows.
+        while let Some(item) = queued.front() {
+            match item {
+                Item::Advance(next) => {
+                    frontier = frontier.max(*next);
+                    queued.pop_front();
+                }
+                Item::Message(record) => {
+                    if record.queue_offset - progress.durable() >= ctx.window as i64 {
+                        ctx.flusher.wake.notify_one();
+                        break;
+                    }
+                    let Some(Item::Message(record)) = queued.pop_front() else {
+                        break;
+                    };
+                    if ctx.rule.has_changed().unwrap_or(false) {
+                        let new_rule = ctx.rule.borrow_and_update().clone();
+                        super::route::journal_effect(&ctx.store, &ctx.route, &rule, &new_rule, &queue, record.queue_offset);
+                        rule = new_rule;
+                    }
+                    let store_ms = record.store_timestamp_ms;
+                    let offset = record.queue_offset;
+                    frontier = frontier.max(offset + 1);
+                    let finished = admit(&ctx, &rule, &queue, record, &done_tx, &mut fifo_tails).await;
+                    if !finished {
+                        in_flight += 1;
+                    }
+                    pending.push_back(Slot {
+                        offset,
+                        done: finished,
+                        store_ms,
+                    });
+                }
+            }
+        }
+        // Move the done prefix.
+        while pending.front().is_some_and(|s| s.done) {
+            pending.pop_front();
+        }
+        let done = pending.front().map(|s| s.offset).unwrap_or(frontier);
+        progress.set_done(done);
+        progress.set_oldest_pending_store_ms(
+            pending
+                .front()
+                .map(|s| s.store_ms)
+                .or_else(|| queued.iter().find_map(|i| match i {
+                    Item::Message(r) => Some(r.store_timestamp_ms),
+                    Item::Advance(_) => None,
+                }))
+                .unwrap_or(0),
+        );
+        lag_gauge.set(progress.lag() as f64);
+
+        if *ctx.stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            Some(c) = done_rx.recv() => {
+                in_flight = in_flight.saturating_sub(1);
+                mark_done(&mut pending, c);
+                while let Ok(c) = done_rx.try_recv() {
+                    in_flight = in_flight.saturating_sub(1);
+                    mark_done(&mut pending, c);
+                }
+            }
+            batch = batches.recv(), if queued.is_empty() => {
+                match batch {
+                    Some(batch) => take_batch(&ctx, &progress, batch, &mut queued),
+                    None => break,
+                }
+            }
+            _ = progress.flushed.notified(), if !queued.is_empty() => {}
+            _ = ctx.stop.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)), if !queued.is_empty() => {}
+        }
+    }
+
+    // Drain: let in-flight sends finish (bounded), keep what completed.
+    let deadline = tokio::time::Instant::now() + ctx.drain_timeout;
+    while in_flight > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(c)) => {
+                in_flight -= 1;
+                mark_done(&mut pending, c);
+            }
+            _ => {
+                tracing::warn!(route = %ctx.route, %queue, in_flight, "drain timed out; unacknowledged sends will be re-sent after restart");
+                break;
+            }
+        }
+    }
+    while pending.front().is_some_and(|s| s.done) {
+        pending.pop_front();
+    }
+    progress.set_done(pending.front().map(|s| s.offset).unwrap_or(frontier));
+    progress.retire();
+    ctx.flusher.wake.notify_one();
+}
+
+fn mark_done(pending: &mut VecDeque<Slot>, c: Completion) {
+    if matches!(c.outcome, SendOutcome::Abandoned) {
+        return;
+    }
+    if let Ok(i) = pending.binary_search_by_key(&c.offset, |s| s.offset) {
+        pending[i].done = true;
+    }
+}
+
+fn take_batch(ctx: &QueueContext, progress: &QueueProgress, batch: PulledBatch, queued: &mut VecDeque<Item>) {
+    match batch.outcome {
+        PullOutcome::Records {
+            records,
+            next_offset,
+            max_offset,
+        } => {
+            progress.set_max_offset(max_offset);
+            queued.extend(records.into_iter().map(Item::Message));
+            queued.push_back(Item::Advance(next_offset));
+        }
+        PullOutcome::Idle {
+            next_offset,
+            max_offset,
+        } => {
+            progress.set_max_offset(max_offset);
+            queued.push_back(Item::Advance(next_offset));
+        }
+        PullOutcome::OffsetMoved {
+            requested,
+            next_offset,
+            min_offset,
+            max_offset,
+        } => {
+            progress.set_max_offset(max_offset);
+            if next_offset > requested {
+                let gap = next_offset - requested;
+                tracing::error!(
+                    route = %ctx.route, queue = %batch.queue, checkpoint = requested,
+                    resumed_at = next_offset, min_offset, lost = gap,
+                    "4.x retention deleted messages the bridge had not forwarded; resuming at the first available offset"
+                );
+                metrics::counter!(m::MESSAGES_TOTAL, "route" => ctx.route.clone(), "outcome" => outcome::EXPIRED)
+                    .increment(gap as u64);
+            } else {
+                tracing::error!(
+                    route = %ctx.route, queue = %batch.queue, checkpoint = requested,
+                    resumed_at = next_offset, max_offset,
+                    "checkpoint is beyond the 4.x queue's max offset (queue reset?); resuming at the broker's suggestion"
+                );
+            }
+            // The done offset may move backwards only in this case; force it.
+            queued.push_back(Item::Advance(next_offset));
+        }
+    }
+}
+
+/// Decides and starts one message. Returns true when it is already finished
+/// (skipped, filtered, quarantined without sending).
+async fn admit(
+    ctx: &QueueContext,
+    rule: &RouteRule,
+    queue: &SourceQueue,
+    record: MessageRecord,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+    fifo_tails: &mut HashMap<String, oneshot::Receiver<()>>,
+) -> bool {
+    let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
+    let source_ctx = SourceContext {
+        broker_name: &queue.broker_name,
+        queue_id: queue.queue_id,
+        now_ms: now_ms(),
+    };
+    match decision {
+        CutoverDecision::Filtered => {
+            count(&ctx.route, outcome::FILTERED);
+            true
+        }
+        CutoverDecision::Skip { .. } => {
+            count(&ctx.route, outcome::SKIPPED);
+            if rule.cutover.percent == 0 {
+                dry_run_validate(ctx, rule, queue, &record, &source_ctx);
+            }
+            true
+        }
+        CutoverDecision::Forward => {
+            let translated = translate::translate(
+                &record,
+                &ctx.target_topic,
+                &rule.target_types,
+                &source_ctx,
+                &rule.translate,
+            );
+            let message = match translated {
+                Ok(msg) => msg,
+                Err(reason) => {
+                    quarantine(ctx, queue, &record, None, &reason.to_string()).await;
+                    return true;
+                }
+            };
+            let wait_for = match &message.kind {
+                MessageKind::Fifo { group } => {
+                    let (tx, rx) = oneshot::channel();
+                    let prev = fifo_tails.insert(group.clone(), rx);
+                    Some((prev, tx))
+                }
+                _ => None,
+            };
+            if fifo_tails.len() > 4096 {
+                // Forget groups whose last send already finished.
+                fifo_tails.retain(|_, rx| {
+                    matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                });
+            }
+            let task_ctx = ctx.clone();
+            let queue = queue.clone();
+            let done_tx = done_tx.clone();
+            let store_ms = record.store_timestamp_ms;
+            let offset = record.queue_offset;
+            let record_for_quarantine = record;
+            tokio::spawn(async move {
+                let (prev, release) = match wait_for {
+                    Some((prev, release)) => (prev, Some(release)),
+                    None => (None, None),
+                };
+                if let Some(prev) = prev {
+                    // Sender dropped also releases us: the predecessor finished one way or another.
+                    let _ = prev.await;
+                }
+                let outcome = send_with_retry(&task_ctx, &queue, &message, &record_for_quarantine, store_ms).await;
+                if let Some(release) = release {
+                    let _ = release.send(());
+                }
+                let _ = done_tx.send(Completion { offset, outcome });
+            });
+            false
+        }
+    }
+}
+
+fn count(route: &str, what: &'static str) {
+    metrics::counter!(m::MESSAGES_TOTAL, "route" => route.to_string(), "outcome" => what).increment(1);
+}
+
+fn dry_run_validate(ctx: &QueueContext, rule: &RouteRule, queue: &SourceQueue, record: &MessageRecord, source_ctx: &SourceContext) {
+    let problem = match translate::translate(record, &ctx.target_topic, &rule.target_types, source_ctx, &rule.translate) {
+        Err(reason) => Some(reason.to_string()),
+        Ok(msg) => ctx
+            .publisher
+            .validate(&msg, &rule.target_types)
+            .err()
+            .map(|e| e.to_string()),
+    };
+    if let Some(problem) = problem {
+        count(&ctx.route, outcome::WOULD_FAIL);
+        tracing::warn!(route = %ctx.route, %queue, offset = record.queue_offset, msg_id = record.message_id(),
+            reason = %problem, "dry run: this message would be rejected by the target topic");
+    }
+}
+
+async fn quarantine(ctx: &QueueContext, queue: &SourceQueue, record: &MessageRecord, message: Option<&OutgoingMessage>, reason: &str) {
+    let entry = QuarantineEntry {
+        route: ctx.route.clone(),
+        queue: queue.clone(),
+        offset: record.queue_offset,
+        message_id: record.message_id().to_string(),
+        reason: reason.to_string(),
+        quarantined_at_ms: now_ms(),
+        message_json: message
+            .map(super::quarantine_codec::encode)
+            .unwrap_or_default(),
+    };
+    // The checkpoint must not pass a message that is neither sent nor kept:
+    // retry the write until it lands (a full disk is reported, not ignored).
+    let mut attempt = 0u32;
+    loop {
+        match ctx.store.quarantine_put(&entry) {
+            Ok(()) => break,
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt % 100 == 0 {
+                    tracing::error!(route = %ctx.route, %queue, offset = record.queue_offset, error = %e,
+                        "cannot write quarantine entry; holding the queue until it can");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    count(&ctx.route, outcome::QUARANTINED);
+    metrics::gauge!(m::QUARANTINE_SIZE, "route" => ctx.route.clone()).increment(1.0);
+    tracing::error!(route = %ctx.route, %queue, offset = record.queue_offset, msg_id = %entry.message_id,
+        reason, "message quarantined; see `rmq-bridge quarantine list`");
+}
+
+async fn send_with_retry(
+    ctx: &QueueContext,
+    queue: &SourceQueue,
+    message: &OutgoingMessage,
+    record: &MessageRecord,
+    store_ms: i64,
+) -> SendOutcome {
+    let mut backoff = Duration::from_millis(50);
+    let mut stop = ctx.stop.clone();
+    loop {
+        match ctx.publisher.send(message).await {
+            Ok(_) => {
+                count(&ctx.route, outcome::FORWARDED);
+                let latency = (now_ms() - store_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone()).record(latency);
+                return SendOutcome::Forwarded;
+            }
+            Err(e) => {
+                metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
+                    .increment(1);
+                if e.is_permanent() {
+                    quarantine(ctx, queue, record, Some(message), &e.to_string()).await;
+                    return SendOutcome::Quarantined;
+                }
+                tracing::warn!(route = %ctx.route, %queue, offset = record.queue_offset, error = %e, "send failed; retrying");
+                if *stop.borrow() {
+                    return SendOutcome::Abandoned;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return SendOutcome::Abandoned,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn error_code(e: &PublishError) -> String {
+    e.code_label()
+}
