@@ -76,6 +76,13 @@ impl NameServers {
     }
 }
 
+/// The list as configured: `host:port;host:port`.
+impl std::fmt::Display for NameServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addrs.join(";"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +91,7 @@ mod tests {
     fn parse_validates_each_entry() {
         let ns = NameServers::parse("a:9876; b:9876;").unwrap();
         assert_eq!(ns.addrs(), &["a:9876".to_string(), "b:9876".to_string()]);
+        assert_eq!(ns.to_string(), "a:9876;b:9876");
         let err = NameServers::parse("a:9876;b9876").unwrap_err();
         assert!(err.to_string().contains("`b9876`"), "{err}");
         assert!(NameServers::parse(" ; ").is_err());
