@@ -284,7 +284,7 @@ pub fn quarantine_drop(path: &Path, route: Option<&str>, offset: Option<i64>, al
 
 /// One decoded 4.x message as the JSON object `peek` prints.
 pub fn record_json(broker: &str, r: &MessageRecord) -> serde_json::Value {
-    let props: BTreeMap<&str, &str> = r.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let props: BTreeMap<&str, &str> = r.properties.iter().collect();
     let mut v = json!({
         "topic": r.topic,
         "broker": broker,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+
 use crate::checkpoint::{now_ms, CheckpointStore, SourceQueue};
 
 /// Progress of one (route, source queue).
@@ -30,8 +31,8 @@ pub struct QueueProgress {
     oldest_pending_store_ms: AtomicI64,
     /// Set once the worker has stopped; the flusher forgets the queue after a final write.
     retired: AtomicBool,
-    /// Signalled after each flush that moved `durable`.
-    pub flushed: Notify,
+    /// Publishes `durable` after each flush that moved it.
+    flushed: watch::Sender<i64>,
 }
 
 impl QueueProgress {
@@ -44,7 +45,7 @@ impl QueueProgress {
             max_offset: AtomicI64::new(start),
             oldest_pending_store_ms: AtomicI64::new(0),
             retired: AtomicBool::new(false),
-            flushed: Notify::new(),
+            flushed: watch::channel(start).0,
         })
     }
 
@@ -68,6 +69,16 @@ impl QueueProgress {
     }
     pub fn oldest_pending_store_ms(&self) -> i64 {
         self.oldest_pending_store_ms.load(Ordering::Acquire)
+    }
+    /// Follows durable-offset changes without missing one.
+    pub fn watch_durable(&self) -> watch::Receiver<i64> {
+        self.flushed.subscribe()
+    }
+    /// Moves the done offset backwards (the 4.x queue was reset below our
+    /// checkpoint); only valid while nothing of the queue is in flight.
+    pub fn reset_done(&self, offset: i64) {
+        self.done.store(offset, Ordering::Release);
+        self.durable.fetch_min(offset, Ordering::AcqRel);
     }
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
@@ -131,7 +142,7 @@ impl CheckpointFlusher {
         let mut fresh: HashMap<String, i64> = HashMap::new();
         for p in &snapshot {
             let done = p.done();
-            if done > p.durable() {
+            if done != p.durable() {
                 updates.push((p.route.clone(), p.queue.clone(), done));
                 moved.push((p.clone(), done));
             } else if p.lag() == 0 {
@@ -140,8 +151,8 @@ impl CheckpointFlusher {
         }
         self.store.advance(&updates)?;
         for (p, done) in &moved {
-            p.durable.fetch_max(*done, Ordering::AcqRel);
-            p.flushed.notify_waiters();
+            p.durable.store(*done, Ordering::Release);
+            p.flushed.send_replace(*done);
             fresh.insert(p.route.clone(), now);
         }
         if let Ok(mut m) = self.route_fresh_ms.lock() {

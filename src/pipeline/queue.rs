@@ -37,12 +37,16 @@ pub struct QueueContext {
     pub rule: watch::Receiver<Arc<RouteRule>>,
     pub stop: watch::Receiver<bool>,
     pub drain_timeout: Duration,
+    /// DELAY targets: a delivery time must stay at least this far ahead at send time.
+    pub delay_min_lead: Duration,
 }
 
 enum Item {
     Message(MessageRecord),
     /// Everything below this offset has been handed over (filtered gaps included).
     Advance(i64),
+    /// The 4.x queue restarted below our position: continue from here.
+    Reset(i64),
 }
 
 struct Slot {
@@ -76,6 +80,7 @@ pub async fn run_queue_worker(
     let mut fifo_tails: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
     let mut rule = ctx.rule.borrow_and_update().clone();
     let mut in_flight = 0usize;
+    let mut durable_rx = progress.watch_durable();
     let labels_queue = queue.queue_id.to_string();
     let lag_gauge = metrics::gauge!(m::SOURCE_LAG_MESSAGES,
         "route" => ctx.route.clone(), "broker" => queue.broker_name.clone(), "queue" => labels_queue);
@@ -86,6 +91,15 @@ pub async fn run_queue_worker(
             match item {
                 Item::Advance(next) => {
                     frontier = frontier.max(*next);
+                    queued.pop_front();
+                }
+                Item::Reset(next) => {
+                    if !pending.is_empty() {
+                        // Let what is in flight finish first.
+                        break;
+                    }
+                    frontier = *next;
+                    progress.reset_done(*next);
                     queued.pop_front();
                 }
                 Item::Message(record) => {
@@ -128,7 +142,7 @@ pub async fn run_queue_worker(
                 .map(|s| s.store_ms)
                 .or_else(|| queued.iter().find_map(|i| match i {
                     Item::Message(r) => Some(r.store_timestamp_ms),
-                    Item::Advance(_) => None,
+                    Item::Advance(_) | Item::Reset(_) => None,
                 }))
                 .unwrap_or(0),
         );
@@ -152,7 +166,7 @@ pub async fn run_queue_worker(
                     None => break,
                 }
             }
-            _ = progress.flushed.notified(), if !queued.is_empty() => {}
+            _ = durable_rx.changed(), if !queued.is_empty() => {}
             _ = ctx.stop.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)), if !queued.is_empty() => {}
         }
@@ -230,8 +244,11 @@ fn take_batch(ctx: &QueueContext, progress: &QueueProgress, batch: PulledBatch, 
                     "checkpoint is beyond the 4.x queue's max offset (queue reset?); resuming at the broker's suggestion"
                 );
             }
-            // The done offset may move backwards only in this case; force it.
-            queued.push_back(Item::Advance(next_offset));
+            if next_offset >= requested {
+                queued.push_back(Item::Advance(next_offset));
+            } else {
+                queued.push_back(Item::Reset(next_offset));
+            }
         }
     }
 }
@@ -326,9 +343,7 @@ fn count(route: &str, what: &'static str) {
 fn dry_run_validate(ctx: &QueueContext, rule: &RouteRule, queue: &SourceQueue, record: &MessageRecord, source_ctx: &SourceContext) {
     let problem = match translate::translate(record, &ctx.target_topic, &rule.target_types, source_ctx, &rule.translate) {
         Err(reason) => Some(reason.to_string()),
-        Ok(msg) => ctx
-            .publisher
-            .validate(&msg, &rule.target_types)
+        Ok(msg) => crate::grpc::validate(&msg, &rule.target_types, ctx.publisher.max_body_size())
             .err()
             .map(|e| e.to_string()),
     };
@@ -382,7 +397,16 @@ async fn send_with_retry(
 ) -> SendOutcome {
     let mut backoff = Duration::from_millis(50);
     let mut stop = ctx.stop.clone();
+    let mut message = std::borrow::Cow::Borrowed(message);
     loop {
+        // A retry can outlive the clamp made at translation time.
+        if let MessageKind::Delay { delivery_timestamp_ms } = message.kind {
+            let clamped = translate::clamp_delivery(delivery_timestamp_ms, now_ms(), ctx.delay_min_lead);
+            if clamped != delivery_timestamp_ms {
+                message.to_mut().kind = MessageKind::Delay { delivery_timestamp_ms: clamped };
+            }
+        }
+        let message = message.as_ref();
         match ctx.publisher.send(message).await {
             Ok(_) => {
                 count(&ctx.route, outcome::FORWARDED);
@@ -411,6 +435,6 @@ async fn send_with_retry(
     }
 }
 
-fn error_code(e: &PublishError) -> String {
+fn error_code(e: &PublishError) -> &'static str {
     e.code_label()
 }

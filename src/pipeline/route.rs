@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::{now_ms, CheckpointStore, JournalEntry, SourceQueue};
 use crate::config::{BridgeConfig, FifoGroupFrom, RouteConfig, StartPosition};
 use crate::cutover::{CutoverRule, EnvironmentFilter};
-use crate::grpc::{Publisher, TopicMessageType};
+use crate::grpc::TopicMessageType;
 use crate::metrics as m;
 use crate::source::{SourceError, SourceSettings, TopicSource};
 use crate::translate::{FifoGroupSource, ProvenanceNames, TranslateOptions};
@@ -308,6 +308,7 @@ fn start_queue(
         rule: rule_rx,
         stop: stop_rx,
         drain_timeout: cfg.pipeline.shutdown_drain_timeout,
+        delay_min_lead: cfg.translate.delay_min_lead,
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
     QueueTask { progress, worker }
