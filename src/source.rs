@@ -229,12 +229,15 @@ impl TopicSource {
                 next_offset: result.next_begin_offset,
                 max_offset: result.max_offset,
             },
-            PullStatus::NoNewMsg | PullStatus::RetryImmediately => PullOutcome::Idle {
-                next_offset: if result.status == PullStatus::NoNewMsg {
-                    result.next_begin_offset.max(offset)
-                } else {
-                    offset
-                },
+            // Java's consumer treats RETRY_IMMEDIATELY like "no matched message"
+            // and continues at the broker's next begin offset.
+            PullStatus::RetryImmediately => PullOutcome::Records {
+                records: Vec::new(),
+                next_offset: result.next_begin_offset.max(offset),
+                max_offset: result.max_offset,
+            },
+            PullStatus::NoNewMsg => PullOutcome::Idle {
+                next_offset: result.next_begin_offset.max(offset),
                 max_offset: result.max_offset,
             },
             PullStatus::OffsetMoved => PullOutcome::OffsetMoved {

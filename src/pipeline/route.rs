@@ -341,7 +341,8 @@ async fn commit_back(source: &TopicSource, route: &str, group: &str, queues: &BT
     let mut live: Vec<String> = Vec::new();
     for addr in source.all_broker_addrs() {
         match source.client().get_consumer_list_by_group(&addr, group).await {
-            Ok(ids) => live.extend(ids),
+            // Our own client id shows up if we heartbeat under this very group.
+            Ok(ids) => live.extend(ids.into_iter().filter(|id| *id != crate::pipeline::client_id())),
             Err(e) => tracing::debug!(route, group, %addr, error = %e, "consumer list query failed"),
         }
     }
