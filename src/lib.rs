@@ -27,4 +27,5 @@ pub mod pipeline;
 pub mod remoting;
 pub mod source;
 pub mod systemd;
+pub mod testkit;
 pub mod translate;

@@ -1,0 +1,253 @@
+//! Helpers on top of `devcluster` shared by the integration tests, the quick
+//! start (`rmq-bridge demo`) and the end-to-end benchmark: typed topics,
+//! producing sample 4.x traffic, reading a topic back over Remoting (the
+//! ground truth of what landed, SPEC section 7), and writing bridge configs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+
+use crate::devcluster::{ClusterOptions, LocalCluster};
+use crate::remoting::{
+    MessageRecord, NameServers, PullRequest, PullStatus, RemotingClient, RemotingClientConfig,
+    SendRequest, SendResult, TopicConfig,
+};
+
+pub fn client() -> RemotingClient {
+    RemotingClient::new(RemotingClientConfig {
+        request_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(3),
+        credentials: None,
+        client_id: format!("testkit@{}", std::process::id()),
+    })
+}
+
+/// A 4.x cluster (name server + broker) on loopback.
+pub fn start_source_cluster(name: &str) -> anyhow::Result<LocalCluster> {
+    LocalCluster::start(ClusterOptions::new(name)).map_err(|e| anyhow!("starting 4.x peers: {e}"))
+}
+
+/// A 5.x cluster (name server + broker + gRPC proxy in cluster mode) on loopback.
+pub fn start_target_cluster(name: &str) -> anyhow::Result<LocalCluster> {
+    LocalCluster::start(ClusterOptions::new(name).with_proxy(true))
+        .map_err(|e| anyhow!("starting 5.x peers: {e}"))
+}
+
+/// Creates a topic on the cluster's broker (with `message.type` when given:
+/// NORMAL, FIFO, DELAY, TRANSACTION) and waits until the name server routes it.
+pub async fn create_topic(
+    client: &RemotingClient,
+    cluster: &LocalCluster,
+    topic: &str,
+    queues: i32,
+    message_type: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut config = TopicConfig::new(topic, queues);
+    if let Some(t) = message_type {
+        config.attributes.insert("message.type".into(), t.into());
+    }
+    client
+        .create_topic(&cluster.broker_addr, &config)
+        .await
+        .with_context(|| format!("creating topic {topic}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(route)) = client.get_topic_route(&cluster.namesrv_addr, topic).await {
+            if route.readable_queues().len() as i32 >= queues {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic} not routed by {} after 30 s", cluster.namesrv_addr);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A message to produce into 4.x.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub queue_id: i32,
+    pub body: Vec<u8>,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub uniq_key: Option<String>,
+    pub properties: Vec<(String, String)>,
+    pub compress_over: Option<usize>,
+    pub sys_flag: i32,
+}
+
+pub async fn produce(
+    client: &RemotingClient,
+    cluster: &LocalCluster,
+    topic: &str,
+    sample: &Sample,
+) -> anyhow::Result<SendResult> {
+    let mut req = SendRequest::new("testkit_producer", topic, sample.queue_id, Bytes::from(sample.body.clone()));
+    if let Some(tag) = &sample.tag {
+        req.properties.insert("TAGS", tag.clone());
+    }
+    if !sample.keys.is_empty() {
+        req.properties.insert("KEYS", sample.keys.join(" "));
+    }
+    if let Some(id) = &sample.uniq_key {
+        req.properties.insert("UNIQ_KEY", id.clone());
+    }
+    for (k, v) in &sample.properties {
+        req.properties.insert(k.clone(), v.clone());
+    }
+    req.compress_over = sample.compress_over;
+    req.sys_flag = sample.sys_flag;
+    client
+        .send_message(&cluster.broker_addr, &req)
+        .await
+        .with_context(|| format!("sending to {topic} queue {}", sample.queue_id))
+}
+
+/// Reads every message of every queue of `topic` on the cluster's broker, in
+/// (queue, offset) order.
+pub async fn read_back(client: &RemotingClient, cluster: &LocalCluster, topic: &str) -> anyhow::Result<Vec<MessageRecord>> {
+    let route = client
+        .get_topic_route(&cluster.namesrv_addr, topic)
+        .await?
+        .ok_or_else(|| anyhow!("topic {topic} not found on {}", cluster.namesrv_addr))?;
+    let mut out = Vec::new();
+    for (broker_name, queue_id) in route.readable_queues() {
+        let addr = route
+            .master_addr(&broker_name)
+            .ok_or_else(|| anyhow!("no master for {broker_name}"))?
+            .to_string();
+        let max = client.get_max_offset(&addr, topic, queue_id).await?;
+        let mut offset = client.get_min_offset(&addr, topic, queue_id).await?;
+        while offset < max {
+            let result = client
+                .pull_message(
+                    &addr,
+                    &PullRequest {
+                        consumer_group: "testkit_reader".into(),
+                        topic: topic.into(),
+                        queue_id,
+                        queue_offset: offset,
+                        max_msg_nums: 32,
+                        sub_expression: "*".into(),
+                        expression_type: "TAG".into(),
+                        sub_version: 0,
+                        suspend_timeout: Duration::from_millis(0),
+                        commit_offset: None,
+                    },
+                )
+                .await?;
+            match result.status {
+                PullStatus::Found => {
+                    out.extend(result.messages);
+                    offset = result.next_begin_offset;
+                }
+                PullStatus::NoMatchedMsg | PullStatus::RetryImmediately | PullStatus::OffsetMoved => {
+                    if result.next_begin_offset <= offset {
+                        break;
+                    }
+                    offset = result.next_begin_offset;
+                }
+                PullStatus::NoNewMsg => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Message count of a topic (sum of max - min over queues).
+pub async fn topic_size(client: &RemotingClient, cluster: &LocalCluster, topic: &str) -> anyhow::Result<i64> {
+    let ns = NameServers::parse(&cluster.namesrv_addr)?;
+    let route = ns
+        .topic_route(client, topic)
+        .await?
+        .ok_or_else(|| anyhow!("topic {topic} not found"))?;
+    let mut total = 0;
+    for (broker_name, queue_id) in route.readable_queues() {
+        let addr = route.master_addr(&broker_name).unwrap_or_default().to_string();
+        total += client.get_max_offset(&addr, topic, queue_id).await?
+            - client.get_min_offset(&addr, topic, queue_id).await?;
+    }
+    Ok(total)
+}
+
+/// One `[[routes]]` entry for [`write_config`].
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub source_topic: String,
+    pub target_topic: String,
+    pub cutover_percent: u8,
+    pub extra: BTreeMap<String, String>,
+}
+
+impl RouteSpec {
+    pub fn new(name: &str, source: &str, target: &str, percent: u8) -> Self {
+        RouteSpec {
+            name: name.into(),
+            source_topic: source.into(),
+            target_topic: target.into(),
+            cutover_percent: percent,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a raw TOML `key = value` line (value written as given).
+    pub fn with(mut self, key: &str, toml_value: &str) -> Self {
+        self.extra.insert(key.into(), toml_value.into());
+        self
+    }
+}
+
+/// Renders a bridge config file for the two local clusters.
+pub fn render_config(source: &LocalCluster, target: &LocalCluster, checkpoint_dir: &Path, metrics_listen: &str, extra_sections: &str, routes: &[RouteSpec]) -> anyhow::Result<String> {
+    let endpoint = target
+        .proxy_endpoint
+        .clone()
+        .ok_or_else(|| anyhow!("target cluster has no proxy"))?;
+    let mut text = format!(
+        "[source]\nnamesrv_addr = \"{}\"\nlong_poll_ms = 2000\n\n[target]\nendpoint = \"{endpoint}\"\n\n[checkpoint]\ndir = \"{}\"\n\n[metrics]\nlisten = \"{metrics_listen}\"\n\n{extra_sections}\n",
+        source.namesrv_addr,
+        checkpoint_dir.display()
+    );
+    for r in routes {
+        text.push_str(&format!(
+            "[[routes]]\nname = \"{}\"\nsource_topic = \"{}\"\ntarget_topic = \"{}\"\ncutover_percent = {}\n",
+            r.name, r.source_topic, r.target_topic, r.cutover_percent
+        ));
+        for (k, v) in &r.extra {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+pub fn write_config(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
+    // Write-then-rename so a watching bridge never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(path.to_path_buf())
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
