@@ -130,6 +130,19 @@ impl CheckpointFlusher {
         ((now_ms() - last).max(0) as f64) / 1000.0
     }
 
+    /// Per route: (lag in messages, number of queues) from the registered queues.
+    pub fn lag_by_route(&self) -> std::collections::BTreeMap<String, (i64, usize)> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(q) = self.queues.lock() {
+            for p in q.values() {
+                let e = out.entry(p.route.clone()).or_insert((0i64, 0usize));
+                e.0 += p.lag();
+                e.1 += 1;
+            }
+        }
+        out
+    }
+
     /// Writes every queue whose done offset moved; returns how many.
     pub fn flush_once(&self) -> Result<usize, crate::checkpoint::StoreError> {
         let snapshot: Vec<Arc<QueueProgress>> = match self.queues.lock() {

@@ -9,6 +9,7 @@ pub mod pull;
 pub mod route;
 pub mod send;
 pub mod topic;
+pub mod transaction;
 
 use super::error::{RemotingError, Result};
 use super::header::RemotingCommand;
