@@ -4,9 +4,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = "proto/apache/rocketmq/v2/service.proto";
     println!("cargo:rerun-if-changed=proto");
-    if !std::path::Path::new(service).exists() {
-        return Ok(());
-    }
     let descriptors = protox::compile([service], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)

@@ -1,0 +1,346 @@
+//! Errors of the 5.x publishing layer, split into *permanent* rejections
+//! (this message can never be accepted by this topic: quarantine it) and
+//! everything else (retry later; alert if it persists).
+//!
+//! Decisions worth knowing:
+//! - `TOPIC_NOT_FOUND` / `NOT_FOUND` is **not** permanent: a missing target
+//!   topic is an operator's setup step that is usually about to happen, and
+//!   quarantining every message of a route because of it would be far worse
+//!   than waiting. The Display says how to create it.
+//! - Authentication / permission failures are not permanent either: they
+//!   concern credentials, not the message.
+//! - `ILLEGAL_TOPIC` is permanent (the name itself is invalid on 5.x).
+
+use std::fmt;
+
+use super::message::TopicMessageType;
+use super::pb;
+
+/// The v2 `Code` a server answered with, kept as its protobuf name (for
+/// metrics labels and logs) and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCode(pub i32);
+
+impl ServerCode {
+    pub fn name(&self) -> &'static str {
+        pb::Code::try_from(self.0)
+            .map(|c| c.as_str_name())
+            .unwrap_or("UNKNOWN_CODE")
+    }
+    pub(crate) fn code(&self) -> Option<pb::Code> {
+        pb::Code::try_from(self.0).ok()
+    }
+}
+
+impl fmt::Display for ServerCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+fn types(list: &[TopicMessageType]) -> String {
+    list.iter()
+        .map(TopicMessageType::as_str)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    // ---------------------------------------------------------- permanent
+    #[error(
+        "topic `{topic}` on 5.x accepts {} messages only; message `{message_id}` is {actual} \
+         — map this route's messages to {} (see the route's message-type mapping) or create a \
+         {actual} topic as the target",
+        types(accepted),
+        types(accepted)
+    )]
+    TypeMismatch {
+        topic: String,
+        message_id: String,
+        actual: TopicMessageType,
+        accepted: Vec<TopicMessageType>,
+    },
+
+    #[error(
+        "message `{message_id}` for topic `{topic}` has a {size}-byte body, above the 5.x limit \
+         of {max} bytes — raise the server's max message size or leave this message quarantined"
+    )]
+    BodyTooLarge {
+        topic: String,
+        message_id: String,
+        size: usize,
+        max: usize,
+    },
+
+    #[error(
+        "message `{message_id}` for topic `{topic}` has an empty body, which 5.x rejects \
+         — leave it quarantined or drop it"
+    )]
+    BodyEmpty { topic: String, message_id: String },
+
+    #[error(
+        "message `{message_id}` for topic `{topic}` is not valid on 5.x ({code}): {reason} \
+         — fix the property mapping for this route or leave the message quarantined"
+    )]
+    IllegalMessage {
+        topic: String,
+        message_id: String,
+        /// Protobuf name of the v2 code that applies (`ILLEGAL_MESSAGE_TAG`, ...).
+        code: &'static str,
+        reason: String,
+    },
+
+    #[error(
+        "5.x rejected topic name `{topic}` ({reason}) — fix the target topic name in the route"
+    )]
+    IllegalTopic { topic: String, reason: String },
+
+    #[error(
+        "5.x permanently rejected message `{message_id}` for topic `{topic}` with {code}: \
+         {reason} — {remedy}",
+        remedy = remedy(*code)
+    )]
+    Rejected {
+        topic: String,
+        message_id: String,
+        code: ServerCode,
+        reason: String,
+    },
+
+    // ---------------------------------------------------------- retriable
+    #[error(
+        "topic `{topic}` does not exist on 5.x — create it (with the right +message.type) \
+         before forwarding; the bridge keeps retrying"
+    )]
+    TopicNotFound { topic: String },
+
+    #[error(
+        "5.x has no writable queue for topic `{topic}` — check the topic's permission and \
+         brokers; the bridge keeps retrying"
+    )]
+    NoWritableQueue { topic: String },
+
+    #[error(
+        "5.x refused our credentials for topic `{topic}` ({code}): {reason} — check the 5.x \
+         access key / secret key and the ACL granting publish on this topic"
+    )]
+    Unauthorized {
+        topic: String,
+        code: ServerCode,
+        reason: String,
+    },
+
+    #[error(
+        "5.x answered {code} for `{what}` after {attempts} attempt(s): {reason} — transient; \
+         the bridge retries (check 5.x broker health if it persists)"
+    )]
+    Retriable {
+        /// Topic and message id (or RPC) concerned.
+        what: String,
+        code: ServerCode,
+        reason: String,
+        attempts: u32,
+    },
+
+    #[error(
+        "5.x endpoint {endpoint} failed for `{what}` after {attempts} attempt(s): {status}: \
+         {reason} — check that the 5.x proxy is up and reachable (endpoints, TLS setting)"
+    )]
+    Transport {
+        what: String,
+        endpoint: String,
+        /// gRPC status code name, e.g. `Unavailable`.
+        status: String,
+        reason: String,
+        attempts: u32,
+    },
+
+    #[error("5.x client configuration is invalid: {reason} — fix the [target] section")]
+    Config { reason: String },
+
+    #[error("the 5.x publisher is shut down; `{what}` was not sent — restart the bridge")]
+    Shutdown { what: String },
+}
+
+impl PublishError {
+    /// True when this message can never be accepted by its target topic as
+    /// it is (quarantine it); false when a retry may succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            PublishError::TypeMismatch { .. }
+                | PublishError::BodyTooLarge { .. }
+                | PublishError::BodyEmpty { .. }
+                | PublishError::IllegalMessage { .. }
+                | PublishError::IllegalTopic { .. }
+                | PublishError::Rejected { .. }
+        )
+    }
+
+    /// A short stable label for metrics (`send errors by code`).
+    pub fn code_label(&self) -> &'static str {
+        match self {
+            PublishError::TypeMismatch { .. } => "MESSAGE_PROPERTY_CONFLICT_WITH_TYPE",
+            PublishError::BodyTooLarge { .. } => "MESSAGE_BODY_TOO_LARGE",
+            PublishError::BodyEmpty { .. } => "MESSAGE_BODY_EMPTY",
+            PublishError::IllegalMessage { code, .. } => code,
+            PublishError::IllegalTopic { .. } => "ILLEGAL_TOPIC",
+            PublishError::Rejected { code, .. } => code.name(),
+            PublishError::TopicNotFound { .. } => "TOPIC_NOT_FOUND",
+            PublishError::NoWritableQueue { .. } => "NO_WRITABLE_QUEUE",
+            PublishError::Unauthorized { code, .. } => code.name(),
+            PublishError::Retriable { code, .. } => code.name(),
+            PublishError::Transport { .. } => "TRANSPORT",
+            PublishError::Config { .. } => "CONFIG",
+            PublishError::Shutdown { .. } => "SHUTDOWN",
+        }
+    }
+}
+
+fn remedy(code: ServerCode) -> &'static str {
+    use pb::Code as C;
+    match code.code() {
+        Some(C::MessagePropertyConflictWithType) => {
+            "the target topic's message type differs from this message's type; fix the route's \
+             type mapping or the topic's +message.type"
+        }
+        Some(C::IllegalDeliveryTime) => {
+            "the delivery time is outside what the target accepts; check the DELAY mapping \
+             (past times are clamped, the server's max delay applies)"
+        }
+        Some(C::MessagePropertiesTooLarge) | Some(C::RequestHeaderFieldsTooLarge) => {
+            "the message carries too many or too large properties; drop or shorten properties \
+             in the route's mapping"
+        }
+        Some(C::PayloadTooLarge) | Some(C::MessageBodyTooLarge) => {
+            "raise the server's max message size or leave this message quarantined"
+        }
+        Some(C::MessageCorrupted) => "the body digest did not match; replay it from quarantine",
+        _ => "inspect the message in quarantine and fix the route's mapping",
+    }
+}
+
+/// How a non-OK v2 status is to be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CodeClass {
+    Ok,
+    /// Retry with backoff (throttling, server-side timeouts, HA trouble).
+    Retriable,
+    TopicNotFound,
+    Unauthorized,
+    IllegalTopic,
+    /// A property of the message is invalid (quarantine).
+    IllegalMessage,
+    BodyTooLarge,
+    BodyEmpty,
+    /// Any other rejection of the message itself (quarantine).
+    Permanent,
+}
+
+pub(crate) fn classify(code: i32) -> CodeClass {
+    use pb::Code as C;
+    let Ok(code) = pb::Code::try_from(code) else {
+        // A code this build does not know: classify by its HTTP-like family.
+        return if code >= 50000 {
+            CodeClass::Retriable
+        } else {
+            CodeClass::Permanent
+        };
+    };
+    match code {
+        C::Ok | C::MultipleResults => CodeClass::Ok,
+        C::TooManyRequests
+        | C::InternalError
+        | C::InternalServerError
+        | C::HaNotAvailable
+        | C::ProxyTimeout
+        | C::MasterPersistenceTimeout
+        | C::SlavePersistenceTimeout
+        | C::RequestTimeout
+        // Client lifecycle hiccups: the settings for our client id are not
+        // (yet) known to this proxy; re-handshake and retry.
+        | C::UnrecognizedClientType
+        | C::ClientIdRequired
+        | C::PreconditionFailed
+        | C::Unspecified => CodeClass::Retriable,
+        C::NotFound | C::TopicNotFound => CodeClass::TopicNotFound,
+        C::Unauthorized | C::Forbidden | C::PaymentRequired => CodeClass::Unauthorized,
+        C::IllegalTopic => CodeClass::IllegalTopic,
+        C::IllegalMessageTag
+        | C::IllegalMessageKey
+        | C::IllegalMessageGroup
+        | C::IllegalMessagePropertyKey
+        | C::IllegalMessageId
+        | C::IllegalDeliveryTime
+        | C::MessagePropertiesTooLarge => CodeClass::IllegalMessage,
+        C::MessageBodyTooLarge | C::PayloadTooLarge => CodeClass::BodyTooLarge,
+        C::MessageBodyEmpty => CodeClass::BodyEmpty,
+        _ => CodeClass::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_of_codes() {
+        use pb::Code as C;
+        for c in [
+            C::TooManyRequests,
+            C::InternalServerError,
+            C::ProxyTimeout,
+            C::MasterPersistenceTimeout,
+            C::SlavePersistenceTimeout,
+            C::HaNotAvailable,
+        ] {
+            assert_eq!(classify(c as i32), CodeClass::Retriable, "{c:?}");
+        }
+        assert_eq!(
+            classify(C::MessagePropertyConflictWithType as i32),
+            CodeClass::Permanent
+        );
+        assert_eq!(
+            classify(C::MessageBodyTooLarge as i32),
+            CodeClass::BodyTooLarge
+        );
+        assert_eq!(
+            classify(C::IllegalMessageTag as i32),
+            CodeClass::IllegalMessage
+        );
+        assert_eq!(classify(C::TopicNotFound as i32), CodeClass::TopicNotFound);
+        assert_eq!(classify(C::IllegalTopic as i32), CodeClass::IllegalTopic);
+        assert_eq!(classify(C::Ok as i32), CodeClass::Ok);
+        assert_eq!(classify(59999), CodeClass::Retriable);
+        assert_eq!(classify(49999), CodeClass::Permanent);
+    }
+
+    #[test]
+    fn display_names_topic_message_and_remedy() {
+        let e = PublishError::TypeMismatch {
+            topic: "orders".into(),
+            message_id: "ID1".into(),
+            actual: TopicMessageType::Normal,
+            accepted: vec![TopicMessageType::Fifo],
+        };
+        let s = e.to_string();
+        assert!(s.contains("`orders`") && s.contains("`ID1`") && s.contains("FIFO"));
+        assert!(e.is_permanent());
+        let e = PublishError::TopicNotFound {
+            topic: "orders".into(),
+        };
+        assert!(!e.is_permanent());
+        assert!(e.to_string().contains("create it"));
+        let e = PublishError::Rejected {
+            topic: "t".into(),
+            message_id: "m".into(),
+            code: ServerCode(pb::Code::MessagePropertyConflictWithType as i32),
+            reason: "x".into(),
+        };
+        assert!(e
+            .to_string()
+            .contains("MESSAGE_PROPERTY_CONFLICT_WITH_TYPE"));
+        assert_eq!(e.code_label(), "MESSAGE_PROPERTY_CONFLICT_WITH_TYPE");
+    }
+}

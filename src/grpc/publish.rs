@@ -1,0 +1,881 @@
+//! Type-aware publishing to 5.x: the `Publisher` the pipeline's sink uses.
+//!
+//! - NORMAL / DELAY: one SendMessage to a writable queue chosen round robin
+//!   (DELAY carries `delivery_timestamp`; clamping a past time is the
+//!   translator's job, see SPEC 3).
+//! - FIFO: `message_group` set, queue chosen by the Java client's hash of the
+//!   group, and never two in-flight sends of one (topic, group): a second
+//!   send of the same group waits for the first to finish (retries included).
+//! - TRANSACTION: prepare (message_type TRANSACTION) then EndTransaction
+//!   COMMIT with the returned transaction id, on the same endpoint, as the
+//!   Java 5.x client does.
+//! - `send_batch` packs NORMAL messages of one topic in one SendMessage
+//!   (servers store such a batch atomically); FIFO, DELAY and TRANSACTION
+//!   messages go one by one, in order, because Java proxies only honour the
+//!   message group of single-message requests, brokers refuse batched timer
+//!   messages, and a transaction covers exactly one message.
+//!
+//! Before anything is sent, [`validate`] checks the message against the
+//! topic's accepted types and the server's limits, so a message that 5.x
+//! would reject is reported as the same permanent error without a round trip
+//! (and without sending a message of the wrong type, which some servers
+//! accept silently).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::client::{fifo_queue_index, Client, FailureContext, GrpcClientConfig, RpcFailure};
+use super::error::PublishError;
+use super::message::{MessageKind, OutgoingMessage, ReceivedMessage, TopicMessageType};
+use super::pb;
+
+/// What 5.x acknowledged for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: String,
+    /// Set for TRANSACTION messages (already committed).
+    pub transaction_id: Option<String>,
+    /// Queue offset the server reported (0 when it does not say).
+    pub offset: i64,
+    /// The queue the message was addressed to.
+    pub queue_id: i32,
+}
+
+/// Names RocketMQ reserves for itself (Java `MessageConst.STRING_HASH_SET`
+/// plus the names newer servers reserve); 5.x rejects them as user
+/// properties.
+const RESERVED_PROPERTIES: &[&str] = &[
+    "TRACE_ON",
+    "MSG_REGION",
+    "KEYS",
+    "TAGS",
+    "WAIT",
+    "DELAY",
+    "RETRY_TOPIC",
+    "ORIGIN_GROUP",
+    "REAL_TOPIC",
+    "REAL_QID",
+    "TRAN_MSG",
+    "PGROUP",
+    "MIN_OFFSET",
+    "MAX_OFFSET",
+    "BUYER_ID",
+    "ORIGIN_MESSAGE_ID",
+    "TRANSFER_FLAG",
+    "CORRECTION_FLAG",
+    "MQ2_FLAG",
+    "RECONSUME_TIME",
+    "UNIQ_KEY",
+    "MAX_RECONSUME_TIMES",
+    "CONSUME_START_TIME",
+    "POP_CK",
+    "POP_CK_OFFSET",
+    "1ST_POP_TIME",
+    "TRAN_PREPARED_QUEUE_OFFSET",
+    "DUP_INFO",
+    "EXTEND_UNIQ_INFO",
+    "INSTANCE_ID",
+    "CORRELATION_ID",
+    "REPLY_TO_CLIENT",
+    "TTL",
+    "ARRIVE_TIME",
+    "PUSH_REPLY_TIME",
+    "CLUSTER",
+    "MSG_TYPE",
+    "INNER_MULTI_QUEUE_OFFSET",
+    "TIMER_DELAY_MS",
+    "TIMER_DELAY_SEC",
+    "TIMER_DELIVER_MS",
+    "TIMER_ENQUEUE_MS",
+    "TIMER_DEQUEUE_MS",
+    "TIMER_ROLL_TIMES",
+    "TIMER_OUT_MS",
+    "TIMER_DEL_UNIQKEY",
+    "TIMER_DELAY_LEVEL",
+    "__BORNHOST",
+    "BORN_TIMESTAMP",
+    "DLQ_ORIGIN_TOPIC",
+    "DLQ_ORIGIN_MESSAGE_ID",
+    "__CRC32#",
+    "__SHARDINGKEY",
+    "TRACE_CONTEXT",
+    "CHECK_IMMUNITY_TIME_IN_SECONDS",
+    "__transactionId__",
+    "TRANSACTION_CHECK_TIMES",
+];
+
+/// Java proxy defaults (`ProxyConfig`): a message group must stay under 64
+/// bytes, at most 128 user properties, and properties + tag + keys at most
+/// 16 KiB.
+const MAX_MESSAGE_GROUP_BYTES: usize = 64;
+const MAX_USER_PROPERTIES: usize = 128;
+const MAX_PROPERTY_BYTES: usize = 16 * 1024;
+
+/// Is `name` reserved by RocketMQ (and so refused as a user property)?
+pub fn is_reserved_property(name: &str) -> bool {
+    RESERVED_PROPERTIES.contains(&name) || name.starts_with("__RMQ.TRANSIENT.")
+}
+
+/// Checks, without sending, whether 5.x would accept `message` on a topic
+/// accepting `accepted` types (empty: the server declared none, no type
+/// check) with bodies up to `max_body_size` bytes. Returns the same
+/// permanent errors a send would.
+pub fn validate(
+    message: &OutgoingMessage,
+    accepted: &[TopicMessageType],
+    max_body_size: usize,
+) -> Result<(), PublishError> {
+    let topic = || message.topic.clone();
+    let id = || message.message_id.clone();
+    let illegal = |code: &'static str, reason: String| PublishError::IllegalMessage {
+        topic: topic(),
+        message_id: id(),
+        code,
+        reason,
+    };
+    let actual = message.kind.topic_type();
+    if !accepted.is_empty() && !accepted.contains(&actual) {
+        return Err(PublishError::TypeMismatch {
+            topic: topic(),
+            message_id: id(),
+            actual,
+            accepted: accepted.to_vec(),
+        });
+    }
+    if message.message_id.trim().is_empty() {
+        return Err(illegal(
+            "ILLEGAL_MESSAGE_ID",
+            "the message id is empty".into(),
+        ));
+    }
+    if message.body.is_empty() {
+        return Err(PublishError::BodyEmpty {
+            topic: topic(),
+            message_id: id(),
+        });
+    }
+    if message.body.len() > max_body_size {
+        return Err(PublishError::BodyTooLarge {
+            topic: topic(),
+            message_id: id(),
+            size: message.body.len(),
+            max: max_body_size,
+        });
+    }
+    let has_control = |s: &str| s.chars().any(char::is_control);
+    let mut property_bytes = 0usize;
+    if let Some(tag) = message.tag.as_deref().filter(|t| !t.is_empty()) {
+        if tag.trim().is_empty() || tag.contains('|') || has_control(tag) {
+            return Err(illegal(
+                "ILLEGAL_MESSAGE_TAG",
+                format!("tag {tag:?} is blank or contains '|' or a control character"),
+            ));
+        }
+        property_bytes += tag.len();
+    }
+    for key in &message.keys {
+        if (!key.is_empty() && key.trim().is_empty()) || has_control(key) {
+            return Err(illegal(
+                "ILLEGAL_MESSAGE_KEY",
+                format!("key {key:?} is blank or contains a control character"),
+            ));
+        }
+        property_bytes += key.len();
+    }
+    if let MessageKind::Fifo { group } = &message.kind {
+        if group.trim().is_empty() || group.len() >= MAX_MESSAGE_GROUP_BYTES || has_control(group) {
+            return Err(illegal(
+                "ILLEGAL_MESSAGE_GROUP",
+                format!(
+                    "message group {group:?} is blank, {} bytes or longer, or contains a \
+                     control character",
+                    MAX_MESSAGE_GROUP_BYTES
+                ),
+            ));
+        }
+    }
+    if message.user_properties.len() > MAX_USER_PROPERTIES {
+        return Err(illegal(
+            "MESSAGE_PROPERTIES_TOO_LARGE",
+            format!(
+                "{} user properties, above the limit of {MAX_USER_PROPERTIES}",
+                message.user_properties.len()
+            ),
+        ));
+    }
+    for (k, v) in &message.user_properties {
+        if k.is_empty() || is_reserved_property(k) {
+            return Err(illegal(
+                "ILLEGAL_MESSAGE_PROPERTY_KEY",
+                format!("user property {k:?} is empty or a name reserved by RocketMQ"),
+            ));
+        }
+        if has_control(k) || has_control(v) {
+            return Err(illegal(
+                "ILLEGAL_MESSAGE_PROPERTY_KEY",
+                format!("user property {k:?} contains a control character"),
+            ));
+        }
+        property_bytes += k.len() + v.len();
+    }
+    if property_bytes > MAX_PROPERTY_BYTES {
+        return Err(illegal(
+            "MESSAGE_PROPERTIES_TOO_LARGE",
+            format!(
+                "properties, tag and keys take {property_bytes} bytes, above {MAX_PROPERTY_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+type GroupLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// The 5.x producer. Cheap to clone; all clones share one client session.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Arc<Client>,
+    fifo_groups: Arc<GroupLocks>,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// Stops the background sessions when the last `Publisher` clone goes away
+/// (they hold the client alive otherwise).
+struct StopOnDrop(Arc<Client>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_tasks();
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("endpoints", &self.client.config().endpoints)
+            .field("client_id", &self.client.config().client_id)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Connects to 5.x: opens the telemetry session on every endpoint and
+    /// waits (up to the request timeout) until one answered the settings
+    /// handshake; starts heartbeats.
+    pub async fn connect(config: GrpcClientConfig) -> Result<Self, PublishError> {
+        Self::connect_with(config, None).await
+    }
+
+    pub(crate) async fn connect_with(
+        config: GrpcClientConfig,
+        retry: Option<super::client::RetryPolicy>,
+    ) -> Result<Self, PublishError> {
+        let mut client = Client::new(config)?;
+        if let Some(r) = retry {
+            if let Some(c) = Arc::get_mut(&mut client) {
+                c.retry = r;
+            }
+        }
+        client.start().await?;
+        Ok(Publisher {
+            _stop: Arc::new(StopOnDrop(Arc::clone(&client))),
+            client,
+            fifo_groups: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The body size limit the server announced (4 MiB until it says).
+    pub fn max_body_size(&self) -> usize {
+        self.client.max_body_size()
+    }
+
+    fn route_error(&self, topic: &str, failure: RpcFailure) -> PublishError {
+        self.client.invalidate_route(topic);
+        failure.into_publish_error(FailureContext {
+            topic,
+            message_id: None,
+            body_len: 0,
+            max_body_size: self.max_body_size(),
+            rpc: "QueryRoute",
+        })
+    }
+
+    async fn route(&self, topic: &str) -> Result<Arc<super::client::TopicRoute>, PublishError> {
+        self.client
+            .route(topic)
+            .await
+            .map_err(|f| self.route_error(topic, f))
+    }
+
+    /// The message types `topic` accepts, from its route
+    /// (`MessageQueue.accept_message_types`). Empty when the server declares
+    /// no type (then nothing is checked locally).
+    pub async fn accepted_types(&self, topic: &str) -> Result<Vec<TopicMessageType>, PublishError> {
+        if self.client.is_shut_down() {
+            return Err(PublishError::Shutdown {
+                what: format!("QueryRoute for topic {topic}"),
+            });
+        }
+        Ok(self.route(topic).await?.accepted.clone())
+    }
+
+    /// Like [`validate`], with the topic's accepted types and the server's
+    /// body limit looked up (dry run).
+    pub async fn check(&self, message: &OutgoingMessage) -> Result<(), PublishError> {
+        let accepted = self.accepted_types(&message.topic).await?;
+        validate(message, &accepted, self.max_body_size())
+    }
+
+    /// Publishes one message according to its kind.
+    pub async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, PublishError> {
+        if self.client.is_shut_down() {
+            return Err(PublishError::Shutdown {
+                what: format!("message {} to topic {}", message.message_id, message.topic),
+            });
+        }
+        self.client.ensure_topic(&message.topic);
+        let route = self.route(&message.topic).await?;
+        validate(message, &route.accepted, self.max_body_size())?;
+        if route.writable.is_empty() {
+            self.client.invalidate_route(&message.topic);
+            return Err(PublishError::NoWritableQueue {
+                topic: message.topic.clone(),
+            });
+        }
+        match &message.kind {
+            MessageKind::Fifo { group } => {
+                let key = (message.topic.clone(), group.clone());
+                let lock = {
+                    let mut map = lock_map(&self.fifo_groups);
+                    Arc::clone(map.entry(key.clone()).or_default())
+                };
+                let result = {
+                    let _in_flight = lock.lock().await;
+                    self.send_one(message, &route).await
+                };
+                let mut map = lock_map(&self.fifo_groups);
+                // Only the map and we hold it: nobody waits, forget the group.
+                if Arc::strong_count(&lock) == 2 {
+                    map.remove(&key);
+                }
+                result
+            }
+            _ => self.send_one(message, &route).await,
+        }
+    }
+
+    fn queue_for(
+        &self,
+        message: &OutgoingMessage,
+        route: &super::client::TopicRoute,
+        attempt: u32,
+    ) -> i32 {
+        let queues = &route.writable;
+        let n = queues.len().max(1);
+        let idx = match &message.kind {
+            MessageKind::Fifo { group } => fifo_queue_index(group, n),
+            // Round robin; a retry moves on to the next queue.
+            _ => {
+                if attempt <= 1 {
+                    self.client
+                        .round_robin
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        % n
+                } else {
+                    self.client
+                        .round_robin
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .wrapping_add(attempt as usize)
+                        % n
+                }
+            }
+        };
+        queues.get(idx).map_or(0, |q| q.id)
+    }
+
+    async fn send_one(
+        &self,
+        message: &OutgoingMessage,
+        route: &super::client::TopicRoute,
+    ) -> Result<SendReceipt, PublishError> {
+        let namespace = self.client.config().namespace.clone();
+        let queue_ids: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+        let build = |attempt: u32| {
+            let q = self.queue_for(message, route, attempt);
+            lock_map(&queue_ids).push(q);
+            pb::SendMessageRequest {
+                messages: vec![message.to_wire(&namespace, q)],
+            }
+        };
+        let ctx = |rpc| FailureContext {
+            topic: &message.topic,
+            message_id: Some(&message.message_id),
+            body_len: message.body.len(),
+            max_body_size: self.max_body_size(),
+            rpc,
+        };
+        let sent = self
+            .client
+            .unary(
+                self.client.producer_headers(),
+                None,
+                self.client.request_timeout(),
+                build,
+                |mut c, r| async move { c.send_message(r).await },
+                send_status,
+            )
+            .await;
+        let (resp, endpoint) = match sent {
+            Ok(ok) => ok,
+            Err(f) => {
+                self.after_failure(&message.topic, &f);
+                return Err(f.into_publish_error(ctx("SendMessage")));
+            }
+        };
+        let queue_id = lock_map(&queue_ids).last().copied().unwrap_or(0);
+        let entry = match resp.entries.into_iter().next() {
+            Some(e) => e,
+            None => {
+                return Err(PublishError::Retriable {
+                    what: format!(
+                        "SendMessage of message {} to topic {}",
+                        message.message_id, message.topic
+                    ),
+                    code: super::error::ServerCode(pb::Code::InternalError as i32),
+                    reason: "the server acknowledged no entry".into(),
+                    attempts: 1,
+                })
+            }
+        };
+        let message_id = if entry.message_id.is_empty() {
+            message.message_id.clone()
+        } else {
+            entry.message_id.clone()
+        };
+        let mut receipt = SendReceipt {
+            message_id,
+            transaction_id: None,
+            offset: entry.offset,
+            queue_id,
+        };
+        if message.kind == MessageKind::Transaction {
+            if entry.transaction_id.is_empty() {
+                return Err(PublishError::Retriable {
+                    what: format!(
+                        "transaction prepare of message {} to topic {}",
+                        message.message_id, message.topic
+                    ),
+                    code: super::error::ServerCode(pb::Code::InvalidTransactionId as i32),
+                    reason: "the server returned no transaction id".into(),
+                    attempts: 1,
+                });
+            }
+            let request = pb::EndTransactionRequest {
+                topic: Some(self.client.resource(&message.topic)),
+                message_id: receipt.message_id.clone(),
+                transaction_id: entry.transaction_id.clone(),
+                resolution: pb::TransactionResolution::Commit as i32,
+                source: pb::TransactionSource::SourceClient as i32,
+                trace_context: String::new(),
+            };
+            self.client
+                .unary(
+                    self.client.producer_headers(),
+                    Some(endpoint),
+                    self.client.request_timeout(),
+                    |_| request.clone(),
+                    |mut c, r| async move { c.end_transaction(r).await },
+                    |r: &pb::EndTransactionResponse| r.status.clone(),
+                )
+                .await
+                .map_err(|f| f.into_publish_error(ctx("EndTransaction(COMMIT)")))?;
+            receipt.transaction_id = Some(entry.transaction_id);
+        }
+        Ok(receipt)
+    }
+
+    fn after_failure(&self, topic: &str, failure: &RpcFailure) {
+        // Anything but a rejection of the message itself may mean the route
+        // changed: refresh it next time.
+        let message_problem = matches!(
+            failure,
+            RpcFailure::Server { code, .. }
+                if matches!(
+                    super::error::classify(*code),
+                    super::error::CodeClass::Permanent
+                        | super::error::CodeClass::IllegalMessage
+                        | super::error::CodeClass::BodyEmpty
+                        | super::error::CodeClass::BodyTooLarge
+                )
+        );
+        if !message_problem {
+            self.client.invalidate_route(topic);
+        }
+    }
+
+    /// Publishes several messages, in order. NORMAL messages of one topic
+    /// travel in one SendMessage (stored atomically: one error for all);
+    /// any other mix is sent message by message, stopping at the first
+    /// error. A permanent error of a packed batch does not say which message
+    /// was refused: re-send them one by one to find it.
+    pub async fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<SendReceipt>, PublishError> {
+        let Some(first) = messages.first() else {
+            return Ok(Vec::new());
+        };
+        let packable = messages.len() > 1
+            && messages
+                .iter()
+                .all(|m| m.kind == MessageKind::Normal && m.topic == first.topic);
+        if !packable {
+            let mut receipts = Vec::with_capacity(messages.len());
+            for m in messages {
+                receipts.push(self.send(m).await?);
+            }
+            return Ok(receipts);
+        }
+        if self.client.is_shut_down() {
+            return Err(PublishError::Shutdown {
+                what: format!(
+                    "batch of {} messages to topic {}",
+                    messages.len(),
+                    first.topic
+                ),
+            });
+        }
+        let topic = &first.topic;
+        self.client.ensure_topic(topic);
+        let route = self.route(topic).await?;
+        for m in messages {
+            validate(m, &route.accepted, self.max_body_size())?;
+        }
+        if route.writable.is_empty() {
+            self.client.invalidate_route(topic);
+            return Err(PublishError::NoWritableQueue {
+                topic: topic.clone(),
+            });
+        }
+        let namespace = self.client.config().namespace.clone();
+        let queue_ids: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+        let build = |attempt: u32| {
+            let q = self.queue_for(first, &route, attempt);
+            lock_map(&queue_ids).push(q);
+            pb::SendMessageRequest {
+                messages: messages.iter().map(|m| m.to_wire(&namespace, q)).collect(),
+            }
+        };
+        let total: usize = messages.iter().map(|m| m.body.len()).sum();
+        let result = self
+            .client
+            .unary(
+                self.client.producer_headers(),
+                None,
+                self.client.request_timeout(),
+                build,
+                |mut c, r| async move { c.send_message(r).await },
+                send_status,
+            )
+            .await;
+        let (resp, _) = match result {
+            Ok(ok) => ok,
+            Err(f) => {
+                self.after_failure(topic, &f);
+                return Err(f.into_publish_error(FailureContext {
+                    topic,
+                    message_id: Some(&first.message_id),
+                    body_len: total,
+                    max_body_size: self.max_body_size(),
+                    rpc: "SendMessage(batch)",
+                }));
+            }
+        };
+        if resp.entries.len() != messages.len() {
+            return Err(PublishError::Retriable {
+                what: format!("batch of {} messages to topic {topic}", messages.len()),
+                code: super::error::ServerCode(pb::Code::InternalError as i32),
+                reason: format!(
+                    "the server acknowledged {} entries for {} messages",
+                    resp.entries.len(),
+                    messages.len()
+                ),
+                attempts: 1,
+            });
+        }
+        let queue_id = lock_map(&queue_ids).last().copied().unwrap_or(0);
+        Ok(resp
+            .entries
+            .into_iter()
+            .zip(messages)
+            .map(|(e, m)| SendReceipt {
+                message_id: if e.message_id.is_empty() {
+                    m.message_id.clone()
+                } else {
+                    e.message_id
+                },
+                transaction_id: None,
+                offset: e.offset,
+                queue_id,
+            })
+            .collect())
+    }
+
+    /// Receives up to `max` messages of `topic` as simple-consumer `group`
+    /// (filter `*`), hiding them from the group for `invisible_duration`.
+    /// For tests and the verifier; the first call opens a consumer session.
+    pub async fn receive(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        invisible_duration: Duration,
+    ) -> Result<Vec<ReceivedMessage>, PublishError> {
+        use tokio_stream::StreamExt;
+        let what = |rpc| FailureContext {
+            topic,
+            message_id: None,
+            body_len: 0,
+            max_body_size: self.max_body_size(),
+            rpc,
+        };
+        if self.client.is_shut_down() {
+            return Err(RpcFailure::Shutdown.into_publish_error(what("ReceiveMessage")));
+        }
+        let route = self.route(topic).await?;
+        let n = route.readable.len();
+        let Some(queue) = (n > 0)
+            .then(|| {
+                route.readable.get(
+                    self.client
+                        .round_robin
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        % n,
+                )
+            })
+            .flatten()
+            .cloned()
+        else {
+            return Err(PublishError::NoWritableQueue {
+                topic: topic.to_owned(),
+            });
+        };
+        let headers = self.client.consumer_headers(group, topic).await;
+        let long_polling = RECEIVE_LONG_POLLING;
+        let request = pb::ReceiveMessageRequest {
+            group: Some(self.client.resource(group)),
+            message_queue: Some(queue),
+            filter_expression: Some(pb::FilterExpression {
+                r#type: pb::FilterType::Tag as i32,
+                expression: "*".into(),
+            }),
+            batch_size: i32::try_from(max.max(1)).unwrap_or(i32::MAX),
+            invisible_duration: Some(super::message::duration_to_wire(invisible_duration)),
+            auto_renew: false,
+            long_polling_timeout: Some(super::message::duration_to_wire(long_polling)),
+            attempt_id: Some(super::metadata::request_id()),
+        };
+        let mut req = tonic::Request::new(request);
+        headers.apply(req.metadata_mut());
+        req.set_timeout(self.client.request_timeout() + long_polling);
+        let mut stream = self
+            .client
+            .raw_client(self.client.preferred_endpoint())
+            .receive_message(req)
+            .await
+            .map_err(|s| grpc_failure(self, s).into_publish_error(what("ReceiveMessage")))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            let item =
+                item.map_err(|s| grpc_failure(self, s).into_publish_error(what("ReceiveMessage")))?;
+            match item.content {
+                Some(pb::receive_message_response::Content::Message(m)) => {
+                    out.push(ReceivedMessage::from_wire(m))
+                }
+                Some(pb::receive_message_response::Content::Status(st)) => {
+                    let code = st.code;
+                    let empty = code == pb::Code::MessageNotFound as i32;
+                    if !empty && super::error::classify(code) != super::error::CodeClass::Ok {
+                        return Err(RpcFailure::Server {
+                            code,
+                            message: st.message,
+                            attempts: 1,
+                        }
+                        .into_publish_error(what("ReceiveMessage")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges received messages for `group`.
+    pub async fn ack(
+        &self,
+        topic: &str,
+        group: &str,
+        messages: &[ReceivedMessage],
+    ) -> Result<(), PublishError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let headers = self.client.consumer_headers(group, topic).await;
+        let request = pb::AckMessageRequest {
+            group: Some(self.client.resource(group)),
+            topic: Some(self.client.resource(topic)),
+            entries: messages
+                .iter()
+                .map(|m| pb::AckMessageEntry {
+                    message_id: m.message_id.clone(),
+                    receipt_handle: m.receipt_handle.clone(),
+                    lite_topic: None,
+                })
+                .collect(),
+        };
+        self.client
+            .unary(
+                &headers,
+                None,
+                self.client.request_timeout(),
+                |_| request.clone(),
+                |mut c, r| async move { c.ack_message(r).await },
+                |r: &pb::AckMessageResponse| {
+                    r.entries
+                        .iter()
+                        .filter_map(|e| e.status.clone())
+                        .find(|s| s.code != pb::Code::Ok as i32)
+                        .or_else(|| r.status.clone())
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(|f| {
+                f.into_publish_error(FailureContext {
+                    topic,
+                    message_id: None,
+                    body_len: 0,
+                    max_body_size: self.max_body_size(),
+                    rpc: "AckMessage",
+                })
+            })
+    }
+
+    /// Notifies every endpoint that this client leaves and stops the
+    /// background sessions. Later sends fail with `PublishError::Shutdown`.
+    pub async fn shutdown(&self) {
+        self.client.shutdown().await;
+    }
+}
+
+const RECEIVE_LONG_POLLING: Duration = Duration::from_secs(5);
+
+fn grpc_failure(p: &Publisher, s: tonic::Status) -> RpcFailure {
+    RpcFailure::Grpc {
+        endpoint: p
+            .client
+            .config()
+            .endpoints
+            .get(p.client.preferred_endpoint())
+            .cloned()
+            .unwrap_or_default(),
+        code: s.code(),
+        message: s.message().to_owned(),
+        attempts: 1,
+    }
+}
+
+/// The status that decides a SendMessage: the first non-OK entry, else the
+/// response status (as the Java client reads it).
+fn send_status(r: &pb::SendMessageResponse) -> Option<pb::Status> {
+    r.entries
+        .iter()
+        .filter_map(|e| e.status.clone())
+        .find(|s| s.code != pb::Code::Ok as i32)
+        .or_else(|| r.status.clone())
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::collections::BTreeMap;
+
+    fn msg(kind: MessageKind) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: "t".into(),
+            message_id: "ID".into(),
+            body: Bytes::from_static(b"x"),
+            tag: None,
+            keys: vec![],
+            user_properties: BTreeMap::new(),
+            born_timestamp_ms: 0,
+            born_host: String::new(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn validate_checks_type_size_and_properties() {
+        use TopicMessageType as T;
+        let normal = msg(MessageKind::Normal);
+        assert!(validate(&normal, &[T::Normal], 10).is_ok());
+        assert!(validate(&normal, &[], 10).is_ok());
+        let e = validate(&normal, &[T::Fifo], 10).unwrap_err();
+        assert!(matches!(e, PublishError::TypeMismatch { .. }) && e.is_permanent());
+
+        let mut big = normal.clone();
+        big.body = Bytes::from(vec![0u8; 11]);
+        assert!(matches!(
+            validate(&big, &[T::Normal], 10),
+            Err(PublishError::BodyTooLarge {
+                size: 11,
+                max: 10,
+                ..
+            })
+        ));
+        let mut empty = normal.clone();
+        empty.body = Bytes::new();
+        assert!(matches!(
+            validate(&empty, &[], 10),
+            Err(PublishError::BodyEmpty { .. })
+        ));
+
+        let mut reserved = normal.clone();
+        reserved
+            .user_properties
+            .insert("UNIQ_KEY".into(), "x".into());
+        let e = validate(&reserved, &[], 10).unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(e.code_label(), "ILLEGAL_MESSAGE_PROPERTY_KEY");
+
+        let mut tag = normal.clone();
+        tag.tag = Some("a|b".into());
+        assert_eq!(
+            validate(&tag, &[], 10).unwrap_err().code_label(),
+            "ILLEGAL_MESSAGE_TAG"
+        );
+
+        let fifo = msg(MessageKind::Fifo { group: " ".into() });
+        assert_eq!(
+            validate(&fifo, &[T::Fifo], 10).unwrap_err().code_label(),
+            "ILLEGAL_MESSAGE_GROUP"
+        );
+        let fifo = msg(MessageKind::Fifo {
+            group: "g".repeat(64),
+        });
+        assert!(validate(&fifo, &[T::Fifo], 10).is_err());
+        let fifo = msg(MessageKind::Fifo { group: "g".into() });
+        assert!(validate(&fifo, &[T::Fifo], 10).is_ok());
+
+        let mut env = normal.clone();
+        env.user_properties.insert("gray".into(), "true".into());
+        assert!(validate(&env, &[], 10).is_ok());
+    }
+}

@@ -1,0 +1,718 @@
+//! Tests of the publisher against an in-process fake `MessagingService`
+//! (a tonic server built from our own proto on 127.0.0.1:0). The fake
+//! records every request with its metadata and can be scripted to fail,
+//! hold sends, or declare topic types. Tests against the real peers live in
+//! `tests/`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::client::RetryPolicy;
+use super::metadata;
+use super::pb;
+use super::pb::messaging_service_server::{MessagingService, MessagingServiceServer};
+use super::*;
+
+/// What the fake does with the next SendMessage.
+#[derive(Debug, Clone)]
+enum Script {
+    Grpc(tonic::Code),
+    V2(pb::Code),
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<(&'static str, MetadataMap)>,
+    sends: Vec<pb::SendMessageRequest>,
+    end_transactions: Vec<pb::EndTransactionRequest>,
+    heartbeats: Vec<pb::HeartbeatRequest>,
+    settings: Vec<pb::Settings>,
+    terminations: Vec<MetadataMap>,
+    route_queries: usize,
+    accept: Vec<pb::MessageType>,
+    script: VecDeque<Script>,
+    hold: Duration,
+    in_flight: HashMap<String, usize>,
+    max_in_flight_per_group: usize,
+    total_in_flight: usize,
+    max_total_in_flight: usize,
+    max_body_size: i32,
+    offset: i64,
+}
+
+#[derive(Clone, Default)]
+struct Fake {
+    state: Arc<Mutex<State>>,
+}
+
+impl Fake {
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn ok() -> Option<pb::Status> {
+    Some(pb::Status {
+        code: pb::Code::Ok as i32,
+        message: "OK".into(),
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MessagingService for Fake {
+    async fn query_route(
+        &self,
+        request: Request<pb::QueryRouteRequest>,
+    ) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        let mut st = self.st();
+        st.calls.push(("QueryRoute", request.metadata().clone()));
+        st.route_queries += 1;
+        let req = request.into_inner();
+        let queues = (0..4)
+            .map(|id| pb::MessageQueue {
+                topic: req.topic.clone(),
+                id,
+                permission: pb::Permission::ReadWrite as i32,
+                broker: Some(pb::Broker {
+                    name: "broker-a".into(),
+                    id: 0,
+                    endpoints: req.endpoints.clone(),
+                }),
+                accept_message_types: st.accept.iter().map(|t| *t as i32).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::QueryRouteResponse {
+            status: ok(),
+            message_queues: queues,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let mut st = self.st();
+        st.calls.push(("Heartbeat", request.metadata().clone()));
+        st.heartbeats.push(request.into_inner());
+        Ok(Response::new(pb::HeartbeatResponse { status: ok() }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let req = request.get_ref().clone();
+        let group = req
+            .messages
+            .first()
+            .and_then(|m| m.system_properties.as_ref())
+            .and_then(|s| s.message_group.clone())
+            .unwrap_or_default();
+        let (script, hold) = {
+            let mut st = self.st();
+            st.calls.push(("SendMessage", request.metadata().clone()));
+            st.sends.push(req.clone());
+            let n = st.in_flight.entry(group.clone()).or_default();
+            *n += 1;
+            let n = *n;
+            st.max_in_flight_per_group = st.max_in_flight_per_group.max(n);
+            st.total_in_flight += 1;
+            st.max_total_in_flight = st.max_total_in_flight.max(st.total_in_flight);
+            (st.script.pop_front(), st.hold)
+        };
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
+        let mut st = self.st();
+        if let Some(n) = st.in_flight.get_mut(&group) {
+            *n -= 1;
+        }
+        st.total_in_flight -= 1;
+        match script {
+            Some(Script::Grpc(code)) => return Err(Status::new(code, "scripted failure")),
+            Some(Script::V2(code)) => {
+                return Ok(Response::new(pb::SendMessageResponse {
+                    status: Some(pb::Status {
+                        code: code as i32,
+                        message: format!("scripted {}", code.as_str_name()),
+                    }),
+                    entries: vec![],
+                }))
+            }
+            None => {}
+        }
+        let entries = req
+            .messages
+            .iter()
+            .map(|m| {
+                st.offset += 1;
+                let sys = m.system_properties.clone().unwrap_or_default();
+                pb::SendResultEntry {
+                    status: ok(),
+                    message_id: sys.message_id.clone(),
+                    transaction_id: if sys.message_type == pb::MessageType::Transaction as i32 {
+                        format!("tx-{}", sys.message_id)
+                    } else {
+                        String::new()
+                    },
+                    offset: st.offset,
+                    recall_handle: String::new(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::SendMessageResponse {
+            status: ok(),
+            entries,
+        }))
+    }
+
+    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        self.st()
+            .calls
+            .push(("ReceiveMessage", request.metadata().clone()));
+        let topic = request
+            .get_ref()
+            .message_queue
+            .as_ref()
+            .and_then(|q| q.topic.clone());
+        let message = pb::Message {
+            topic,
+            user_properties: Default::default(),
+            system_properties: Some(pb::SystemProperties {
+                message_id: "RECEIVED-1".into(),
+                receipt_handle: Some("handle-1".into()),
+                body_digest: Some(pb::Digest {
+                    r#type: pb::DigestType::Crc32 as i32,
+                    checksum: "3610A686".into(),
+                }),
+                ..Default::default()
+            }),
+            body: b"hello".to_vec(),
+        };
+        let items = vec![
+            Ok(pb::ReceiveMessageResponse {
+                content: Some(pb::receive_message_response::Content::Message(message)),
+            }),
+            Ok(pb::ReceiveMessageResponse {
+                content: ok().map(pb::receive_message_response::Content::Status),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<pb::AckMessageRequest>,
+    ) -> Result<Response<pb::AckMessageResponse>, Status> {
+        self.st()
+            .calls
+            .push(("AckMessage", request.metadata().clone()));
+        Ok(Response::new(pb::AckMessageResponse {
+            status: ok(),
+            entries: vec![],
+        }))
+    }
+
+    async fn end_transaction(
+        &self,
+        request: Request<pb::EndTransactionRequest>,
+    ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        let mut st = self.st();
+        st.calls
+            .push(("EndTransaction", request.metadata().clone()));
+        st.end_transactions.push(request.into_inner());
+        Ok(Response::new(pb::EndTransactionResponse { status: ok() }))
+    }
+
+    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        request: Request<tonic::Streaming<pb::TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
+        self.st()
+            .calls
+            .push(("Telemetry", request.metadata().clone()));
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            while let Some(Ok(cmd)) = inbound.next().await {
+                if let Some(pb::telemetry_command::Command::Settings(s)) = cmd.command {
+                    let max = {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        st.settings.push(s.clone());
+                        st.max_body_size
+                    };
+                    let mut reply = s;
+                    if let Some(pb::settings::PubSub::Publishing(p)) = &mut reply.pub_sub {
+                        p.max_body_size = max;
+                    }
+                    let frame = pb::TelemetryCommand {
+                        status: ok(),
+                        command: Some(pb::telemetry_command::Command::Settings(reply)),
+                    };
+                    if tx.send(Ok(frame)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        request: Request<pb::NotifyClientTerminationRequest>,
+    ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        self.st().terminations.push(request.metadata().clone());
+        Ok(Response::new(pb::NotifyClientTerminationResponse {
+            status: ok(),
+        }))
+    }
+}
+
+async fn start_fake(fake: Fake) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let incoming = TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        // A single service needs no router (tonic's `router` feature is off).
+        let _ = tonic::transport::Server::builder()
+            .serve_with_incoming(MessagingServiceServer::new(fake), incoming)
+            .await;
+    });
+    addr
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+async fn setup(accept: &[pb::MessageType]) -> (Fake, Publisher, GrpcClientConfig) {
+    let fake = Fake::default();
+    {
+        let mut st = fake.st();
+        st.accept = accept.to_vec();
+        st.max_body_size = 1024 * 1024;
+    }
+    let addr = start_fake(fake.clone()).await;
+    let mut config = GrpcClientConfig::new(vec![addr.to_string()]);
+    config.client_id = "test-host@1@0@abc".into();
+    let publisher = Publisher::connect_with(config.clone(), Some(fast_retry()))
+        .await
+        .expect("connect to fake");
+    (fake, publisher, config)
+}
+
+fn message(topic: &str, id: &str, kind: MessageKind) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: topic.into(),
+        message_id: id.into(),
+        body: Bytes::from_static(b"hello"),
+        tag: Some("TagA".into()),
+        keys: vec!["k1".into()],
+        user_properties: BTreeMap::from([("gray".into(), "true".into())]),
+        born_timestamp_ms: 1_700_000_000_123,
+        born_host: "10.1.2.3".into(),
+        kind,
+    }
+}
+
+const ALL: [pb::MessageType; 4] = [
+    pb::MessageType::Normal,
+    pb::MessageType::Fifo,
+    pb::MessageType::Delay,
+    pb::MessageType::Transaction,
+];
+
+fn header<'a>(m: &'a MetadataMap, key: &str) -> &'a str {
+    m.get(key).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn headers_present_and_signature_correct() {
+    let fake = Fake::default();
+    fake.st().accept = vec![pb::MessageType::Normal];
+    let addr = start_fake(fake.clone()).await;
+    let mut config = GrpcClientConfig::new(vec![addr.to_string()]);
+    config.client_id = "bridge@42@0@xyz".into();
+    config.namespace = "ns-prod".into();
+    config.credentials = Some(GrpcCredentials {
+        access_key: "AK123".into(),
+        secret_key: "SK456".into(),
+        security_token: Some("STS-TOKEN".into()),
+    });
+    let p = Publisher::connect_with(config, Some(fast_retry()))
+        .await
+        .expect("connect");
+    p.send(&message("orders", "ID-1", MessageKind::Normal))
+        .await
+        .expect("send");
+    p.send(&message("orders", "ID-2", MessageKind::Normal))
+        .await
+        .expect("send");
+
+    let st = fake.st();
+    let sends: Vec<_> = st
+        .calls
+        .iter()
+        .filter(|(n, _)| *n == "SendMessage")
+        .collect();
+    assert_eq!(sends.len(), 2);
+    for (_, m) in &st.calls {
+        assert_eq!(header(m, "x-mq-client-id"), "bridge@42@0@xyz");
+        assert_eq!(header(m, "x-mq-language"), "JAVA");
+        assert_eq!(header(m, "x-mq-protocol"), "v2");
+        assert!(!header(m, "x-mq-client-version").is_empty());
+        assert_eq!(header(m, "x-mq-namespace"), "ns-prod");
+        assert_eq!(header(m, "x-mq-session-token"), "STS-TOKEN");
+        let dt = header(m, "x-mq-date-time");
+        assert_eq!(dt.len(), 16, "{dt}");
+        assert!(dt.as_bytes()[8] == b'T' && dt.ends_with('Z'));
+        assert_eq!(
+            header(m, "authorization"),
+            format!(
+                "MQv2-HMAC-SHA1 Credential=AK123, SignedHeaders=x-mq-date-time, Signature={}",
+                metadata::signature("SK456", dt)
+            )
+        );
+        assert_eq!(header(m, "x-mq-request-id").len(), 36);
+    }
+    assert_ne!(
+        header(&sends[0].1, "x-mq-request-id"),
+        header(&sends[1].1, "x-mq-request-id")
+    );
+    // Resources carry the namespace too.
+    let topic = st.sends[0].messages[0].topic.clone().unwrap_or_default();
+    assert_eq!(topic.resource_namespace, "ns-prod");
+}
+
+#[tokio::test]
+async fn settings_handshake_heartbeat_and_termination() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    assert_eq!(p.max_body_size(), 1024 * 1024, "learned from the server");
+    p.send(&message("orders", "ID-1", MessageKind::Normal))
+        .await
+        .expect("send");
+    {
+        let st = fake.st();
+        let first = &st.settings[0];
+        assert_eq!(first.client_type, Some(pb::ClientType::Producer as i32));
+        assert!(first.request_timeout.is_some());
+        assert_eq!(
+            first.user_agent.as_ref().map(|u| u.language),
+            Some(pb::Language::Java as i32)
+        );
+        // After the first send of a topic the settings list it.
+        let last = st.settings.last().cloned().unwrap_or_default();
+        match last.pub_sub {
+            Some(pb::settings::PubSub::Publishing(p)) => {
+                assert_eq!(p.topics.len(), 1);
+                assert_eq!(p.topics[0].name, "orders");
+            }
+            other => panic!("unexpected pub_sub {other:?}"),
+        }
+        assert!(st
+            .heartbeats
+            .iter()
+            .any(|h| h.client_type == pb::ClientType::Producer as i32 && h.group.is_none()));
+    }
+    // A body above the server's limit is refused locally.
+    let mut big = message("orders", "ID-BIG", MessageKind::Normal);
+    big.body = Bytes::from(vec![b'x'; 1024 * 1024 + 1]);
+    let err = p.send(&big).await.unwrap_err();
+    assert!(matches!(err, PublishError::BodyTooLarge { .. }) && err.is_permanent());
+
+    p.shutdown().await;
+    assert_eq!(fake.st().terminations.len(), 1);
+    let err = p
+        .send(&message("orders", "ID-2", MessageKind::Normal))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::Shutdown { .. }));
+    assert!(!err.is_permanent());
+}
+
+#[tokio::test]
+async fn each_kind_maps_to_the_right_wire_fields() {
+    let (fake, p, _) = setup(&ALL).await;
+    let kinds = [
+        MessageKind::Normal,
+        MessageKind::Fifo {
+            group: "order-7".into(),
+        },
+        MessageKind::Delay {
+            delivery_timestamp_ms: 1_900_000_000_000,
+        },
+        MessageKind::Transaction,
+    ];
+    for (i, kind) in kinds.iter().enumerate() {
+        let r = p
+            .send(&message("mixed", &format!("ID-{i}"), kind.clone()))
+            .await
+            .expect("send");
+        assert_eq!(r.message_id, format!("ID-{i}"));
+        assert!((0..4).contains(&r.queue_id));
+    }
+    let st = fake.st();
+    assert_eq!(st.sends.len(), 4);
+    for (req, kind) in st.sends.iter().zip(kinds.iter()) {
+        assert_eq!(req.messages.len(), 1);
+        let m = &req.messages[0];
+        let sys = m.system_properties.clone().unwrap_or_default();
+        assert_eq!(m.body, b"hello");
+        assert_eq!(sys.tag.as_deref(), Some("TagA"));
+        assert_eq!(sys.keys, vec!["k1".to_string()]);
+        assert_eq!(sys.born_host, "10.1.2.3");
+        assert_eq!(
+            sys.born_timestamp,
+            Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_000_000
+            })
+        );
+        assert_eq!(sys.body_encoding, pb::Encoding::Identity as i32);
+        assert_eq!(
+            sys.body_digest.as_ref().map(|d| d.checksum.as_str()),
+            Some("3610A686")
+        );
+        assert_eq!(
+            m.user_properties.get("gray").map(String::as_str),
+            Some("true")
+        );
+        let expected_type = match kind {
+            MessageKind::Normal => pb::MessageType::Normal,
+            MessageKind::Fifo { .. } => pb::MessageType::Fifo,
+            MessageKind::Delay { .. } => pb::MessageType::Delay,
+            MessageKind::Transaction => pb::MessageType::Transaction,
+        };
+        assert_eq!(sys.message_type, expected_type as i32);
+        match kind {
+            MessageKind::Fifo { group } => {
+                assert_eq!(sys.message_group.as_deref(), Some(group.as_str()));
+                assert_eq!(
+                    sys.queue_id,
+                    super::client::fifo_queue_index(group, 4) as i32,
+                    "FIFO queue chosen by the Java client's group hash"
+                );
+            }
+            MessageKind::Delay {
+                delivery_timestamp_ms,
+            } => assert_eq!(
+                sys.delivery_timestamp.as_ref().map(|t| t.seconds * 1000),
+                Some(*delivery_timestamp_ms)
+            ),
+            _ => assert!(sys.message_group.is_none() && sys.delivery_timestamp.is_none()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn transaction_prepares_then_commits() {
+    let (fake, p, _) = setup(&[pb::MessageType::Transaction]).await;
+    let r = p
+        .send(&message("tx-topic", "TX-1", MessageKind::Transaction))
+        .await
+        .expect("send");
+    assert_eq!(r.transaction_id.as_deref(), Some("tx-TX-1"));
+    let st = fake.st();
+    let order: Vec<_> = st
+        .calls
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| *n == "SendMessage" || *n == "EndTransaction")
+        .collect();
+    assert_eq!(order, vec!["SendMessage", "EndTransaction"]);
+    let sys = st.sends[0].messages[0]
+        .system_properties
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(sys.message_type, pb::MessageType::Transaction as i32);
+    assert!(sys.orphaned_transaction_recovery_duration.is_some());
+    let end = &st.end_transactions[0];
+    assert_eq!(end.resolution, pb::TransactionResolution::Commit as i32);
+    assert_eq!(end.source, pb::TransactionSource::SourceClient as i32);
+    assert_eq!(end.transaction_id, "tx-TX-1");
+    assert_eq!(end.message_id, "TX-1");
+    assert_eq!(
+        end.topic.as_ref().map(|t| t.name.as_str()),
+        Some("tx-topic")
+    );
+}
+
+#[tokio::test]
+async fn fifo_never_two_in_flight_sends_of_one_group() {
+    let (fake, p, _) = setup(&[pb::MessageType::Fifo]).await;
+    fake.st().hold = Duration::from_millis(60);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let p = p.clone();
+        let group = if i % 2 == 0 { "A" } else { "B" };
+        tasks.push(tokio::spawn(async move {
+            p.send(&message(
+                "fifo",
+                &format!("ID-{i}"),
+                MessageKind::Fifo {
+                    group: group.into(),
+                },
+            ))
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("send");
+    }
+    let st = fake.st();
+    assert_eq!(st.sends.len(), 8);
+    assert_eq!(
+        st.max_in_flight_per_group, 1,
+        "one in-flight send per group"
+    );
+    assert!(
+        st.max_total_in_flight >= 2,
+        "different groups run in parallel"
+    );
+}
+
+#[tokio::test]
+async fn retriable_failures_are_retried() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    fake.st().script = VecDeque::from([
+        Script::Grpc(tonic::Code::Unavailable),
+        Script::V2(pb::Code::TooManyRequests),
+    ]);
+    p.send(&message("orders", "ID-1", MessageKind::Normal))
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!(fake.st().sends.len(), 3);
+
+    // Exhausted retries: a retriable, not permanent, error.
+    fake.st().script = VecDeque::from([
+        Script::V2(pb::Code::MasterPersistenceTimeout),
+        Script::V2(pb::Code::ProxyTimeout),
+        Script::V2(pb::Code::HaNotAvailable),
+    ]);
+    let err = p
+        .send(&message("orders", "ID-2", MessageKind::Normal))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::Retriable { attempts: 3, .. }),
+        "{err}"
+    );
+    assert!(!err.is_permanent());
+    assert!(err.to_string().contains("ID-2") && err.to_string().contains("orders"));
+}
+
+#[tokio::test]
+async fn permanent_rejection_is_not_retried() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    fake.st().script = VecDeque::from([Script::V2(pb::Code::MessagePropertyConflictWithType)]);
+    let err = p
+        .send(&message("orders", "ID-1", MessageKind::Normal))
+        .await
+        .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(err.code_label(), "MESSAGE_PROPERTY_CONFLICT_WITH_TYPE");
+    assert_eq!(fake.st().sends.len(), 1);
+
+    fake.st().script = VecDeque::from([Script::V2(pb::Code::TopicNotFound)]);
+    let err = p
+        .send(&message("orders", "ID-2", MessageKind::Normal))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::TopicNotFound { .. }));
+    assert!(
+        !err.is_permanent(),
+        "a missing topic is waited for, not quarantined"
+    );
+}
+
+#[tokio::test]
+async fn accepted_types_come_from_the_route() {
+    let (fake, p, _) = setup(&[pb::MessageType::Fifo]).await;
+    assert_eq!(
+        p.accepted_types("fifo-topic").await.expect("route"),
+        vec![TopicMessageType::Fifo]
+    );
+    let queries = fake.st().route_queries;
+    // Cached: no second QueryRoute.
+    p.accepted_types("fifo-topic").await.expect("route");
+    assert_eq!(fake.st().route_queries, queries);
+    // A NORMAL message is refused locally, nothing is sent.
+    let err = p
+        .send(&message("fifo-topic", "ID-1", MessageKind::Normal))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::TypeMismatch { .. }) && err.is_permanent());
+    assert!(err.to_string().contains("FIFO"));
+    assert!(fake.st().sends.is_empty());
+    // The dry-run check reports the same.
+    assert!(p
+        .check(&message("fifo-topic", "ID-1", MessageKind::Normal))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn batch_of_normal_messages_is_one_request() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    let batch: Vec<_> = (0..3)
+        .map(|i| message("orders", &format!("ID-{i}"), MessageKind::Normal))
+        .collect();
+    let receipts = p.send_batch(&batch).await.expect("batch");
+    assert_eq!(receipts.len(), 3);
+    assert_eq!(receipts[2].message_id, "ID-2");
+    let st = fake.st();
+    assert_eq!(st.sends.len(), 1);
+    assert_eq!(st.sends[0].messages.len(), 3);
+}
+
+#[tokio::test]
+async fn receive_and_ack_use_a_consumer_session() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    let got = p
+        .receive("orders", "verifier", 8, Duration::from_secs(30))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, "RECEIVED-1");
+    assert_eq!(got[0].receipt_handle, "handle-1");
+    p.ack("orders", "verifier", &got).await.expect("ack");
+    let st = fake.st();
+    assert!(st
+        .settings
+        .iter()
+        .any(|s| s.client_type == Some(pb::ClientType::SimpleConsumer as i32)));
+    let (_, m) = st
+        .calls
+        .iter()
+        .find(|(n, _)| *n == "ReceiveMessage")
+        .expect("receive call");
+    assert_ne!(header(m, "x-mq-client-id"), "test-host@1@0@abc");
+}
