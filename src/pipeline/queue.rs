@@ -41,6 +41,9 @@ pub struct QueueContext {
     pub delay_min_lead: Duration,
 }
 
+// Boxing the record would cost an allocation per message on the hot path;
+// items are only moved through a VecDeque.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Message(MessageRecord),
     /// Everything below this offset has been handed over (filtered gaps included).
