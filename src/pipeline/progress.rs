@@ -33,19 +33,24 @@ pub struct QueueProgress {
     retired: AtomicBool,
     /// Publishes `durable` after each flush that moved it.
     flushed: watch::Sender<i64>,
+    lag_gauge: metrics::Gauge,
 }
 
 impl QueueProgress {
     pub fn new(route: &str, queue: SourceQueue, start: i64) -> Arc<Self> {
         Arc::new(QueueProgress {
             route: route.to_string(),
-            queue,
             done: AtomicI64::new(start),
             durable: AtomicI64::new(start),
             max_offset: AtomicI64::new(start),
             oldest_pending_store_ms: AtomicI64::new(0),
             retired: AtomicBool::new(false),
             flushed: watch::channel(start).0,
+            lag_gauge: metrics::gauge!(crate::metrics::SOURCE_LAG_MESSAGES,
+                "route" => route.to_string(),
+                "broker" => queue.broker_name.clone(),
+                "queue" => queue.queue_id.to_string()),
+            queue,
         })
     }
 
@@ -86,6 +91,10 @@ impl QueueProgress {
     /// Messages stored on 4.x and not yet checkpointed.
     pub fn lag(&self) -> i64 {
         (self.max_offset() - self.durable()).max(0)
+    }
+    /// Updates `rmq_bridge_source_lag_messages` for this queue.
+    pub fn publish_lag(&self) {
+        self.lag_gauge.set(self.lag() as f64);
     }
 }
 
@@ -154,6 +163,7 @@ impl CheckpointFlusher {
         let now = now_ms();
         let mut fresh: HashMap<String, i64> = HashMap::new();
         for p in &snapshot {
+            p.publish_lag();
             let done = p.done();
             if done != p.durable() {
                 updates.push((p.route.clone(), p.queue.clone(), done));
@@ -166,6 +176,7 @@ impl CheckpointFlusher {
         for (p, done) in &moved {
             p.durable.store(*done, Ordering::Release);
             p.flushed.send_replace(*done);
+            p.publish_lag();
             fresh.insert(p.route.clone(), now);
         }
         if let Ok(mut m) = self.route_fresh_ms.lock() {

@@ -84,9 +84,6 @@ pub async fn run_queue_worker(
     let mut rule = ctx.rule.borrow_and_update().clone();
     let mut in_flight = 0usize;
     let mut durable_rx = progress.watch_durable();
-    let labels_queue = queue.queue_id.to_string();
-    let lag_gauge = metrics::gauge!(m::SOURCE_LAG_MESSAGES,
-        "route" => ctx.route.clone(), "broker" => queue.broker_name.clone(), "queue" => labels_queue);
 
     loop {
         // Admit what the window allows.
@@ -149,7 +146,7 @@ pub async fn run_queue_worker(
                 }))
                 .unwrap_or(0),
         );
-        lag_gauge.set(progress.lag() as f64);
+        progress.publish_lag();
 
         if *ctx.stop.borrow() {
             break;
