@@ -739,17 +739,13 @@ mod tests {
             .unwrap_or(false)
     }
 
-    /// Whether the live tests can run; they are skipped (with a note) when
-    /// the peers are not installed, unless `RMQ_REQUIRE_PEERS` is set.
+    /// The live tests need the real peers: a missing peer fails the test
+    /// loudly (install them with scripts/install-peers.sh), never skips it.
     fn peers_installed(test: &str) -> bool {
-        match PeerBinaries::locate() {
-            Ok(_) => true,
-            Err(error) => {
-                assert!(!env_flag("RMQ_REQUIRE_PEERS"), "{error}");
-                eprintln!("skipping {test}: {error}");
-                false
-            }
+        if let Err(error) = PeerBinaries::locate() {
+            panic!("{test} needs the real RocketMQ peers: {error}");
         }
+        true
     }
 
     /// Processes whose working directory lies inside `dir`.
