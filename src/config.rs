@@ -29,7 +29,13 @@ impl fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.reason)
         } else {
-            write!(f, "{}: `{}`: {}", self.file.display(), self.key, self.reason)
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.reason
+            )
         }
     }
 }
@@ -79,7 +85,9 @@ impl StartPosition {
         if let Some(group) = text.strip_prefix("group:") {
             let group = group.trim();
             if group.is_empty() {
-                return Err("`group:` needs the 4.x consumer group name, e.g. group:order_consumers".into());
+                return Err(
+                    "`group:` needs the 4.x consumer group name, e.g. group:order_consumers".into(),
+                );
             }
             return Ok(StartPosition::Group(group.to_string()));
         }
@@ -404,7 +412,7 @@ pub fn parse(
 
     let pipeline = PipelineConfig {
         inflight_per_queue: raw.pipeline.inflight_per_queue.unwrap_or(1024),
-        send_batch_size: raw.pipeline.send_batch_size.unwrap_or(32),
+        send_batch_size: raw.pipeline.send_batch_size.unwrap_or(1),
         shutdown_drain_timeout: Duration::from_millis(
             raw.pipeline.shutdown_drain_timeout_ms.unwrap_or(10_000),
         ),
@@ -574,7 +582,10 @@ fn validate_target(raw: &RawTarget, env: &[(String, String)]) -> Result<TargetCo
     })
 }
 
-fn validate_translate(raw: &RawTranslate, source: &RawSource) -> Result<TranslateConfig, KeyReason> {
+fn validate_translate(
+    raw: &RawTranslate,
+    source: &RawSource,
+) -> Result<TranslateConfig, KeyReason> {
     let fifo_group = match raw.fifo_group.as_deref().unwrap_or("sharding_key") {
         "sharding_key" => FifoGroupFrom::ShardingKey,
         "queue" | "source_queue" => FifoGroupFrom::SourceQueue,
@@ -614,7 +625,10 @@ fn validate_route(i: usize, r: &RawRoute) -> Result<RouteConfig, KeyReason> {
     if !valid_resource_name(&r.name) {
         return Err((
             key("name"),
-            format!("`{}` must be 1..=255 chars of letters, digits, %, -, _, |", r.name),
+            format!(
+                "`{}` must be 1..=255 chars of letters, digits, %, -, _, |",
+                r.name
+            ),
         ));
     }
     if !valid_resource_name(&r.source_topic) {
@@ -623,7 +637,10 @@ fn validate_route(i: usize, r: &RawRoute) -> Result<RouteConfig, KeyReason> {
             format!("`{}` is not a valid RocketMQ topic name", r.source_topic),
         ));
     }
-    let target_topic = r.target_topic.clone().unwrap_or_else(|| r.source_topic.clone());
+    let target_topic = r
+        .target_topic
+        .clone()
+        .unwrap_or_else(|| r.source_topic.clone());
     if !valid_resource_name(&target_topic) {
         return Err((
             key("target_topic"),
@@ -692,7 +709,10 @@ fn valid_resource_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '%' | '-' | '_' | '|'))
 }
 
-fn credentials_from_env(side: &str, env: &[(String, String)]) -> Result<Option<Credentials>, KeyReason> {
+fn credentials_from_env(
+    side: &str,
+    env: &[(String, String)],
+) -> Result<Option<Credentials>, KeyReason> {
     let access = secret_from_env(&format!("RMQ_BRIDGE_{side}_ACCESS_KEY"), env)?;
     let secret = secret_from_env(&format!("RMQ_BRIDGE_{side}_SECRET_KEY"), env)?;
     match (access, secret) {
@@ -717,8 +737,12 @@ fn secret_from_env(name: &str, env: &[(String, String)]) -> Result<Option<String
     }
     let file_var = format!("{name}_FILE");
     if let Some(path) = get(&file_var) {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| (file_var.clone(), format!("cannot read secret file `{path}`: {e}")))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            (
+                file_var.clone(),
+                format!("cannot read secret file `{path}`: {e}"),
+            )
+        })?;
         let text = text.trim().to_string();
         if text.is_empty() {
             return Err((file_var, format!("secret file `{path}` is empty")));
@@ -752,7 +776,10 @@ cutover_percent = 30
     #[test]
     fn minimal_config_gets_defaults() {
         let c = parse_text(MINIMAL).unwrap();
-        assert_eq!(c.source.namesrv_addrs, vec!["127.0.0.1:9876", "127.0.0.2:9876"]);
+        assert_eq!(
+            c.source.namesrv_addrs,
+            vec!["127.0.0.1:9876", "127.0.0.2:9876"]
+        );
         let r = &c.routes[0];
         assert_eq!(r.target_topic, "orders");
         assert_eq!(r.filter, "*");
@@ -767,18 +794,45 @@ cutover_percent = 30
     #[test]
     fn errors_name_the_key_and_reason() {
         let cases: &[(&str, &str, &str)] = &[
-            ("cutover_percent = 30", "cutover_percent = 130", "routes[0].cutover_percent"),
-            ("cutover_percent = 30", "cutover_pecent = 30", "unknown field"),
-            ("cutover_percent = 30", "cutover_percent = 30\nstart = \"yesterday\"", "routes[0].start"),
-            ("cutover_percent = 30", "cutover_percent = 30\nrouting_key = \"hash\"", "routes[0].routing_key"),
-            ("127.0.0.1:9876;127.0.0.2:9876", "127.0.0.1", "source.namesrv_addr"),
-            ("dir = \"/tmp/x\"", "dir = \"/tmp/x\"\nsecret_key = \"s\"", "secret"),
+            (
+                "cutover_percent = 30",
+                "cutover_percent = 130",
+                "routes[0].cutover_percent",
+            ),
+            (
+                "cutover_percent = 30",
+                "cutover_pecent = 30",
+                "unknown field",
+            ),
+            (
+                "cutover_percent = 30",
+                "cutover_percent = 30\nstart = \"yesterday\"",
+                "routes[0].start",
+            ),
+            (
+                "cutover_percent = 30",
+                "cutover_percent = 30\nrouting_key = \"hash\"",
+                "routes[0].routing_key",
+            ),
+            (
+                "127.0.0.1:9876;127.0.0.2:9876",
+                "127.0.0.1",
+                "source.namesrv_addr",
+            ),
+            (
+                "dir = \"/tmp/x\"",
+                "dir = \"/tmp/x\"\nsecret_key = \"s\"",
+                "secret",
+            ),
             ("name = \"orders\"", "name = \"or ders\"", "routes[0].name"),
         ];
         for (from, to, expect) in cases {
             let text = MINIMAL.replace(from, to);
             let e = parse_text(&text).expect_err(to).to_string();
-            assert!(e.contains(expect), "{to}: error `{e}` should mention `{expect}`");
+            assert!(
+                e.contains(expect),
+                "{to}: error `{e}` should mention `{expect}`"
+            );
             assert!(e.contains("bridge.toml"), "{e}");
         }
     }
@@ -792,7 +846,10 @@ cutover_percent = 30
 
     #[test]
     fn start_positions_parse() {
-        assert_eq!(StartPosition::parse("latest").unwrap(), StartPosition::Latest);
+        assert_eq!(
+            StartPosition::parse("latest").unwrap(),
+            StartPosition::Latest
+        );
         assert_eq!(
             StartPosition::parse("group:g1").unwrap(),
             StartPosition::Group("g1".into())

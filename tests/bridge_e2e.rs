@@ -155,7 +155,13 @@ async fn wait_metric(addr: &str, what: &str, f: impl Fn(&str) -> bool) {
 fn decided(text: &str, route: &str) -> f64 {
     ["forwarded", "skipped", "filtered", "quarantined"]
         .iter()
-        .map(|o| metric(text, "rmq_bridge_messages_total", &[("route", route), ("outcome", o)]))
+        .map(|o| {
+            metric(
+                text,
+                "rmq_bridge_messages_total",
+                &[("route", route), ("outcome", o)],
+            )
+        })
         .sum()
 }
 
@@ -173,10 +179,17 @@ async fn landed_ids(client: &RemotingClient, cluster: &LocalCluster, topic: &str
         .collect()
 }
 
-async fn wait_landed(client: &RemotingClient, cluster: &LocalCluster, topic: &str, n: usize) -> Vec<MessageRecord> {
+async fn wait_landed(
+    client: &RemotingClient,
+    cluster: &LocalCluster,
+    topic: &str,
+    n: usize,
+) -> Vec<MessageRecord> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let records = testkit::read_back(client, cluster, topic).await.expect("read back");
+        let records = testkit::read_back(client, cluster, topic)
+            .await
+            .expect("read back");
         if records.len() >= n {
             return records;
         }
@@ -271,29 +284,48 @@ async fn fidelity_environment_filter_and_phased_cutover() {
     let mut expected: BTreeMap<String, Sample> = BTreeMap::new();
     for i in 0..12 {
         let id = format!("FIDN{i:028}");
-        let mut s = sample(i % 4, &id, &format!("key-{i}"), &format!("normal body {i} ✓"));
+        let mut s = sample(
+            i % 4,
+            &id,
+            &format!("key-{i}"),
+            &format!("normal body {i} ✓"),
+        );
         s.keys.push(format!("second-{i}"));
-        s.properties = vec![(ENV_TAG.into(), "gray".into()), ("biz_order".into(), format!("{i}"))];
+        s.properties = vec![
+            (ENV_TAG.into(), "gray".into()),
+            ("biz_order".into(), format!("{i}")),
+        ];
         if i == 0 {
             s.body = vec![b'z'; 100_000];
             s.compress_over = Some(4096);
         }
-        testkit::produce(&p.client, &p.source, "fid_normal", &s).await.unwrap();
+        testkit::produce(&p.client, &p.source, "fid_normal", &s)
+            .await
+            .unwrap();
         expected.insert(id, s);
     }
     for i in 0..24 {
         let id = format!("FIDF{i:028}");
         let order = i % 3;
-        let mut s = sample(order, &id, &format!("order-{order}"), &format!("{order}:{i}"));
+        let mut s = sample(
+            order,
+            &id,
+            &format!("order-{order}"),
+            &format!("{order}:{i}"),
+        );
         s.properties = vec![("__SHARDINGKEY".into(), format!("order-{order}"))];
-        testkit::produce(&p.client, &p.source, "fid_fifo", &s).await.unwrap();
+        testkit::produce(&p.client, &p.source, "fid_fifo", &s)
+            .await
+            .unwrap();
         expected.insert(id, s);
     }
     for i in 0..8 {
         let id = format!("FIDD{i:028}");
         let mut s = sample(i % 4, &id, &format!("delay-{i}"), &format!("delayed {i}"));
         s.properties = vec![("DELAY".into(), "1".into())];
-        testkit::produce(&p.client, &p.source, "fid_delay", &s).await.unwrap();
+        testkit::produce(&p.client, &p.source, "fid_delay", &s)
+            .await
+            .unwrap();
         expected.insert(id, s);
     }
     for i in 0..8 {
@@ -304,7 +336,9 @@ async fn fidelity_environment_filter_and_phased_cutover() {
             ("TRAN_MSG".into(), "true".into()),
             ("PGROUP".into(), "e2e_tx_group".into()),
         ];
-        let sent = testkit::produce(&p.client, &p.source, "fid_tx", &s).await.unwrap();
+        let sent = testkit::produce(&p.client, &p.source, "fid_tx", &s)
+            .await
+            .unwrap();
         p.client
             .end_transaction(&p.source.broker_addr, "e2e_tx_group", &sent, &id, true)
             .await
@@ -324,7 +358,9 @@ async fn fidelity_environment_filter_and_phased_cutover() {
         if i % 3 != 2 {
             env_gray.insert(id.clone());
         }
-        testkit::produce(&p.client, &p.source, "env_topic", &s).await.unwrap();
+        testkit::produce(&p.client, &p.source, "env_topic", &s)
+            .await
+            .unwrap();
     }
 
     let mut routes = vec![
@@ -340,26 +376,59 @@ async fn fidelity_environment_filter_and_phased_cutover() {
     let mut bridge = BridgeProcess::start(&p.config_path(), &p.log_path());
 
     // --- fidelity of every field, every type
-    for (topic, prefix) in [("fid_normal", "FIDN"), ("fid_fifo", "FIDF"), ("fid_delay", "FIDD"), ("fid_tx", "FIDT")] {
-        let want: Vec<(&String, &Sample)> = expected.iter().filter(|(id, _)| id.starts_with(prefix)).collect();
+    for (topic, prefix) in [
+        ("fid_normal", "FIDN"),
+        ("fid_fifo", "FIDF"),
+        ("fid_delay", "FIDD"),
+        ("fid_tx", "FIDT"),
+    ] {
+        let want: Vec<(&String, &Sample)> = expected
+            .iter()
+            .filter(|(id, _)| id.starts_with(prefix))
+            .collect();
         let records = wait_landed(&p.client, &p.target, topic, want.len()).await;
-        let by_id: BTreeMap<&str, &MessageRecord> = records.iter().map(|r| (r.message_id(), r)).collect();
-        assert_eq!(by_id.len(), want.len(), "{topic}: duplicates or strays: {:?}", by_id.keys());
+        let by_id: BTreeMap<&str, &MessageRecord> =
+            records.iter().map(|r| (r.message_id(), r)).collect();
+        assert_eq!(
+            by_id.len(),
+            want.len(),
+            "{topic}: duplicates or strays: {:?}",
+            by_id.keys()
+        );
         for (id, s) in want {
-            let r = by_id.get(id.as_str()).unwrap_or_else(|| panic!("{topic}: {id} missing in 5.x"));
+            let r = by_id
+                .get(id.as_str())
+                .unwrap_or_else(|| panic!("{topic}: {id} missing in 5.x"));
             assert_eq!(r.body.as_ref(), s.body.as_slice(), "{topic} {id}: body");
             assert_eq!(r.tag(), s.tag.as_deref(), "{topic} {id}: tag");
-            assert_eq!(r.keys(), s.keys.iter().map(String::as_str).collect::<Vec<_>>(), "{topic} {id}: keys");
+            assert_eq!(
+                r.keys(),
+                s.keys.iter().map(String::as_str).collect::<Vec<_>>(),
+                "{topic} {id}: keys"
+            );
             for (k, v) in &s.properties {
-                let reserved = ["DELAY", "TRAN_MSG", "PGROUP", "__SHARDINGKEY"].contains(&k.as_str());
+                let reserved =
+                    ["DELAY", "TRAN_MSG", "PGROUP", "__SHARDINGKEY"].contains(&k.as_str());
                 if !reserved {
-                    assert_eq!(r.properties.get(k), Some(v.as_str()), "{topic} {id}: user property {k}");
+                    assert_eq!(
+                        r.properties.get(k),
+                        Some(v.as_str()),
+                        "{topic} {id}: user property {k}"
+                    );
                 }
             }
             // 4.x system properties must not leak in as user properties.
             // (A 5.x proxy may set its own PGROUP for transactional sends.)
-            assert_ne!(r.properties.get("PGROUP"), Some("e2e_tx_group"), "{topic} {id}: 4.x PGROUP leaked");
-            assert_eq!(r.properties.get("REAL_TOPIC"), None, "{topic} {id}: REAL_TOPIC leaked");
+            assert_ne!(
+                r.properties.get("PGROUP"),
+                Some("e2e_tx_group"),
+                "{topic} {id}: 4.x PGROUP leaked"
+            );
+            assert_eq!(
+                r.properties.get("REAL_TOPIC"),
+                None,
+                "{topic} {id}: REAL_TOPIC leaked"
+            );
         }
         if topic == "fid_fifo" {
             // Per sharding key: one 5.x queue, original order.
@@ -371,8 +440,13 @@ async fn fidelity_environment_filter_and_phased_cutover() {
                 let body = String::from_utf8_lossy(&r.body).to_string();
                 let (order, seq) = body.split_once(':').expect("fifo body");
                 let seq: i64 = seq.parse().unwrap();
-                let q = seen.entry(order.to_string()).or_insert((r.queue_id, r.queue_offset));
-                assert_eq!(q.0, r.queue_id, "group {order} spread over several 5.x queues");
+                let q = seen
+                    .entry(order.to_string())
+                    .or_insert((r.queue_id, r.queue_offset));
+                assert_eq!(
+                    q.0, r.queue_id,
+                    "group {order} spread over several 5.x queues"
+                );
                 if let Some(prev) = last_seq.insert(order.to_string(), seq) {
                     assert!(seq > prev, "group {order} reordered: {seq} after {prev}");
                 }
@@ -382,11 +456,27 @@ async fn fidelity_environment_filter_and_phased_cutover() {
 
     // --- environment filter: gray (plain or JSON) forwarded, untagged filtered
     let env_records = wait_landed(&p.client, &p.target, "env_topic", env_gray.len()).await;
-    let landed: BTreeSet<String> = env_records.iter().map(|r| r.message_id().to_string()).collect();
-    assert_eq!(landed, env_gray, "environment filter forwarded the wrong set");
-    wait_metric(&p.metrics, "env route decided everything", |t| decided(t, "env") >= 30.0).await;
+    let landed: BTreeSet<String> = env_records
+        .iter()
+        .map(|r| r.message_id().to_string())
+        .collect();
+    assert_eq!(
+        landed, env_gray,
+        "environment filter forwarded the wrong set"
+    );
+    wait_metric(&p.metrics, "env route decided everything", |t| {
+        decided(t, "env") >= 30.0
+    })
+    .await;
     let text = scrape(&p.metrics);
-    assert_eq!(metric(&text, "rmq_bridge_messages_total", &[("route", "env"), ("outcome", "filtered")]), 10.0);
+    assert_eq!(
+        metric(
+            &text,
+            "rmq_bridge_messages_total",
+            &[("route", "env"), ("outcome", "filtered")]
+        ),
+        10.0
+    );
 
     // --- cutover: 0% is a dry run
     let produce_batch = |label: &'static str, n: usize| {
@@ -397,21 +487,52 @@ async fn fidelity_environment_filter_and_phased_cutover() {
             for i in 0..n {
                 let key = format!("cut-{label}-{i}");
                 let id = format!("CUT{label}{i:027}");
-                testkit::produce(&client, source, "cut_topic", &sample((i % 4) as i32, &id, &key, label))
-                    .await
-                    .unwrap();
+                testkit::produce(
+                    &client,
+                    source,
+                    "cut_topic",
+                    &sample((i % 4) as i32, &id, &key, label),
+                )
+                .await
+                .unwrap();
                 keys.push((id, key));
             }
             keys
         }
     };
     let batch_a = produce_batch("A", 60).await;
-    wait_metric(&p.metrics, "0% decided batch A", |t| decided(t, "cut") >= 60.0).await;
+    wait_metric(&p.metrics, "0% decided batch A", |t| {
+        decided(t, "cut") >= 60.0
+    })
+    .await;
     let text = scrape(&p.metrics);
-    assert_eq!(metric(&text, "rmq_bridge_messages_total", &[("route", "cut"), ("outcome", "skipped")]), 60.0);
-    assert_eq!(metric(&text, "rmq_bridge_messages_total", &[("route", "cut"), ("outcome", "would_fail")]), 0.0);
-    assert!(landed_ids(&p.client, &p.target, "cut_topic").await.is_empty(), "0% must forward nothing");
-    assert_eq!(metric(&text, "rmq_bridge_source_lag_messages", &[("route", "cut")]), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "rmq_bridge_messages_total",
+            &[("route", "cut"), ("outcome", "skipped")]
+        ),
+        60.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "rmq_bridge_messages_total",
+            &[("route", "cut"), ("outcome", "would_fail")]
+        ),
+        0.0
+    );
+    assert!(
+        landed_ids(&p.client, &p.target, "cut_topic")
+            .await
+            .is_empty(),
+        "0% must forward nothing"
+    );
+    // Positions advance at 0% too: lag drops to zero once checkpoints are written.
+    wait_metric(&p.metrics, "lag of the 0% route reaches zero", |t| {
+        metric(t, "rmq_bridge_source_lag_messages", &[("route", "cut")]) == 0.0
+    })
+    .await;
 
     // --- 30%, picked up from the file without a restart
     routes[5].cutover_percent = 30;
@@ -421,20 +542,42 @@ async fn fidelity_environment_filter_and_phased_cutover() {
     })
     .await;
     let batch_b = produce_batch("B", 120).await;
-    wait_metric(&p.metrics, "30% decided batch B", |t| decided(t, "cut") >= 180.0).await;
+    wait_metric(&p.metrics, "30% decided batch B", |t| {
+        decided(t, "cut") >= 180.0
+    })
+    .await;
 
     // --- an invalid edit is rejected and 30% keeps running
-    let invalid = p.config("", &routes).replace("cutover_percent = 30", "cutover_percent = 130");
+    let invalid = p
+        .config("", &routes)
+        .replace("cutover_percent = 30", "cutover_percent = 130");
     testkit::write_config(&p.config_path(), &invalid).unwrap();
     bridge.sighup();
     wait_metric(&p.metrics, "invalid reload counted", |t| {
-        metric(t, "rmq_bridge_config_reloads_total", &[("result", "invalid")]) >= 1.0
+        metric(
+            t,
+            "rmq_bridge_config_reloads_total",
+            &[("result", "invalid")],
+        ) >= 1.0
     })
     .await;
     let batch_c = produce_batch("C", 60).await;
-    wait_metric(&p.metrics, "still-30% decided batch C", |t| decided(t, "cut") >= 240.0).await;
-    assert_eq!(metric(&scrape(&p.metrics), "rmq_bridge_cutover_percent", &[("route", "cut")]), 30.0);
-    assert!(bridge.log_text().contains("routes[5].cutover_percent"), "rejection must name the key");
+    wait_metric(&p.metrics, "still-30% decided batch C", |t| {
+        decided(t, "cut") >= 240.0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &scrape(&p.metrics),
+            "rmq_bridge_cutover_percent",
+            &[("route", "cut")]
+        ),
+        30.0
+    );
+    assert!(
+        bridge.log_text().contains("routes[5].cutover_percent"),
+        "rejection must name the key"
+    );
 
     // --- 100%
     routes[5].cutover_percent = 100;
@@ -444,7 +587,10 @@ async fn fidelity_environment_filter_and_phased_cutover() {
     })
     .await;
     let batch_d = produce_batch("D", 60).await;
-    wait_metric(&p.metrics, "100% decided batch D", |t| decided(t, "cut") >= 300.0).await;
+    wait_metric(&p.metrics, "100% decided batch D", |t| {
+        decided(t, "cut") >= 300.0
+    })
+    .await;
 
     let mut want: BTreeSet<String> = BTreeSet::new();
     for (id, key) in batch_b.iter().chain(batch_c.iter()) {
@@ -457,7 +603,10 @@ async fn fidelity_environment_filter_and_phased_cutover() {
     let records = wait_landed(&p.client, &p.target, "cut_topic", want.len()).await;
     let got: BTreeSet<String> = records.iter().map(|r| r.message_id().to_string()).collect();
     assert_eq!(records.len(), got.len(), "duplicates in cut_topic");
-    assert_eq!(got, want, "forwarded set must be exactly the buckets below the percent at each step");
+    assert_eq!(
+        got, want,
+        "forwarded set must be exactly the buckets below the percent at each step"
+    );
     assert!(!want.is_empty() && want.len() < 300);
 
     // --- status works while the daemon runs and shows the journal
@@ -467,10 +616,23 @@ async fn fidelity_environment_filter_and_phased_cutover() {
         .output()
         .expect("status");
     let status_text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "status failed: {}", String::from_utf8_lossy(&status.stderr));
-    assert!(status_text.contains("0% -> 30%"), "journal missing 0->30:\n{status_text}");
-    assert!(status_text.contains("30% -> 100%"), "journal missing 30->100:\n{status_text}");
-    assert!(status_text.contains("took effect on"), "per-queue effect offsets missing:\n{status_text}");
+    assert!(
+        status.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        status_text.contains("0% -> 30%"),
+        "journal missing 0->30:\n{status_text}"
+    );
+    assert!(
+        status_text.contains("30% -> 100%"),
+        "journal missing 30->100:\n{status_text}"
+    );
+    assert!(
+        status_text.contains("took effect on"),
+        "per-queue effect offsets missing:\n{status_text}"
+    );
 
     assert!(bridge.terminate(), "SIGTERM must drain and exit 0");
     assert!(bridge.log_text().contains("checkpoints written"));
@@ -484,14 +646,22 @@ async fn group_handoff_and_commit_back_interlock() {
     let group = "legacy_consumers";
     for i in 0..40 {
         let id = format!("HAND{i:028}");
-        testkit::produce(&p.client, &p.source, "handoff", &sample(i % 4, &id, &id, "h"))
-            .await
-            .unwrap();
+        testkit::produce(
+            &p.client,
+            &p.source,
+            "handoff",
+            &sample(i % 4, &id, &id, "h"),
+        )
+        .await
+        .unwrap();
     }
     // The legacy group's consumer was online (which creates the group on the
     // broker), consumed the first 3 messages of each queue, then stopped.
     let legacy = HeartbeatData::consumer("legacy-host@1", group, &["handoff".to_string()]);
-    p.client.heartbeat(&p.source.broker_addr, &legacy).await.unwrap();
+    p.client
+        .heartbeat(&p.source.broker_addr, &legacy)
+        .await
+        .unwrap();
     for q in 0..4 {
         p.client
             .update_consumer_offset(&p.source.broker_addr, group, "handoff", q, 3)
@@ -502,7 +672,12 @@ async fn group_handoff_and_commit_back_interlock() {
         .unregister_client(&p.source.broker_addr, "legacy-host@1", None, Some(group))
         .await
         .unwrap();
-    assert!(p.client.get_consumer_list_by_group(&p.source.broker_addr, group).await.unwrap().is_empty());
+    assert!(p
+        .client
+        .get_consumer_list_by_group(&p.source.broker_addr, group)
+        .await
+        .unwrap()
+        .is_empty());
     let routes = vec![RouteSpec::new("handoff", "handoff", "handoff", 100)
         .with("start", &format!("\"group:{group}\""))
         .with("commit_as_group", &format!("\"{group}\""))];
@@ -511,10 +686,22 @@ async fn group_handoff_and_commit_back_interlock() {
 
     let records = wait_landed(&p.client, &p.target, "handoff", 28).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let records = if records.len() == 28 { testkit::read_back(&p.client, &p.target, "handoff").await.unwrap() } else { records };
+    let records = if records.len() == 28 {
+        testkit::read_back(&p.client, &p.target, "handoff")
+            .await
+            .unwrap()
+    } else {
+        records
+    };
     let ids: BTreeSet<String> = records.iter().map(|r| r.message_id().to_string()).collect();
-    assert_eq!(records.len(), 28, "exactly the unconsumed messages, no duplicate");
-    let source_records = testkit::read_back(&p.client, &p.source, "handoff").await.unwrap();
+    assert_eq!(
+        records.len(),
+        28,
+        "exactly the unconsumed messages, no duplicate"
+    );
+    let source_records = testkit::read_back(&p.client, &p.source, "handoff")
+        .await
+        .unwrap();
     let want: BTreeSet<String> = source_records
         .iter()
         .filter(|r| r.queue_offset >= 3)
@@ -523,30 +710,45 @@ async fn group_handoff_and_commit_back_interlock() {
     assert_eq!(ids, want);
 
     // Write-back: the group now points at the end of each queue.
-    testkit::eventually("progress written back to the 4.x group", Duration::from_secs(30), || {
-        let client = p.client.clone();
-        let addr = p.source.broker_addr.clone();
-        async move {
-            for q in 0..4 {
-                let o = client.query_consumer_offset(&addr, group, "handoff", q).await.ok()??;
-                if o != 10 {
-                    return None;
+    testkit::eventually(
+        "progress written back to the 4.x group",
+        Duration::from_secs(30),
+        || {
+            let client = p.client.clone();
+            let addr = p.source.broker_addr.clone();
+            async move {
+                for q in 0..4 {
+                    let o = client
+                        .query_consumer_offset(&addr, group, "handoff", q)
+                        .await
+                        .ok()??;
+                    if o != 10 {
+                        return None;
+                    }
                 }
+                Some(())
             }
-            Some(())
-        }
-    })
+        },
+    )
     .await
     .unwrap();
 
     // A live consumer of the group appears: the bridge keeps forwarding but
     // refuses to commit as the group.
-    p.client.heartbeat(&p.source.broker_addr, &legacy).await.unwrap();
+    p.client
+        .heartbeat(&p.source.broker_addr, &legacy)
+        .await
+        .unwrap();
     for i in 40..44 {
         let id = format!("HAND{i:028}");
-        testkit::produce(&p.client, &p.source, "handoff", &sample(i % 4, &id, &id, "h"))
-            .await
-            .unwrap();
+        testkit::produce(
+            &p.client,
+            &p.source,
+            "handoff",
+            &sample(i % 4, &id, &id, "h"),
+        )
+        .await
+        .unwrap();
     }
     wait_landed(&p.client, &p.target, "handoff", 32).await;
     testkit::eventually("interlock logged", Duration::from_secs(30), || {
@@ -561,7 +763,11 @@ async fn group_handoff_and_commit_back_interlock() {
             .query_consumer_offset(&p.source.broker_addr, group, "handoff", q)
             .await
             .unwrap();
-        assert_eq!(o, Some(10), "queue {q}: the bridge must not commit while the group has live consumers");
+        assert_eq!(
+            o,
+            Some(10),
+            "queue {q}: the bridge must not commit while the group has live consumers"
+        );
     }
     assert!(bridge.terminate());
 }
@@ -587,7 +793,12 @@ async fn sigkill_during_stream_loses_nothing() {
         let mut req_client = client;
         for i in 0..TOTAL {
             let id = format!("KILL{i:028}");
-            let mut req = rmq_bridge::remoting::SendRequest::new("kill_producer", "stream", (i as i32) % QUEUES, format!("body-{i}").into_bytes());
+            let mut req = rmq_bridge::remoting::SendRequest::new(
+                "kill_producer",
+                "stream",
+                (i as i32) % QUEUES,
+                format!("body-{i}").into_bytes(),
+            );
             req.properties.insert("UNIQ_KEY", id);
             req.properties.insert("KEYS", format!("k{i}"));
             loop {
@@ -618,22 +829,39 @@ async fn sigkill_during_stream_loses_nothing() {
     // Let stragglers land before counting duplicates.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let records = {
-        let again = testkit::read_back(&p.client, &p.target, "stream").await.unwrap();
-        if again.len() >= records.len() { again } else { records }
+        let again = testkit::read_back(&p.client, &p.target, "stream")
+            .await
+            .unwrap();
+        if again.len() >= records.len() {
+            again
+        } else {
+            records
+        }
     };
     let mut by_id: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for r in &records {
-        by_id.entry(r.message_id().to_string()).or_default().push(r.body.to_vec());
+        by_id
+            .entry(r.message_id().to_string())
+            .or_default()
+            .push(r.body.to_vec());
     }
     for i in 0..TOTAL {
         let id = format!("KILL{i:028}");
         let bodies = by_id.get(&id).unwrap_or_else(|| panic!("{id} lost"));
-        assert!(bodies.iter().all(|b| b == format!("body-{i}").as_bytes()), "{id}: a duplicate carries another body");
+        assert!(
+            bodies.iter().all(|b| b == format!("body-{i}").as_bytes()),
+            "{id}: a duplicate carries another body"
+        );
     }
     assert_eq!(by_id.len(), TOTAL, "strays in the 5.x topic");
     let duplicates = records.len() - TOTAL;
     let bound = KILLS * QUEUES as usize * WINDOW;
-    eprintln!("sigkill test: {TOTAL} messages, {KILLS} kills, {duplicates} duplicates (bound {bound})");
-    assert!(duplicates <= bound, "{duplicates} duplicates exceed the in-flight bound {bound}");
+    eprintln!(
+        "sigkill test: {TOTAL} messages, {KILLS} kills, {duplicates} duplicates (bound {bound})"
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates exceed the in-flight bound {bound}"
+    );
     assert!(bridge.terminate());
 }

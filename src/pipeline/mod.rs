@@ -22,7 +22,9 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::{self, BridgeConfig, RouteConfig};
 use crate::grpc::{GrpcClientConfig, GrpcCredentials, Publisher};
 use crate::metrics as m;
-use crate::remoting::{AclCredentials, HeartbeatData, NameServers, RemotingClient, RemotingClientConfig};
+use crate::remoting::{
+    AclCredentials, HeartbeatData, NameServers, RemotingClient, RemotingClientConfig,
+};
 
 use progress::CheckpointFlusher;
 use route::{spawn_route, RouteHandle};
@@ -115,9 +117,13 @@ impl Bridge {
             .map_err(|e| anyhow::anyhow!("5.x target {}: {e}", cfg.target.endpoints.join(",")))?;
         let flusher = CheckpointFlusher::new(store.clone());
         let (flusher_stop, stop_rx) = watch::channel(false);
-        let flusher_task = tokio::spawn(flusher.clone().run(cfg.checkpoint.flush_interval, stop_rx));
+        let flusher_task =
+            tokio::spawn(flusher.clone().run(cfg.checkpoint.flush_interval, stop_rx));
         for entry_route in cfg.routes.iter() {
-            let n = store.quarantine_list(Some(&entry_route.name)).map(|v| v.len()).unwrap_or(0);
+            let n = store
+                .quarantine_list(Some(&entry_route.name))
+                .map(|v| v.len())
+                .unwrap_or(0);
             metrics::gauge!(m::QUARANTINE_SIZE, "route" => entry_route.name.clone()).set(n as f64);
         }
         Ok(Bridge {
@@ -166,7 +172,10 @@ impl Bridge {
                 }
             }
         }
-        if new.source != self.config.source || new.target != self.config.target || new.checkpoint != self.config.checkpoint {
+        if new.source != self.config.source
+            || new.target != self.config.target
+            || new.checkpoint != self.config.checkpoint
+        {
             tracing::warn!("changes to [source], [target] or [checkpoint] take effect after a restart; routes were updated");
         }
         let new = Arc::new(new);
@@ -178,7 +187,10 @@ impl Bridge {
         }
         self.config = new.clone();
         for route in new.routes.clone() {
-            let in_place = self.routes.get(&route.name).map(|h| hot_fields_only(&h.config, &route));
+            let in_place = self
+                .routes
+                .get(&route.name)
+                .map(|h| hot_fields_only(&h.config, &route));
             match in_place {
                 Some(true) => {
                     if let Some(handle) = self.routes.get_mut(&route.name) {
@@ -230,7 +242,11 @@ fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
 
 /// Heartbeats the bridge's own group to every broker of every route so the
 /// 4.x console shows the bridge.
-async fn heartbeat_loop(shared: Shared, config: watch::Receiver<Arc<BridgeConfig>>, mut stop: watch::Receiver<bool>) {
+async fn heartbeat_loop(
+    shared: Shared,
+    config: watch::Receiver<Arc<BridgeConfig>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let client_id = client_id();
     loop {
         let cfg = config.borrow().clone();
@@ -269,7 +285,11 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
 
     let (config_tx, config_rx) = watch::channel(bridge.config.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(heartbeat_loop(bridge.shared.clone(), config_rx, stop_rx.clone()));
+    tokio::spawn(heartbeat_loop(
+        bridge.shared.clone(),
+        config_rx,
+        stop_rx.clone(),
+    ));
     if let Some(interval) = crate::systemd::watchdog_interval() {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -314,7 +334,9 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
                 }
                 Err(why) => {
                     metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "rejected").increment(1);
-                    tracing::error!("config change rejected, the previous config keeps running: {why}");
+                    tracing::error!(
+                        "config change rejected, the previous config keeps running: {why}"
+                    );
                 }
             },
             Err(e) => {

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-
 use crate::checkpoint::{now_ms, CheckpointStore, SourceQueue};
 
 /// Progress of one (route, source queue).

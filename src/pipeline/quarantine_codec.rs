@@ -49,7 +49,8 @@ pub fn encode(m: &OutgoingMessage) -> String {
 }
 
 pub fn decode(text: &str) -> Result<OutgoingMessage, String> {
-    let s: Stored = serde_json::from_str(text).map_err(|e| format!("stored message is not valid JSON: {e}"))?;
+    let s: Stored =
+        serde_json::from_str(text).map_err(|e| format!("stored message is not valid JSON: {e}"))?;
     let body = base64::engine::general_purpose::STANDARD
         .decode(s.body_base64.as_bytes())
         .map_err(|e| format!("stored body is not base64: {e}"))?;
@@ -59,7 +60,9 @@ pub fn decode(text: &str) -> Result<OutgoingMessage, String> {
             group: s.fifo_group.ok_or("FIFO message without group")?,
         },
         "DELAY" => MessageKind::Delay {
-            delivery_timestamp_ms: s.delivery_timestamp_ms.ok_or("DELAY message without time")?,
+            delivery_timestamp_ms: s
+                .delivery_timestamp_ms
+                .ok_or("DELAY message without time")?,
         },
         "TRANSACTION" => MessageKind::Transaction,
         other => return Err(format!("unknown message kind `{other}`")),

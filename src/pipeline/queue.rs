@@ -39,6 +39,15 @@ pub struct QueueContext {
     pub drain_timeout: Duration,
     /// DELAY targets: a delivery time must stay at least this far ahead at send time.
     pub delay_min_lead: Duration,
+    /// NORMAL messages of one queue are sent in batches of up to this many.
+    pub send_batch_size: usize,
+}
+
+/// A translated NORMAL message waiting to go out in a batch.
+struct BatchItem {
+    offset: i64,
+    store_ms: i64,
+    message: OutgoingMessage,
 }
 
 // Boxing the record would cost an allocation per message on the hot path;
@@ -84,6 +93,7 @@ pub async fn run_queue_worker(
     let mut rule = ctx.rule.borrow_and_update().clone();
     let mut in_flight = 0usize;
     let mut durable_rx = progress.watch_durable();
+    let mut batch: Vec<BatchItem> = Vec::new();
 
     loop {
         // Admit what the window allows.
@@ -112,15 +122,34 @@ pub async fn run_queue_worker(
                     };
                     if ctx.rule.has_changed().unwrap_or(false) {
                         let new_rule = ctx.rule.borrow_and_update().clone();
-                        super::route::journal_effect(&ctx.store, &ctx.route, &rule, &new_rule, &queue, record.queue_offset);
+                        super::route::journal_effect(
+                            &ctx.store,
+                            &ctx.route,
+                            &rule,
+                            &new_rule,
+                            &queue,
+                            record.queue_offset,
+                        );
                         rule = new_rule;
                     }
                     let store_ms = record.store_timestamp_ms;
                     let offset = record.queue_offset;
                     frontier = frontier.max(offset + 1);
-                    let finished = admit(&ctx, &rule, &queue, record, &done_tx, &mut fifo_tails).await;
+                    let finished = admit(
+                        &ctx,
+                        &rule,
+                        &queue,
+                        record,
+                        &done_tx,
+                        &mut fifo_tails,
+                        &mut batch,
+                    )
+                    .await;
                     if !finished {
                         in_flight += 1;
+                    }
+                    if batch.len() >= ctx.send_batch_size {
+                        spawn_batch(&ctx, &queue, std::mem::take(&mut batch), &done_tx);
                     }
                     pending.push_back(Slot {
                         offset,
@@ -129,6 +158,10 @@ pub async fn run_queue_worker(
                     });
                 }
             }
+        }
+        // Nothing more can be admitted right now: send what is batched.
+        if !batch.is_empty() {
+            spawn_batch(&ctx, &queue, std::mem::take(&mut batch), &done_tx);
         }
         // Move the done prefix.
         while pending.front().is_some_and(|s| s.done) {
@@ -140,10 +173,12 @@ pub async fn run_queue_worker(
             pending
                 .front()
                 .map(|s| s.store_ms)
-                .or_else(|| queued.iter().find_map(|i| match i {
-                    Item::Message(r) => Some(r.store_timestamp_ms),
-                    Item::Advance(_) | Item::Reset(_) => None,
-                }))
+                .or_else(|| {
+                    queued.iter().find_map(|i| match i {
+                        Item::Message(r) => Some(r.store_timestamp_ms),
+                        Item::Advance(_) | Item::Reset(_) => None,
+                    })
+                })
                 .unwrap_or(0),
         );
         progress.publish_lag();
@@ -203,7 +238,12 @@ fn mark_done(pending: &mut VecDeque<Slot>, c: Completion) {
     }
 }
 
-fn take_batch(ctx: &QueueContext, progress: &QueueProgress, batch: PulledBatch, queued: &mut VecDeque<Item>) {
+fn take_batch(
+    ctx: &QueueContext,
+    progress: &QueueProgress,
+    batch: PulledBatch,
+    queued: &mut VecDeque<Item>,
+) {
     match batch.outcome {
         PullOutcome::Records {
             records,
@@ -262,6 +302,7 @@ async fn admit(
     record: MessageRecord,
     done_tx: &mpsc::UnboundedSender<Completion>,
     fifo_tails: &mut HashMap<String, oneshot::Receiver<()>>,
+    batch: &mut Vec<BatchItem>,
 ) -> bool {
     let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
     let source_ctx = SourceContext {
@@ -292,10 +333,26 @@ async fn admit(
             let message = match translated {
                 Ok(msg) => msg,
                 Err(reason) => {
-                    quarantine(ctx, queue, &record, None, &reason.to_string()).await;
+                    quarantine(
+                        ctx,
+                        queue,
+                        record.queue_offset,
+                        record.message_id(),
+                        None,
+                        &reason.to_string(),
+                    )
+                    .await;
                     return true;
                 }
             };
+            if message.kind == MessageKind::Normal && ctx.send_batch_size > 1 {
+                batch.push(BatchItem {
+                    offset: record.queue_offset,
+                    store_ms: record.store_timestamp_ms,
+                    message,
+                });
+                return false;
+            }
             let wait_for = match &message.kind {
                 MessageKind::Fifo { group } => {
                     let (tx, rx) = oneshot::channel();
@@ -315,7 +372,6 @@ async fn admit(
             let done_tx = done_tx.clone();
             let store_ms = record.store_timestamp_ms;
             let offset = record.queue_offset;
-            let record_for_quarantine = record;
             tokio::spawn(async move {
                 let (prev, release) = match wait_for {
                     Some((prev, release)) => (prev, Some(release)),
@@ -325,7 +381,7 @@ async fn admit(
                     // Sender dropped also releases us: the predecessor finished one way or another.
                     let _ = prev.await;
                 }
-                let outcome = send_with_retry(&task_ctx, &queue, &message, &record_for_quarantine, store_ms).await;
+                let outcome = send_with_retry(&task_ctx, &queue, &message, offset, store_ms).await;
                 if let Some(release) = release {
                     let _ = release.send(());
                 }
@@ -337,11 +393,24 @@ async fn admit(
 }
 
 fn count(route: &str, what: &'static str) {
-    metrics::counter!(m::MESSAGES_TOTAL, "route" => route.to_string(), "outcome" => what).increment(1);
+    metrics::counter!(m::MESSAGES_TOTAL, "route" => route.to_string(), "outcome" => what)
+        .increment(1);
 }
 
-fn dry_run_validate(ctx: &QueueContext, rule: &RouteRule, queue: &SourceQueue, record: &MessageRecord, source_ctx: &SourceContext) {
-    let problem = match translate::translate(record, &ctx.target_topic, &rule.target_types, source_ctx, &rule.translate) {
+fn dry_run_validate(
+    ctx: &QueueContext,
+    rule: &RouteRule,
+    queue: &SourceQueue,
+    record: &MessageRecord,
+    source_ctx: &SourceContext,
+) {
+    let problem = match translate::translate(
+        record,
+        &ctx.target_topic,
+        &rule.target_types,
+        source_ctx,
+        &rule.translate,
+    ) {
         Err(reason) => Some(reason.to_string()),
         Ok(msg) => crate::grpc::validate(&msg, &rule.target_types, ctx.publisher.max_body_size())
             .err()
@@ -354,12 +423,19 @@ fn dry_run_validate(ctx: &QueueContext, rule: &RouteRule, queue: &SourceQueue, r
     }
 }
 
-async fn quarantine(ctx: &QueueContext, queue: &SourceQueue, record: &MessageRecord, message: Option<&OutgoingMessage>, reason: &str) {
+async fn quarantine(
+    ctx: &QueueContext,
+    queue: &SourceQueue,
+    offset: i64,
+    message_id: &str,
+    message: Option<&OutgoingMessage>,
+    reason: &str,
+) {
     let entry = QuarantineEntry {
         route: ctx.route.clone(),
         queue: queue.clone(),
-        offset: record.queue_offset,
-        message_id: record.message_id().to_string(),
+        offset,
+        message_id: message_id.to_string(),
         reason: reason.to_string(),
         quarantined_at_ms: now_ms(),
         message_json: message
@@ -375,7 +451,7 @@ async fn quarantine(ctx: &QueueContext, queue: &SourceQueue, record: &MessageRec
             Err(e) => {
                 attempt += 1;
                 if attempt == 1 || attempt % 100 == 0 {
-                    tracing::error!(route = %ctx.route, %queue, offset = record.queue_offset, error = %e,
+                    tracing::error!(route = %ctx.route, %queue, offset, error = %e,
                         "cannot write quarantine entry; holding the queue until it can");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -384,7 +460,7 @@ async fn quarantine(ctx: &QueueContext, queue: &SourceQueue, record: &MessageRec
     }
     count(&ctx.route, outcome::QUARANTINED);
     metrics::gauge!(m::QUARANTINE_SIZE, "route" => ctx.route.clone()).increment(1.0);
-    tracing::error!(route = %ctx.route, %queue, offset = record.queue_offset, msg_id = %entry.message_id,
+    tracing::error!(route = %ctx.route, %queue, offset, msg_id = %entry.message_id,
         reason, "message quarantined; see `rmq-bridge quarantine list`");
 }
 
@@ -392,7 +468,7 @@ async fn send_with_retry(
     ctx: &QueueContext,
     queue: &SourceQueue,
     message: &OutgoingMessage,
-    record: &MessageRecord,
+    offset: i64,
     store_ms: i64,
 ) -> SendOutcome {
     let mut backoff = Duration::from_millis(50);
@@ -400,10 +476,16 @@ async fn send_with_retry(
     let mut message = std::borrow::Cow::Borrowed(message);
     loop {
         // A retry can outlive the clamp made at translation time.
-        if let MessageKind::Delay { delivery_timestamp_ms } = message.kind {
-            let clamped = translate::clamp_delivery(delivery_timestamp_ms, now_ms(), ctx.delay_min_lead);
+        if let MessageKind::Delay {
+            delivery_timestamp_ms,
+        } = message.kind
+        {
+            let clamped =
+                translate::clamp_delivery(delivery_timestamp_ms, now_ms(), ctx.delay_min_lead);
             if clamped != delivery_timestamp_ms {
-                message.to_mut().kind = MessageKind::Delay { delivery_timestamp_ms: clamped };
+                message.to_mut().kind = MessageKind::Delay {
+                    delivery_timestamp_ms: clamped,
+                };
             }
         }
         let message = message.as_ref();
@@ -411,17 +493,26 @@ async fn send_with_retry(
             Ok(_) => {
                 count(&ctx.route, outcome::FORWARDED);
                 let latency = (now_ms() - store_ms).max(0) as f64 / 1000.0;
-                metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone()).record(latency);
+                metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone())
+                    .record(latency);
                 return SendOutcome::Forwarded;
             }
             Err(e) => {
                 metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
                     .increment(1);
                 if e.is_permanent() {
-                    quarantine(ctx, queue, record, Some(message), &e.to_string()).await;
+                    quarantine(
+                        ctx,
+                        queue,
+                        offset,
+                        &message.message_id,
+                        Some(message),
+                        &e.to_string(),
+                    )
+                    .await;
                     return SendOutcome::Quarantined;
                 }
-                tracing::warn!(route = %ctx.route, %queue, offset = record.queue_offset, error = %e, "send failed; retrying");
+                tracing::warn!(route = %ctx.route, %queue, offset, error = %e, "send failed; retrying");
                 if *stop.borrow() {
                     return SendOutcome::Abandoned;
                 }
@@ -433,6 +524,82 @@ async fn send_with_retry(
             }
         }
     }
+}
+
+/// Sends a batch of NORMAL messages as one request, retrying retriable
+/// failures; a permanent rejection of the batch falls back to one-by-one
+/// sends so only the offending message is quarantined.
+fn spawn_batch(
+    ctx: &QueueContext,
+    queue: &SourceQueue,
+    items: Vec<BatchItem>,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+) {
+    let ctx = ctx.clone();
+    let queue = queue.clone();
+    let done_tx = done_tx.clone();
+    tokio::spawn(async move {
+        let messages: Vec<OutgoingMessage> = items.iter().map(|i| i.message.clone()).collect();
+        let mut backoff = Duration::from_millis(50);
+        let mut stop = ctx.stop.clone();
+        loop {
+            match ctx.publisher.send_batch(&messages).await {
+                Ok(_) => {
+                    let now = now_ms();
+                    metrics::counter!(m::MESSAGES_TOTAL, "route" => ctx.route.clone(), "outcome" => outcome::FORWARDED)
+                        .increment(items.len() as u64);
+                    let histogram = metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone());
+                    for item in &items {
+                        histogram.record((now - item.store_ms).max(0) as f64 / 1000.0);
+                        let _ = done_tx.send(Completion {
+                            offset: item.offset,
+                            outcome: SendOutcome::Forwarded,
+                        });
+                    }
+                    return;
+                }
+                Err(e) if e.is_permanent() => {
+                    metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
+                        .increment(1);
+                    for item in &items {
+                        let outcome = send_with_retry(
+                            &ctx,
+                            &queue,
+                            &item.message,
+                            item.offset,
+                            item.store_ms,
+                        )
+                        .await;
+                        let _ = done_tx.send(Completion {
+                            offset: item.offset,
+                            outcome,
+                        });
+                    }
+                    return;
+                }
+                Err(e) => {
+                    metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
+                        .increment(1);
+                    tracing::warn!(route = %ctx.route, %queue, messages = items.len(), error = %e, "batch send failed; retrying");
+                    let abandoned = *stop.borrow()
+                        || tokio::select! {
+                            _ = tokio::time::sleep(backoff) => false,
+                            _ = stop.changed() => true,
+                        };
+                    if abandoned {
+                        for item in &items {
+                            let _ = done_tx.send(Completion {
+                                offset: item.offset,
+                                outcome: SendOutcome::Abandoned,
+                            });
+                        }
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
 }
 
 fn error_code(e: &PublishError) -> &'static str {

@@ -32,7 +32,12 @@ pub struct RouteRule {
     pub translate: TranslateOptions,
 }
 
-pub fn build_rule(generation: u64, cfg: &BridgeConfig, route: &RouteConfig, target_types: Vec<TopicMessageType>) -> RouteRule {
+pub fn build_rule(
+    generation: u64,
+    cfg: &BridgeConfig,
+    route: &RouteConfig,
+    target_types: Vec<TopicMessageType>,
+) -> RouteRule {
     let t = &cfg.translate;
     RouteRule {
         generation,
@@ -61,8 +66,17 @@ pub fn build_rule(generation: u64, cfg: &BridgeConfig, route: &RouteConfig, targ
 }
 
 /// Records that a new rule took effect on `queue` at `offset`.
-pub fn journal_effect(store: &CheckpointStore, route: &str, old: &RouteRule, new: &RouteRule, queue: &SourceQueue, offset: i64) {
-    if old.cutover.percent == new.cutover.percent && old.cutover.environments == new.cutover.environments {
+pub fn journal_effect(
+    store: &CheckpointStore,
+    route: &str,
+    old: &RouteRule,
+    new: &RouteRule,
+    queue: &SourceQueue,
+    offset: i64,
+) {
+    if old.cutover.percent == new.cutover.percent
+        && old.cutover.environments == new.cutover.environments
+    {
         return;
     }
     let entry = JournalEntry {
@@ -100,7 +114,12 @@ pub fn spawn_route(shared: Shared, cfg: Arc<BridgeConfig>, route: RouteConfig) -
     }
 }
 
-async fn retry_until<T, F, Fut>(what: &str, route: &str, stop: &mut watch::Receiver<bool>, mut f: F) -> Option<T>
+async fn retry_until<T, F, Fut>(
+    what: &str,
+    route: &str,
+    stop: &mut watch::Receiver<bool>,
+    mut f: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -128,7 +147,12 @@ where
     }
 }
 
-async fn resolve_start(source: &TopicSource, queue: &SourceQueue, start: &StartPosition, route: &str) -> Result<i64, SourceError> {
+async fn resolve_start(
+    source: &TopicSource,
+    queue: &SourceQueue,
+    start: &StartPosition,
+    route: &str,
+) -> Result<i64, SourceError> {
     Ok(match start {
         StartPosition::Earliest => source.min_offset(queue).await?,
         StartPosition::Latest => source.max_offset(queue).await?,
@@ -150,7 +174,11 @@ struct QueueTask {
     worker: JoinHandle<()>,
 }
 
-async fn run_route(shared: Shared, mut config_rx: watch::Receiver<(Arc<BridgeConfig>, RouteConfig)>, mut stop: watch::Receiver<bool>) {
+async fn run_route(
+    shared: Shared,
+    mut config_rx: watch::Receiver<(Arc<BridgeConfig>, RouteConfig)>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (cfg, route) = config_rx.borrow_and_update().clone();
     let name = route.name.clone();
     let source = TopicSource::new(
@@ -167,11 +195,21 @@ async fn run_route(shared: Shared, mut config_rx: watch::Receiver<(Arc<BridgeCon
 
     let publisher = shared.publisher.clone();
     let target = route.target_topic.clone();
-    let Some(target_types) = retry_until("learning the 5.x target topic's message type", &name, &mut stop, || {
-        let publisher = publisher.clone();
-        let target = target.clone();
-        async move { publisher.accepted_types(&target).await.map_err(|e| e.to_string()) }
-    })
+    let Some(target_types) = retry_until(
+        "learning the 5.x target topic's message type",
+        &name,
+        &mut stop,
+        || {
+            let publisher = publisher.clone();
+            let target = target.clone();
+            async move {
+                publisher
+                    .accepted_types(&target)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
     .await
     else {
         return;
@@ -296,7 +334,8 @@ fn start_queue(
     let progress = QueueProgress::new(&route.name, queue.clone(), offset);
     shared.flusher.register(progress.clone());
     // Prefetch: enough pulled batches to keep the window busy, no more.
-    let prefetch = (cfg.pipeline.inflight_per_queue / cfg.source.pull_batch_size.max(1) as usize).clamp(2, 64);
+    let prefetch =
+        (cfg.pipeline.inflight_per_queue / cfg.source.pull_batch_size.max(1) as usize).clamp(2, 64);
     let batches = source.spawn_puller(queue.clone(), offset, prefetch, stop_rx.clone());
     let ctx = QueueContext {
         route: route.name.clone(),
@@ -309,12 +348,17 @@ fn start_queue(
         stop: stop_rx,
         drain_timeout: cfg.pipeline.shutdown_drain_timeout,
         delay_min_lead: cfg.translate.delay_min_lead,
+        send_batch_size: cfg.pipeline.send_batch_size,
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
     QueueTask { progress, worker }
 }
 
-fn publish_route_gauges(route: &str, queues: &BTreeMap<SourceQueue, QueueTask>, flusher: &CheckpointFlusher) {
+fn publish_route_gauges(
+    route: &str,
+    queues: &BTreeMap<SourceQueue, QueueTask>,
+    flusher: &CheckpointFlusher,
+) {
     let now = now_ms();
     let mut oldest = 0i64;
     let mut total_lag = 0i64;
@@ -332,18 +376,34 @@ fn publish_route_gauges(route: &str, queues: &BTreeMap<SourceQueue, QueueTask>, 
         0.0
     };
     metrics::gauge!(m::SOURCE_LAG_SECONDS, "route" => route.to_string()).set(lag_seconds);
-    metrics::gauge!(m::CHECKPOINT_AGE_SECONDS, "route" => route.to_string()).set(flusher.checkpoint_age_seconds(route));
+    metrics::gauge!(m::CHECKPOINT_AGE_SECONDS, "route" => route.to_string())
+        .set(flusher.checkpoint_age_seconds(route));
 }
 
 /// Writes the route's durable checkpoints to a 4.x consumer group, unless the
 /// group still has live consumers (they would fight over the offsets).
-async fn commit_back(source: &TopicSource, route: &str, group: &str, queues: &BTreeMap<SourceQueue, QueueTask>, logged_at: &mut i64) {
+async fn commit_back(
+    source: &TopicSource,
+    route: &str,
+    group: &str,
+    queues: &BTreeMap<SourceQueue, QueueTask>,
+    logged_at: &mut i64,
+) {
     let mut live: Vec<String> = Vec::new();
     for addr in source.all_broker_addrs() {
-        match source.client().get_consumer_list_by_group(&addr, group).await {
+        match source
+            .client()
+            .get_consumer_list_by_group(&addr, group)
+            .await
+        {
             // Our own client id shows up if we heartbeat under this very group.
-            Ok(ids) => live.extend(ids.into_iter().filter(|id| *id != crate::pipeline::client_id())),
-            Err(e) => tracing::debug!(route, group, %addr, error = %e, "consumer list query failed"),
+            Ok(ids) => live.extend(
+                ids.into_iter()
+                    .filter(|id| *id != crate::pipeline::client_id()),
+            ),
+            Err(e) => {
+                tracing::debug!(route, group, %addr, error = %e, "consumer list query failed")
+            }
         }
     }
     live.sort();
@@ -361,7 +421,9 @@ async fn commit_back(source: &TopicSource, route: &str, group: &str, queues: &BT
     metrics::gauge!("rmq_bridge_commit_refused", "route" => route.to_string()).set(0.0);
     for (queue, task) in queues {
         let offset = task.progress.durable();
-        let Ok(addr) = source.master_addr(queue) else { continue };
+        let Ok(addr) = source.master_addr(queue) else {
+            continue;
+        };
         if let Err(e) = source
             .client()
             .update_consumer_offset(&addr, group, source.topic(), queue.queue_id, offset)
