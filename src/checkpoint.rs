@@ -118,7 +118,9 @@ pub struct CheckpointStore {
 
 impl fmt::Debug for CheckpointStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CheckpointStore").field("dir", &self.dir).finish()
+        f.debug_struct("CheckpointStore")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -205,7 +207,9 @@ impl CheckpointStore {
         if !dir.join("CURRENT").exists() {
             return Err(StoreError::Open {
                 dir: dir.to_path_buf(),
-                reason: "no checkpoint store here yet (the bridge has not run with this checkpoint.dir)".into(),
+                reason:
+                    "no checkpoint store here yet (the bridge has not run with this checkpoint.dir)"
+                        .into(),
             });
         }
         let opts = Options::default();
@@ -260,21 +264,26 @@ impl CheckpointStore {
             .map_err(|e| self.read_err(e))?;
         match v {
             None => Ok(None),
-            Some(v) => decode_checkpoint(&v).map(Some).ok_or_else(|| StoreError::Corrupt {
-                what: format!("checkpoint of route {route} queue {queue}"),
-            }),
+            Some(v) => decode_checkpoint(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!("checkpoint of route {route} queue {queue}"),
+                }),
         }
     }
 
     /// Every checkpoint of one route, ordered by queue.
-    pub fn route_checkpoints(&self, route: &str) -> Result<Vec<(SourceQueue, Checkpoint)>, StoreError> {
+    pub fn route_checkpoints(
+        &self,
+        route: &str,
+    ) -> Result<Vec<(SourceQueue, Checkpoint)>, StoreError> {
         let cf = self.cf(CF_CHECKPOINTS)?;
         let prefix = route_prefix(route);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            cf,
-            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        ) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+        {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
             if !k.starts_with(&prefix) {
                 break;
@@ -343,15 +352,17 @@ impl CheckpointStore {
         let cf = self.cf(cf_name)?;
         let mut upper = prefix.to_vec();
         upper.extend_from_slice(&u64::MAX.to_be_bytes());
-        let mut it = self.db.iterator_cf(
-            cf,
-            IteratorMode::From(&upper, rocksdb::Direction::Reverse),
-        );
+        let mut it = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&upper, rocksdb::Direction::Reverse));
         match it.next() {
             Some(Ok((k, _))) if k.starts_with(prefix) && k.len() == prefix.len() + 8 => {
-                let seq: [u8; 8] = k[prefix.len()..].try_into().map_err(|_| StoreError::Corrupt {
-                    what: "journal key".into(),
-                })?;
+                let seq: [u8; 8] =
+                    k[prefix.len()..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt {
+                            what: "journal key".into(),
+                        })?;
                 Ok(u64::from_be_bytes(seq) + 1)
             }
             Some(Err(e)) => Err(self.read_err(e)),
@@ -377,7 +388,11 @@ impl CheckpointStore {
         self.scan_json(CF_JOURNAL, &route_prefix(route))
     }
 
-    fn scan_json<T: for<'de> Deserialize<'de>>(&self, cf_name: &str, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+    fn scan_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        cf_name: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
         let cf = self.cf(cf_name)?;
         let mut out = Vec::new();
         for item in self
@@ -436,7 +451,10 @@ impl CheckpointStore {
 
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let cf = self.cf(CF_META)?;
-        let v = self.db.get_cf(cf, key.as_bytes()).map_err(|e| self.read_err(e))?;
+        let v = self
+            .db
+            .get_cf(cf, key.as_bytes())
+            .map_err(|e| self.read_err(e))?;
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -479,7 +497,10 @@ mod tests {
             store.advance(&[("orders".into(), q("b1", 0), 11)]).unwrap();
         }
         let store = CheckpointStore::open(dir.path(), true).unwrap();
-        assert_eq!(store.get("orders", &q("b1", 0)).unwrap().unwrap().offset, 11);
+        assert_eq!(
+            store.get("orders", &q("b1", 0)).unwrap().unwrap().offset,
+            11
+        );
         let all = store.route_checkpoints("orders").unwrap();
         assert_eq!(all.len(), 2, "orders2 must not leak into orders: {all:?}");
         assert_eq!(all[1].1.offset, 20);
@@ -492,7 +513,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), false).unwrap();
         store.advance(&[("r".into(), q("b", 0), 5)]).unwrap();
-        let err = CheckpointStore::open(dir.path(), false).unwrap_err().to_string();
+        let err = CheckpointStore::open(dir.path(), false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("locked"), "{err}");
         let ro = CheckpointStore::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.get("r", &q("b", 0)).unwrap().unwrap().offset, 5);
@@ -517,7 +540,10 @@ mod tests {
                 .unwrap();
         }
         let j = store.journal("r").unwrap();
-        assert_eq!(j.iter().map(|e| e.to_percent).collect::<Vec<_>>(), vec![0, 30, 100]);
+        assert_eq!(
+            j.iter().map(|e| e.to_percent).collect::<Vec<_>>(),
+            vec![0, 30, 100]
+        );
         assert!(store.journal("r2").unwrap().is_empty());
 
         let entry = QuarantineEntry {
@@ -530,7 +556,10 @@ mod tests {
             message_json: "{}".into(),
         };
         store.quarantine_put(&entry).unwrap();
-        assert_eq!(store.quarantine_list(Some("r")).unwrap(), vec![entry.clone()]);
+        assert_eq!(
+            store.quarantine_list(Some("r")).unwrap(),
+            vec![entry.clone()]
+        );
         assert_eq!(store.quarantine_list(None).unwrap().len(), 1);
         store.quarantine_remove(&entry).unwrap();
         assert!(store.quarantine_list(None).unwrap().is_empty());

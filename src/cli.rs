@@ -20,7 +20,8 @@ use crate::source::{PullOutcome, SourceSettings, TopicSource};
 
 pub fn init_logging(default_level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colour only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -94,7 +95,10 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
                 route.readable_queues().len()
             ),
             Ok(None) => {
-                println!("  {}: 4.x topic {} NOT FOUND on {namesrv}", r.name, r.source_topic);
+                println!(
+                    "  {}: 4.x topic {} NOT FOUND on {namesrv}",
+                    r.name, r.source_topic
+                );
                 problems += 1;
             }
             Err(e) => {
@@ -104,7 +108,10 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
         }
         if let Some(p) = &publisher {
             match p.accepted_types(&r.target_topic).await {
-                Ok(types) => println!("  {}: 5.x topic {} accepts {:?}", r.name, r.target_topic, types),
+                Ok(types) => println!(
+                    "  {}: 5.x topic {} accepts {:?}",
+                    r.name, r.target_topic, types
+                ),
                 Err(e) => {
                     println!("  {}: 5.x topic {}: {e}", r.name, r.target_topic);
                     problems += 1;
@@ -126,7 +133,8 @@ fn fmt_ms(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+        .to_string()
 }
 
 pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
@@ -139,7 +147,9 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
             "route {}: {} -> {}  cutover {}%  environments {:?}",
             r.name, r.source_topic, r.target_topic, r.cutover_percent, r.environments
         );
-        let checkpoints = store.route_checkpoints(&r.name).map_err(|e| anyhow!("{e}"))?;
+        let checkpoints = store
+            .route_checkpoints(&r.name)
+            .map_err(|e| anyhow!("{e}"))?;
         let source = TopicSource::new(
             client.clone(),
             namesrv.clone(),
@@ -157,7 +167,10 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
                 .map(|r| r.is_ok())
                 .unwrap_or(false);
         let mut total_lag = 0i64;
-        println!("  {:<24} {:>12} {:>12} {:>10}  updated", "queue", "checkpoint", "max", "lag");
+        println!(
+            "  {:<24} {:>12} {:>12} {:>10}  updated",
+            "queue", "checkpoint", "max", "lag"
+        );
         for (queue, cp) in &checkpoints {
             let max = if reachable {
                 tokio::time::timeout(Duration::from_secs(3), source.max_offset(queue))
@@ -202,7 +215,10 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
                 );
             }
         }
-        let quarantined = store.quarantine_list(Some(&r.name)).map_err(|e| anyhow!("{e}"))?.len();
+        let quarantined = store
+            .quarantine_list(Some(&r.name))
+            .map_err(|e| anyhow!("{e}"))?
+            .len();
         println!("  quarantined: {quarantined}");
     }
     Ok(())
@@ -229,11 +245,18 @@ pub fn quarantine_list(path: &Path, route: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn open_for_write(cfg: &BridgeConfig) -> anyhow::Result<CheckpointStore> {
-    CheckpointStore::open(&cfg.checkpoint.dir, true)
-        .map_err(|e| anyhow!("{e} (quarantine replay and drop need the daemon stopped: systemctl stop rmq-bridge)"))
+    CheckpointStore::open(&cfg.checkpoint.dir, true).map_err(|e| {
+        anyhow!(
+            "{e} (quarantine replay and drop need the daemon stopped: systemctl stop rmq-bridge)"
+        )
+    })
 }
 
-pub async fn quarantine_replay(path: &Path, route: Option<&str>, offset: Option<i64>) -> anyhow::Result<()> {
+pub async fn quarantine_replay(
+    path: &Path,
+    route: Option<&str>,
+    offset: Option<i64>,
+) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = open_for_write(&cfg)?;
     let publisher = Publisher::connect(pipeline::grpc_config(&cfg))
@@ -246,7 +269,10 @@ pub async fn quarantine_replay(path: &Path, route: Option<&str>, offset: Option<
             continue;
         }
         if e.message_json.is_empty() {
-            println!("{} {} offset {}: not replayable (translation failed: {})", e.route, e.queue, e.offset, e.reason);
+            println!(
+                "{} {} offset {}: not replayable (translation failed: {})",
+                e.route, e.queue, e.offset, e.reason
+            );
             failed += 1;
             continue;
         }
@@ -254,11 +280,17 @@ pub async fn quarantine_replay(path: &Path, route: Option<&str>, offset: Option<
         match publisher.send(&msg).await {
             Ok(_) => {
                 store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
-                println!("{} {} offset {}: replayed as {}", e.route, e.queue, e.offset, msg.message_id);
+                println!(
+                    "{} {} offset {}: replayed as {}",
+                    e.route, e.queue, e.offset, msg.message_id
+                );
                 sent += 1;
             }
             Err(err) => {
-                println!("{} {} offset {}: still rejected: {err}", e.route, e.queue, e.offset);
+                println!(
+                    "{} {} offset {}: still rejected: {err}",
+                    e.route, e.queue, e.offset
+                );
                 failed += 1;
             }
         }
@@ -268,7 +300,12 @@ pub async fn quarantine_replay(path: &Path, route: Option<&str>, offset: Option<
     Ok(())
 }
 
-pub fn quarantine_drop(path: &Path, route: Option<&str>, offset: Option<i64>, all: bool) -> anyhow::Result<()> {
+pub fn quarantine_drop(
+    path: &Path,
+    route: Option<&str>,
+    offset: Option<i64>,
+    all: bool,
+) -> anyhow::Result<()> {
     if offset.is_none() && !all {
         bail!("name the message with --offset (and --route), or pass --all to drop every match");
     }
@@ -280,7 +317,10 @@ pub fn quarantine_drop(path: &Path, route: Option<&str>, offset: Option<i64>, al
             continue;
         }
         store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
-        println!("dropped {} {} offset {} ({})", e.route, e.queue, e.offset, e.message_id);
+        println!(
+            "dropped {} {} offset {} ({})",
+            e.route, e.queue, e.offset, e.message_id
+        );
         dropped += 1;
     }
     println!("dropped {dropped}");
@@ -310,12 +350,21 @@ pub fn record_json(broker: &str, r: &MessageRecord) -> serde_json::Value {
     });
     match std::str::from_utf8(&r.body) {
         Ok(text) => v["body"] = json!(text),
-        Err(_) => v["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+        Err(_) => {
+            v["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body))
+        }
     }
     v
 }
 
-pub async fn peek(namesrv: &str, topic: &str, count: usize, from: &str, filter: &str, follow: bool) -> anyhow::Result<()> {
+pub async fn peek(
+    namesrv: &str,
+    topic: &str,
+    count: usize,
+    from: &str,
+    filter: &str,
+    follow: bool,
+) -> anyhow::Result<()> {
     let namesrv = NameServers::parse(namesrv).map_err(|e| anyhow!("--namesrv: {e}"))?;
     let client = RemotingClient::new(RemotingClientConfig {
         request_timeout: Duration::from_secs(5),
@@ -334,7 +383,10 @@ pub async fn peek(namesrv: &str, topic: &str, count: usize, from: &str, filter: 
             long_poll: Duration::from_millis(if follow { 15_000 } else { 500 }),
         },
     );
-    let queues = source.refresh_route().await.context("cannot read the topic route")?;
+    let queues = source
+        .refresh_route()
+        .await
+        .context("cannot read the topic route")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     for queue in &queues {
@@ -380,8 +432,15 @@ pub async fn peek(namesrv: &str, topic: &str, count: usize, from: &str, filter: 
                     break;
                 }
             }
-            PullOutcome::OffsetMoved { requested, next_offset, .. } => {
-                eprintln!("{}: offset {requested} not available; continuing at {next_offset}", batch.queue);
+            PullOutcome::OffsetMoved {
+                requested,
+                next_offset,
+                ..
+            } => {
+                eprintln!(
+                    "{}: offset {requested} not available; continuing at {next_offset}",
+                    batch.queue
+                );
             }
         }
     }

@@ -24,14 +24,27 @@ const TOPICS: [(&str, &str, &str); 4] = [
 pub const DEMO_TX_GROUP: &str = "demo_tx_producer";
 
 /// Produces `n` sample messages of the given flavour into a 4.x topic.
-pub async fn produce_samples(client: &RemotingClient, cluster: &LocalCluster, topic: &str, flavour: &str, n: usize) -> anyhow::Result<()> {
+pub async fn produce_samples(
+    client: &RemotingClient,
+    cluster: &LocalCluster,
+    topic: &str,
+    flavour: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     for i in 0..n {
         let mut s = Sample {
             queue_id: (i % 4) as i32,
             body: format!("{flavour} message {i} from the 4.x side").into_bytes(),
             tag: Some(if i % 2 == 0 { "TagA" } else { "TagB" }.into()),
             keys: vec![format!("{flavour}-key-{i}")],
-            properties: vec![("__microservice_tag__".into(), if i % 3 == 0 { "gray".into() } else { String::new() })],
+            properties: vec![(
+                "__microservice_tag__".into(),
+                if i % 3 == 0 {
+                    "gray".into()
+                } else {
+                    String::new()
+                },
+            )],
             ..Default::default()
         };
         s.properties.retain(|(_, v)| !v.is_empty());
@@ -39,7 +52,8 @@ pub async fn produce_samples(client: &RemotingClient, cluster: &LocalCluster, to
             "FIFO" => {
                 let order = i % 8;
                 s.queue_id = (order % 4) as i32;
-                s.properties.push(("__SHARDINGKEY".into(), format!("order-{order}")));
+                s.properties
+                    .push(("__SHARDINGKEY".into(), format!("order-{order}")));
             }
             "DELAY" => s.properties.push(("DELAY".into(), "1".into())),
             "TRANSACTION" => {
@@ -64,7 +78,10 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("== starting a local 4.x cluster (name server + broker) on loopback");
     let source = testkit::start_source_cluster("demo-src")?;
-    println!("   4.x name server {}  broker {}", source.namesrv_addr, source.broker_addr);
+    println!(
+        "   4.x name server {}  broker {}",
+        source.namesrv_addr, source.broker_addr
+    );
     println!("== starting a local 5.x cluster (name server + broker + gRPC proxy)");
     let target = testkit::start_target_cluster("demo-dst")?;
     println!(
@@ -89,7 +106,14 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
         .iter()
         .map(|(src, dst, _)| RouteSpec::new(src, src, dst, 100))
         .collect();
-    let text = testkit::render_config(&source, &target, &dir.join("checkpoints"), "off", "", &routes)?;
+    let text = testkit::render_config(
+        &source,
+        &target,
+        &dir.join("checkpoints"),
+        "off",
+        "",
+        &routes,
+    )?;
     let path = testkit::write_config(&dir.join("bridge.toml"), &text)?;
     println!("== bridge config: {}", path.display());
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -105,16 +129,26 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
         let lag = bridge.shared().flusher.lag_by_route();
         let mut landed = 0;
         for (_, dst, _) in TOPICS {
-            landed += testkit::topic_size(&client, &target, dst).await.unwrap_or(0);
+            landed += testkit::topic_size(&client, &target, dst)
+                .await
+                .unwrap_or(0);
         }
         let total_lag: i64 = lag.values().map(|(l, _)| l).sum();
-        let per_route: Vec<String> = lag.iter().map(|(r, (l, q))| format!("{r}: lag {l} ({q} queues)")).collect();
-        println!("   landed in 5.x {landed}/{expected}  total lag {total_lag}  | {}", per_route.join("  "));
+        let per_route: Vec<String> = lag
+            .iter()
+            .map(|(r, (l, q))| format!("{r}: lag {l} ({q} queues)"))
+            .collect();
+        println!(
+            "   landed in 5.x {landed}/{expected}  total lag {total_lag}  | {}",
+            per_route.join("  ")
+        );
         if total_lag == 0 && landed >= expected && lag.len() == TOPICS.len() {
             break;
         }
         if Instant::now() > deadline {
-            anyhow::bail!("bridge did not catch up in 180 s (landed {landed}/{expected}, lag {total_lag})");
+            anyhow::bail!(
+                "bridge did not catch up in 180 s (landed {landed}/{expected}, lag {total_lag})"
+            );
         }
     }
     bridge.shutdown().await;

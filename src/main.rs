@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use rmq_bridge::cli;
 
 #[derive(Parser)]
-#[command(name = "rmq-bridge", version, about = "Bridge Apache RocketMQ 4.x (Remoting) to 5.x (gRPC v2)")]
+#[command(
+    name = "rmq-bridge",
+    version,
+    about = "Bridge Apache RocketMQ 4.x (Remoting) to 5.x (gRPC v2)"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
@@ -103,7 +107,10 @@ enum QuarantineAction {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -124,16 +131,30 @@ fn main() -> ExitCode {
             Command::Quarantine { action } => {
                 cli::init_logging("warn", args.log_json);
                 match action {
-                    QuarantineAction::List { config, route } => cli::quarantine_list(&config, route.as_deref()),
-                    QuarantineAction::Replay { config, route, offset } => {
-                        cli::quarantine_replay(&config, route.as_deref(), offset).await
+                    QuarantineAction::List { config, route } => {
+                        cli::quarantine_list(&config, route.as_deref())
                     }
-                    QuarantineAction::Drop { config, route, offset, all } => {
-                        cli::quarantine_drop(&config, route.as_deref(), offset, all)
-                    }
+                    QuarantineAction::Replay {
+                        config,
+                        route,
+                        offset,
+                    } => cli::quarantine_replay(&config, route.as_deref(), offset).await,
+                    QuarantineAction::Drop {
+                        config,
+                        route,
+                        offset,
+                        all,
+                    } => cli::quarantine_drop(&config, route.as_deref(), offset, all),
                 }
             }
-            Command::Peek { namesrv, topic, count, from, filter, follow } => {
+            Command::Peek {
+                namesrv,
+                topic,
+                count,
+                from,
+                filter,
+                follow,
+            } => {
                 cli::init_logging("warn", args.log_json);
                 cli::peek(&namesrv, &topic, count, &from, &filter, follow).await
             }

@@ -53,16 +53,48 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(SOURCE_LAG_MESSAGES, Unit::Count, "4.x max offset minus bridge checkpoint, per source queue");
-    describe_gauge!(SOURCE_LAG_SECONDS, Unit::Seconds, "age of the oldest message not yet checkpointed, per route");
-    describe_counter!(MESSAGES_TOTAL, Unit::Count, "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail");
-    describe_histogram!(FORWARD_LATENCY_SECONDS, Unit::Seconds, "4.x store time to 5.x acknowledgement");
+    describe_gauge!(
+        SOURCE_LAG_MESSAGES,
+        Unit::Count,
+        "4.x max offset minus bridge checkpoint, per source queue"
+    );
+    describe_gauge!(
+        SOURCE_LAG_SECONDS,
+        Unit::Seconds,
+        "age of the oldest message not yet checkpointed, per route"
+    );
+    describe_counter!(
+        MESSAGES_TOTAL,
+        Unit::Count,
+        "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail"
+    );
+    describe_histogram!(
+        FORWARD_LATENCY_SECONDS,
+        Unit::Seconds,
+        "4.x store time to 5.x acknowledgement"
+    );
     describe_gauge!(CUTOVER_PERCENT, "cutover percent in force, per route");
-    describe_gauge!(CHECKPOINT_AGE_SECONDS, Unit::Seconds, "seconds since the route's checkpoints were last written");
+    describe_gauge!(
+        CHECKPOINT_AGE_SECONDS,
+        Unit::Seconds,
+        "seconds since the route's checkpoints were last written"
+    );
     describe_counter!(TARGET_ERRORS_TOTAL, Unit::Count, "5.x send errors by code");
-    describe_counter!(SOURCE_ERRORS_TOTAL, Unit::Count, "4.x pull / route errors by kind");
-    describe_gauge!(QUARANTINE_SIZE, Unit::Count, "messages held in quarantine, per route");
-    describe_counter!(CONFIG_RELOADS_TOTAL, Unit::Count, "config reloads by result");
+    describe_counter!(
+        SOURCE_ERRORS_TOTAL,
+        Unit::Count,
+        "4.x pull / route errors by kind"
+    );
+    describe_gauge!(
+        QUARANTINE_SIZE,
+        Unit::Count,
+        "messages held in quarantine, per route"
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "config reloads by result"
+    );
     describe_gauge!(BUILD_INFO, "build information");
     describe_gauge!(UP, "1 while the bridge runs");
 }

@@ -271,7 +271,11 @@ impl TopicSource {
         .await
     }
 
-    pub async fn offset_at(&self, queue: &SourceQueue, timestamp_ms: i64) -> Result<i64, SourceError> {
+    pub async fn offset_at(
+        &self,
+        queue: &SourceQueue,
+        timestamp_ms: i64,
+    ) -> Result<i64, SourceError> {
         let topic = self.settings.topic.clone();
         self.on_broker(queue, |addr| {
             let client = self.client.clone();
@@ -288,7 +292,11 @@ impl TopicSource {
 
     /// Committed offset of a 4.x consumer group on a queue (master only: slaves
     /// may hold stale consumer offsets).
-    pub async fn group_offset(&self, queue: &SourceQueue, group: &str) -> Result<Option<i64>, SourceError> {
+    pub async fn group_offset(
+        &self,
+        queue: &SourceQueue,
+        group: &str,
+    ) -> Result<Option<i64>, SourceError> {
         let addr = self.master_addr(queue)?;
         Ok(self
             .client
@@ -345,7 +353,8 @@ impl TopicSource {
                         }
                     }
                     Err(e) => {
-                        metrics::counter!(crate::metrics::SOURCE_ERRORS_TOTAL, "kind" => "pull").increment(1);
+                        metrics::counter!(crate::metrics::SOURCE_ERRORS_TOTAL, "kind" => "pull")
+                            .increment(1);
                         tracing::warn!(topic = %source.settings.topic, %queue, offset, error = %e, "pull failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {},

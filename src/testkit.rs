@@ -61,7 +61,10 @@ pub async fn create_topic(
             }
         }
         if Instant::now() > deadline {
-            bail!("topic {topic} not routed by {} after 30 s", cluster.namesrv_addr);
+            bail!(
+                "topic {topic} not routed by {} after 30 s",
+                cluster.namesrv_addr
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -86,7 +89,12 @@ pub async fn produce(
     topic: &str,
     sample: &Sample,
 ) -> anyhow::Result<SendResult> {
-    let mut req = SendRequest::new("testkit_producer", topic, sample.queue_id, Bytes::from(sample.body.clone()));
+    let mut req = SendRequest::new(
+        "testkit_producer",
+        topic,
+        sample.queue_id,
+        Bytes::from(sample.body.clone()),
+    );
     if let Some(tag) = &sample.tag {
         req.properties.insert("TAGS", tag.clone());
     }
@@ -109,7 +117,11 @@ pub async fn produce(
 
 /// Reads every message of every queue of `topic` on the cluster's broker, in
 /// (queue, offset) order.
-pub async fn read_back(client: &RemotingClient, cluster: &LocalCluster, topic: &str) -> anyhow::Result<Vec<MessageRecord>> {
+pub async fn read_back(
+    client: &RemotingClient,
+    cluster: &LocalCluster,
+    topic: &str,
+) -> anyhow::Result<Vec<MessageRecord>> {
     let route = client
         .get_topic_route(&cluster.namesrv_addr, topic)
         .await?
@@ -145,7 +157,9 @@ pub async fn read_back(client: &RemotingClient, cluster: &LocalCluster, topic: &
                     out.extend(result.messages);
                     offset = result.next_begin_offset;
                 }
-                PullStatus::NoMatchedMsg | PullStatus::RetryImmediately | PullStatus::OffsetMoved => {
+                PullStatus::NoMatchedMsg
+                | PullStatus::RetryImmediately
+                | PullStatus::OffsetMoved => {
                     if result.next_begin_offset <= offset {
                         break;
                     }
@@ -159,7 +173,11 @@ pub async fn read_back(client: &RemotingClient, cluster: &LocalCluster, topic: &
 }
 
 /// Message count of a topic (sum of max - min over queues).
-pub async fn topic_size(client: &RemotingClient, cluster: &LocalCluster, topic: &str) -> anyhow::Result<i64> {
+pub async fn topic_size(
+    client: &RemotingClient,
+    cluster: &LocalCluster,
+    topic: &str,
+) -> anyhow::Result<i64> {
     let ns = NameServers::parse(&cluster.namesrv_addr)?;
     let route = ns
         .topic_route(client, topic)
@@ -167,7 +185,10 @@ pub async fn topic_size(client: &RemotingClient, cluster: &LocalCluster, topic: 
         .ok_or_else(|| anyhow!("topic {topic} not found"))?;
     let mut total = 0;
     for (broker_name, queue_id) in route.readable_queues() {
-        let addr = route.master_addr(&broker_name).unwrap_or_default().to_string();
+        let addr = route
+            .master_addr(&broker_name)
+            .unwrap_or_default()
+            .to_string();
         total += client.get_max_offset(&addr, topic, queue_id).await?
             - client.get_min_offset(&addr, topic, queue_id).await?;
     }
@@ -203,7 +224,14 @@ impl RouteSpec {
 }
 
 /// Renders a bridge config file for the two local clusters.
-pub fn render_config(source: &LocalCluster, target: &LocalCluster, checkpoint_dir: &Path, metrics_listen: &str, extra_sections: &str, routes: &[RouteSpec]) -> anyhow::Result<String> {
+pub fn render_config(
+    source: &LocalCluster,
+    target: &LocalCluster,
+    checkpoint_dir: &Path,
+    metrics_listen: &str,
+    extra_sections: &str,
+    routes: &[RouteSpec],
+) -> anyhow::Result<String> {
     let endpoint = target
         .proxy_endpoint
         .clone()

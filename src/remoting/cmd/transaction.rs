@@ -18,15 +18,25 @@ pub fn commit_log_offset_of(offset_msg_id: &str) -> Result<i64> {
         .len()
         .checked_sub(16)
         .and_then(|start| offset_msg_id.get(start..))
-        .ok_or_else(|| RemotingError::InvalidRequest(format!("`{offset_msg_id}` is not an offset message id")))?;
-    u64::from_str_radix(hex, 16)
-        .map(|v| v as i64)
-        .map_err(|_| RemotingError::InvalidRequest(format!("`{offset_msg_id}` is not an offset message id")))
+        .ok_or_else(|| {
+            RemotingError::InvalidRequest(format!("`{offset_msg_id}` is not an offset message id"))
+        })?;
+    u64::from_str_radix(hex, 16).map(|v| v as i64).map_err(|_| {
+        RemotingError::InvalidRequest(format!("`{offset_msg_id}` is not an offset message id"))
+    })
 }
 
-pub fn end_transaction_command(producer_group: &str, sent: &SendResult, msg_id: &str, commit: bool) -> Result<RemotingCommand> {
+pub fn end_transaction_command(
+    producer_group: &str,
+    sent: &SendResult,
+    msg_id: &str,
+    commit: bool,
+) -> Result<RemotingCommand> {
     let commit_log_offset = commit_log_offset_of(&sent.offset_msg_id)?;
-    let transaction_id = sent.transaction_id.clone().unwrap_or_else(|| msg_id.to_string());
+    let transaction_id = sent
+        .transaction_id
+        .clone()
+        .unwrap_or_else(|| msg_id.to_string());
     let mut cmd = RemotingCommand::request(request::END_TRANSACTION)
         .with_ext("producerGroup", producer_group)
         .with_ext("tranStateTableOffset", sent.queue_offset)
@@ -41,7 +51,14 @@ pub fn end_transaction_command(producer_group: &str, sent: &SendResult, msg_id: 
 
 impl RemotingClient {
     /// Ends a transaction (oneway, as the Java producer sends it).
-    pub async fn end_transaction(&self, broker: &str, producer_group: &str, sent: &SendResult, msg_id: &str, commit: bool) -> Result<()> {
+    pub async fn end_transaction(
+        &self,
+        broker: &str,
+        producer_group: &str,
+        sent: &SendResult,
+        msg_id: &str,
+        commit: bool,
+    ) -> Result<()> {
         let cmd = end_transaction_command(producer_group, sent, msg_id, commit)?;
         self.invoke_oneway(broker, cmd).await
     }
@@ -53,7 +70,10 @@ mod tests {
 
     #[test]
     fn commit_log_offset_is_read_from_the_offset_msg_id() {
-        assert_eq!(commit_log_offset_of("7F00000100002A9F00000000000004D2").unwrap(), 1234);
+        assert_eq!(
+            commit_log_offset_of("7F00000100002A9F00000000000004D2").unwrap(),
+            1234
+        );
         assert!(commit_log_offset_of("xyz").is_err());
     }
 }
