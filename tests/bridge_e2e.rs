@@ -642,7 +642,24 @@ async fn fidelity_environment_filter_and_phased_cutover() {
 /// to that group, and the live-consumer interlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_handoff_and_commit_back_interlock() {
-    let p = pair("e2e-hand", &[("handoff", 4, "NORMAL")]).await;
+    let p = pair(
+        "e2e-hand",
+        &[("handoff", 4, "NORMAL"), ("mismatch", 2, "TRANSACTION")],
+    )
+    .await;
+    // Plain messages bound for a TRANSACTION-only topic cannot be accepted:
+    // they must be quarantined with a reason, not dropped, not blocking.
+    for i in 0..5 {
+        let id = format!("MISM{i:028}");
+        testkit::produce(
+            &p.client,
+            &p.source,
+            "mismatch",
+            &sample(i % 2, &id, &id, "m"),
+        )
+        .await
+        .unwrap();
+    }
     let group = "legacy_consumers";
     for i in 0..40 {
         let id = format!("HAND{i:028}");
@@ -678,10 +695,27 @@ async fn group_handoff_and_commit_back_interlock() {
         .await
         .unwrap()
         .is_empty());
-    let routes = vec![RouteSpec::new("handoff", "handoff", "handoff", 100)
-        .with("start", &format!("\"group:{group}\""))
-        .with("commit_as_group", &format!("\"{group}\""))];
+    let routes = vec![
+        RouteSpec::new("handoff", "handoff", "handoff", 100)
+            .with("start", &format!("\"group:{group}\""))
+            .with("commit_as_group", &format!("\"{group}\"")),
+        RouteSpec::new("mismatch", "mismatch", "mismatch", 100),
+    ];
     testkit::write_config(&p.config_path(), &p.config("", &routes)).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+        .args(["check", "--online", "-c"])
+        .arg(p.config_path())
+        .output()
+        .expect("check");
+    let check_text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "check --online failed:\n{check_text}"
+    );
+    assert!(
+        check_text.contains("5.x topic mismatch accepts [Transaction]"),
+        "{check_text}"
+    );
     let mut bridge = BridgeProcess::start(&p.config_path(), &p.log_path());
 
     let records = wait_landed(&p.client, &p.target, "handoff", 28).await;
