@@ -14,5 +14,7 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test (unit, property and peer integration tests)"
 # Peer tests each start real clusters; two at a time fit a 2-core machine.
-cargo test --all-targets -- --test-threads="${RMQ_TEST_THREADS:-2}"
+# Benchmarks are compiled by clippy above but not run here (scripts/bench.sh).
+cargo test --lib --bins --tests -- --test-threads="${RMQ_TEST_THREADS:-2}"
+cargo test --doc
 echo "== tests finished in $(( $(date +%s) - start ))s"
