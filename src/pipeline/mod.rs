@@ -353,3 +353,45 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     bridge.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StartPosition;
+    use crate::cutover::RoutingKeyMode;
+
+    fn route() -> RouteConfig {
+        RouteConfig {
+            name: "orders".into(),
+            source_topic: "orders".into(),
+            target_topic: "orders".into(),
+            filter: "*".into(),
+            cutover_percent: 10,
+            routing_key: RoutingKeyMode::Auto,
+            environments: vec![],
+            start: StartPosition::Earliest,
+            commit_as_group: None,
+        }
+    }
+
+    #[test]
+    fn reload_classifies_route_changes() {
+        let old = route();
+        let mut hot = route();
+        hot.cutover_percent = 50;
+        hot.environments = vec!["gray".into()];
+        hot.routing_key = RoutingKeyMode::Queue;
+        assert!(hot_fields_only(&old, &hot));
+        assert!(incompatible_change(&old, &hot).is_none());
+
+        let mut restart = route();
+        restart.target_topic = "orders_v5".into();
+        assert!(!hot_fields_only(&old, &restart));
+        assert!(incompatible_change(&old, &restart).is_none());
+
+        let mut refused = route();
+        refused.source_topic = "payments".into();
+        let why = incompatible_change(&old, &refused).unwrap();
+        assert!(why.contains("orders") && why.contains("new name"), "{why}");
+    }
+}

@@ -224,7 +224,9 @@ async fn run_route(
 
     let mut queues: BTreeMap<SourceQueue, QueueTask> = BTreeMap::new();
     let mut current_route = route.clone();
-    let mut first_discovery = true;
+    // Queues seen at the first discovery start at the configured position;
+    // queues added to the topic later start at their earliest offset.
+    let mut initial_queues: Option<std::collections::BTreeSet<SourceQueue>> = None;
     let mut refresh = tokio::time::interval(Duration::from_secs(30));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut commit_refusal_logged_at = 0i64;
@@ -234,13 +236,14 @@ async fn run_route(
             _ = refresh.tick() => {
                 match source.refresh_route().await {
                     Ok(found) => {
+                        let initial = initial_queues.get_or_insert_with(|| found.iter().cloned().collect()).clone();
                         for queue in found {
                             if queues.contains_key(&queue) {
                                 continue;
                             }
                             // Queues that appear after the route started only hold
                             // messages produced since, so they start at their earliest offset.
-                            let start = if first_discovery { current_route.start.clone() } else { StartPosition::Earliest };
+                            let start = if initial.contains(&queue) { current_route.start.clone() } else { StartPosition::Earliest };
                             let offset = match shared.store.get(&name, &queue) {
                                 Ok(Some(cp)) => cp.offset,
                                 Ok(None) => match resolve_start(&source, &queue, &start, &name).await {
@@ -265,7 +268,6 @@ async fn run_route(
                             let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone());
                             queues.insert(queue, task);
                         }
-                        first_discovery = false;
                     }
                     Err(e) => {
                         metrics::counter!(m::SOURCE_ERRORS_TOTAL, "kind" => "route").increment(1);
