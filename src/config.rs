@@ -159,6 +159,9 @@ pub struct PipelineConfig {
     /// memory and the duplicates a crash can cause.
     pub inflight_per_queue: usize,
     pub send_batch_size: usize,
+    /// Sends in flight to 5.x across all routes; more only queue up inside
+    /// the proxy and time out (duplicates), so keep it modest.
+    pub max_concurrent_sends: usize,
     pub shutdown_drain_timeout: Duration,
 }
 
@@ -286,6 +289,7 @@ struct RawEnvironment {
 struct RawPipeline {
     inflight_per_queue: Option<usize>,
     send_batch_size: Option<usize>,
+    max_concurrent_sends: Option<usize>,
     shutdown_drain_timeout_ms: Option<u64>,
 }
 
@@ -413,6 +417,7 @@ pub fn parse(
     let pipeline = PipelineConfig {
         inflight_per_queue: raw.pipeline.inflight_per_queue.unwrap_or(1024),
         send_batch_size: raw.pipeline.send_batch_size.unwrap_or(1),
+        max_concurrent_sends: raw.pipeline.max_concurrent_sends.unwrap_or(128),
         shutdown_drain_timeout: Duration::from_millis(
             raw.pipeline.shutdown_drain_timeout_ms.unwrap_or(10_000),
         ),
@@ -420,6 +425,12 @@ pub fn parse(
     if !(1..=65_536).contains(&pipeline.inflight_per_queue) {
         return Err(err(
             "pipeline.inflight_per_queue",
+            "must be between 1 and 65536".into(),
+        ));
+    }
+    if !(1..=65_536).contains(&pipeline.max_concurrent_sends) {
+        return Err(err(
+            "pipeline.max_concurrent_sends",
             "must be between 1 and 65536".into(),
         ));
     }

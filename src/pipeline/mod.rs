@@ -37,6 +37,8 @@ pub struct Shared {
     pub publisher: Publisher,
     pub store: CheckpointStore,
     pub flusher: Arc<CheckpointFlusher>,
+    /// Bounds sends in flight to 5.x across every route and queue.
+    pub send_permits: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn client_id() -> String {
@@ -126,6 +128,9 @@ impl Bridge {
                 .unwrap_or(0);
             metrics::gauge!(m::QUARANTINE_SIZE, "route" => entry_route.name.clone()).set(n as f64);
         }
+        let send_permits = Arc::new(tokio::sync::Semaphore::new(
+            cfg.pipeline.max_concurrent_sends,
+        ));
         Ok(Bridge {
             config: Arc::new(cfg),
             shared: Shared {
@@ -134,6 +139,7 @@ impl Bridge {
                 publisher,
                 store,
                 flusher,
+                send_permits,
             },
             routes: BTreeMap::new(),
             flusher_stop,

@@ -41,6 +41,8 @@ pub struct QueueContext {
     pub delay_min_lead: Duration,
     /// NORMAL messages of one queue are sent in batches of up to this many.
     pub send_batch_size: usize,
+    /// Shared bound on sends in flight (one permit per request).
+    pub send_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A translated NORMAL message waiting to go out in a batch.
@@ -381,6 +383,8 @@ async fn admit(
                     // Sender dropped also releases us: the predecessor finished one way or another.
                     let _ = prev.await;
                 }
+                // Taken after the predecessor so a waiting FIFO send holds no permit.
+                let _permit = task_ctx.send_permits.clone().acquire_owned().await;
                 let outcome = send_with_retry(&task_ctx, &queue, &message, offset, store_ms).await;
                 if let Some(release) = release {
                     let _ = release.send(());
@@ -539,6 +543,7 @@ fn spawn_batch(
     let queue = queue.clone();
     let done_tx = done_tx.clone();
     tokio::spawn(async move {
+        let _permit = ctx.send_permits.clone().acquire_owned().await;
         let messages: Vec<OutgoingMessage> = items.iter().map(|i| i.message.clone()).collect();
         let mut backoff = Duration::from_millis(50);
         let mut stop = ctx.stop.clone();

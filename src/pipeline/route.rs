@@ -351,6 +351,7 @@ fn start_queue(
         drain_timeout: cfg.pipeline.shutdown_drain_timeout,
         delay_min_lead: cfg.translate.delay_min_lead,
         send_batch_size: cfg.pipeline.send_batch_size,
+        send_permits: shared.send_permits.clone(),
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
     QueueTask { progress, worker }
