@@ -35,6 +35,7 @@
 //! | `RMQ_BENCH_DIRECT_MESSAGES` | 10000 | reference: single-message Remoting sends straight to the 5.x broker (no proxy); 0 skips |
 //! | `RMQ_BENCH_PULL_BATCH` | bridge default (32) | `pull_batch_size` of the raw pull and of the bridge |
 //! | `RMQ_BENCH_INFLIGHT` | bridge default (1024) | `pipeline.inflight_per_queue` of the bridge |
+//! | `RMQ_BENCH_PIPELINE` | none | more `[pipeline]` keys of the bridge, `key=value,...` (e.g. `max_concurrent_sends=256`) |
 //! | `RMQ_BENCH_DRAIN_CAP_SECS` | 900 | bound on the bridged drain of N |
 //! | `RMQ_BENCH_LAT_SECS` | 10 | duration of the paced latency run |
 //! | `RMQ_BENCH_LAT_RATE` | half the bridged rate | messages per second of the latency run |
@@ -92,6 +93,7 @@ struct Params {
     direct_messages: usize,
     pull_batch: Option<u32>,
     inflight: Option<usize>,
+    pipeline_extra: Vec<(String, String)>,
     drain_cap: Duration,
     lat_secs: f64,
     lat_rate: Option<f64>,
@@ -109,6 +111,21 @@ fn env_num<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
             .map_err(|_| anyhow!("{name}=`{v}` is not a valid number")),
         _ => Ok(None),
     }
+}
+
+/// `key=value,...`: extra `[pipeline]` keys of the bridge config.
+fn env_pairs(name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("{name}: `{pair}` is not key=value"))
+        })
+        .collect()
 }
 
 /// `a,b,c`: a non-empty list of positive numbers.
@@ -147,6 +164,7 @@ impl Params {
             direct_messages: env_num("RMQ_BENCH_DIRECT_MESSAGES")?.unwrap_or(10_000),
             pull_batch: env_num("RMQ_BENCH_PULL_BATCH")?,
             inflight: env_num("RMQ_BENCH_INFLIGHT")?,
+            pipeline_extra: env_pairs("RMQ_BENCH_PIPELINE")?,
             drain_cap: Duration::from_secs(env_num("RMQ_BENCH_DRAIN_CAP_SECS")?.unwrap_or(900)),
             lat_secs: env_num("RMQ_BENCH_LAT_SECS")?.unwrap_or(10.0f64).max(1.0),
             lat_rate: env_num("RMQ_BENCH_LAT_RATE")?,
@@ -161,7 +179,7 @@ impl Params {
     fn describe(&self) -> String {
         format!(
             "N={} messages of {BODY_BYTES} B over {QUEUES} queues (preload: send_batch {PRELOAD_BATCH}/call, {QUEUES} queues at once); \
-             raw send {} messages, {:?} single sends in flight{}; pull_batch_size {}; inflight_per_queue {}; \
+             raw send {} messages, {:?} single sends in flight{}; pull_batch_size {}; inflight_per_queue {}; other [pipeline] keys {}; \
              latency run {} s at {}; restart adds {} messages; backlog {} (cap {} s); drain cap {} s",
             self.messages,
             self.send_messages,
@@ -178,6 +196,15 @@ impl Params {
                 .map_or("32 (bridge default)".into(), |b| b.to_string()),
             self.inflight
                 .map_or("1024 (bridge default)".into(), |b| b.to_string()),
+            if self.pipeline_extra.is_empty() {
+                "bridge defaults".to_string()
+            } else {
+                self.pipeline_extra
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             self.lat_secs,
             self.lat_rate
                 .map_or("half the bridged rate".into(), |r| format!("{r} msg/s")),
@@ -235,6 +262,18 @@ fn system_busy_seconds() -> Option<f64> {
     // user nice system idle iowait irq softirq steal
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
     Some(busy / 100.0)
+}
+
+/// Threads of a process.
+fn threads(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("Threads:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// (VmHWM, VmRSS) in bytes.
@@ -687,7 +726,7 @@ struct Bridge {
 }
 
 impl Bridge {
-    fn start(config: &Path, log: &Path, metrics: &str) -> anyhow::Result<Bridge> {
+    fn start(binary: &Path, config: &Path, log: &Path, metrics: &str) -> anyhow::Result<Bridge> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -695,7 +734,7 @@ impl Bridge {
             .context("open bridge log")?;
         let err = out.try_clone().context("clone log handle")?;
         let spawned = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+        let child = Command::new(binary)
             .args(["run", "-c"])
             .arg(config)
             .stdout(Stdio::from(out))
@@ -919,6 +958,7 @@ struct Drain {
     first_forward: Option<Duration>,
     peak_hwm: u64,
     last_rss: u64,
+    max_threads: u64,
     cpu: CpuShares,
     errors: u64,
     codes: String,
@@ -952,6 +992,7 @@ async fn watch_drain(
     let cpu = CpuWindow::start(watched);
     let mut peak_hwm = 0;
     let mut last_rss = 0;
+    let mut max_threads = 0;
     let mut first_forward = None;
     let mut last = (0u64, 0u64, 0u64);
     let mut codes = String::new();
@@ -961,6 +1002,7 @@ async fn watch_drain(
             peak_hwm = peak_hwm.max(hwm);
             last_rss = rss;
         }
+        max_threads = max_threads.max(threads(bridge.pid).unwrap_or(0));
         if let Some(status) = bridge.exited() {
             bail!(
                 "the bridge exited ({status}) during {label}; log tail:\n{}",
@@ -986,6 +1028,7 @@ async fn watch_drain(
                 first_forward,
                 peak_hwm,
                 last_rss,
+                max_threads,
                 cpu: cpu.finish(watched),
                 errors: last.1,
                 codes,
@@ -1074,6 +1117,9 @@ struct Env {
     dst: LocalCluster,
     client: RemotingClient,
     dir: tempfile::TempDir,
+    /// A private copy of the release binary: a rebuild of `target/release`
+    /// during the run (other work on the machine) cannot mix two versions.
+    bridge_bin: PathBuf,
 }
 
 impl Env {
@@ -1087,6 +1133,9 @@ impl Env {
         let mut extra = String::from("[pipeline]\n");
         if let Some(w) = params.inflight {
             extra.push_str(&format!("inflight_per_queue = {w}\n"));
+        }
+        for (k, v) in &params.pipeline_extra {
+            extra.push_str(&format!("{k} = {v}\n"));
         }
         let text = testkit::render_config(
             &self.src,
@@ -1380,7 +1429,7 @@ async fn run(
         "bridged drain of {} messages `{TOPIC}` -> `{TOPIC}` ...",
         params.messages
     );
-    let mut bridge = Bridge::start(&config, &log, &metrics_addr)?;
+    let mut bridge = Bridge::start(&env.bridge_bin, &config, &log, &metrics_addr)?;
     let watched = Watched::new(src, dst, Some(bridge.pid));
     let drain = watch_drain(
         &mut bridge,
@@ -1472,7 +1521,7 @@ async fn run(
         "    bridge peak RSS (VmHWM) during this drain",
         format!("{:.1} MiB", drain.peak_hwm as f64 / MIB),
         "info",
-        String::new(),
+        format!("{} threads", drain.max_threads),
     );
     if landed < drain.forwarded as i64 {
         notes.push(format!(
@@ -1557,7 +1606,7 @@ async fn run(
         params.restart_messages,
     )
     .await?;
-    let mut bridge = Bridge::start(&config, &log, &metrics_addr)?;
+    let mut bridge = Bridge::start(&env.bridge_bin, &config, &log, &metrics_addr)?;
     let mut metrics_up = None;
     let mut startup_rss = None;
     let mut first = None;
@@ -1673,7 +1722,12 @@ async fn run(
         "bridge draining the backlog (RSS sampled every 200 ms, cap {} s) ...",
         params.backlog_cap.as_secs()
     );
-    let mut bridge = Bridge::start(&config, &env.dir.path().join("backlog.log"), &metrics_addr)?;
+    let mut bridge = Bridge::start(
+        &env.bridge_bin,
+        &config,
+        &env.dir.path().join("backlog.log"),
+        &metrics_addr,
+    )?;
     let watched = Watched::new(src, dst, Some(bridge.pid));
     let backlog = watch_drain(
         &mut bridge,
@@ -1685,7 +1739,7 @@ async fn run(
         "backlog drain",
     )
     .await?;
-    let _ = bridge.terminate().await;
+    let (stop_backlog, _) = bridge.terminate().await;
     let landed = testkit::topic_size(client, dst, BACKLOG_TOPIC).await?;
     table.row(
         &format!(
@@ -1693,9 +1747,10 @@ async fn run(
             params.backlog
         ),
         format!(
-            "{:.1} MiB (VmRSS at end {:.1} MiB)",
+            "{:.1} MiB (VmRSS at end {:.1} MiB, {} threads)",
             backlog.peak_hwm as f64 / MIB,
-            backlog.last_rss as f64 / MIB
+            backlog.last_rss as f64 / MIB,
+            backlog.max_threads
         ),
         "<= 64 MiB",
         format!(
@@ -1719,8 +1774,9 @@ async fn run(
         ),
         "info",
         format!(
-            "preload {:.1} s; 5.x topic holds {landed}; {} send errors [{}]",
+            "preload {:.1} s; 5.x topic holds {landed} after SIGTERM (exit in {}); {} send errors [{}]",
             took.as_secs_f64(),
+            ms(stop_backlog),
             backlog.errors,
             backlog.codes
         ),
@@ -1827,6 +1883,23 @@ fn keep_logs(env: &Env, table: &Path) {
     println!("bridge logs and configs copied to {}", dir.display());
 }
 
+/// `git describe --always --dirty` of the source tree, or `unknown`.
+fn git_revision() -> String {
+    Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn table_path() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -1850,17 +1923,28 @@ fn main() -> anyhow::Result<()> {
         nproc(),
         cpu_model()
     );
+    let _ = writeln!(
+        header,
+        "bridge: {} built from {} (release profile)",
+        env!("CARGO_BIN_EXE_rmq-bridge"),
+        git_revision()
+    );
     let _ = writeln!(header, "parameters: {}", params.describe());
     print!("{header}");
 
     println!("starting the 4.x and 5.x peers ...");
     let src = testkit::start_source_cluster("e2e-src")?;
     let dst = testkit::start_target_cluster("e2e-dst")?;
+    let dir = tempfile::tempdir().context("tempdir")?;
+    let bridge_bin = dir.path().join("rmq-bridge");
+    std::fs::copy(env!("CARGO_BIN_EXE_rmq-bridge"), &bridge_bin)
+        .context("copying the rmq-bridge binary")?;
     let env = Env {
         src,
         dst,
         client: testkit::client(),
-        dir: tempfile::tempdir().context("tempdir")?,
+        dir,
+        bridge_bin,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
