@@ -12,7 +12,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 const CF_CHECKPOINTS: &str = "checkpoints";
@@ -188,9 +191,19 @@ impl CheckpointStore {
         opts.set_max_background_jobs(1);
         opts.set_keep_log_file_num(3);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        // Checkpoints overwrite the same few keys every flush: RocksDB's
+        // default 64 MiB memtable would fill with dead versions and sit in
+        // RSS for hours, so flush small memtables and keep a small cache.
+        let cache = Cache::new_lru_cache(1 << 20);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(1 << 20);
+            cf.set_max_write_buffer_number(2);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            cf.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| StoreError::Open {
             dir: dir.to_path_buf(),
             reason: e.to_string(),
