@@ -3,6 +3,11 @@
 //! window, and moves the queue's done offset over the contiguous prefix of
 //! finished messages. The flusher makes that offset durable.
 //!
+//! Memory: a message is translated only once a send permit is free, so what
+//! waits for the 5.x side is the small pulled record, not a spawned send;
+//! messages held in memory are bounded by the global send permits plus FIFO
+//! successors waiting for their group (at most the window).
+//!
 //! Ordering: messages of one FIFO message group are chained, so a send starts
 //! only after the previous send of its group was acknowledged (or
 //! quarantined). Retriable failures are retried in place, so they never
@@ -12,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::checkpoint::{now_ms, CheckpointStore, QuarantineEntry, SourceQueue};
 use crate::cutover::{self, CutoverDecision};
@@ -79,6 +84,28 @@ enum SendOutcome {
 struct Completion {
     offset: i64,
     outcome: SendOutcome,
+    /// The FIFO group whose next message may now start.
+    group: Option<String>,
+}
+
+/// A translated FIFO message waiting for the previous send of its group.
+struct Waiting {
+    offset: i64,
+    store_ms: i64,
+    message: OutgoingMessage,
+}
+
+/// FIFO groups with a send in flight, each with its successors in order.
+type FifoGroups = HashMap<String, VecDeque<Waiting>>;
+
+/// How `admit` left a message.
+enum Admitted {
+    /// Nothing to send (skipped, filtered, quarantined locally).
+    Finished,
+    /// A send was started, or the message waits for its FIFO group.
+    Started,
+    /// Stopping while waiting for a send permit: not done, re-sent after restart.
+    Stopped,
 }
 
 pub async fn run_queue_worker(
@@ -91,7 +118,7 @@ pub async fn run_queue_worker(
     let mut queued: VecDeque<Item> = VecDeque::new();
     let mut pending: VecDeque<Slot> = VecDeque::new();
     let mut frontier = progress.done();
-    let mut fifo_tails: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
+    let mut fifo_groups: FifoGroups = HashMap::new();
     let mut rule = ctx.rule.borrow_and_update().clone();
     let mut in_flight = 0usize;
     let mut durable_rx = progress.watch_durable();
@@ -137,33 +164,38 @@ pub async fn run_queue_worker(
                     let store_ms = record.store_timestamp_ms;
                     let offset = record.queue_offset;
                     frontier = frontier.max(offset + 1);
-                    let finished = admit(
+                    let admitted = admit(
                         &ctx,
                         &rule,
                         &queue,
                         record,
                         &done_tx,
-                        &mut fifo_tails,
+                        &mut fifo_groups,
                         &mut batch,
                     )
                     .await;
-                    if !finished {
+                    if matches!(admitted, Admitted::Started) {
                         in_flight += 1;
-                    }
-                    if batch.len() >= ctx.send_batch_size {
-                        spawn_batch(&ctx, &queue, std::mem::take(&mut batch), &done_tx);
                     }
                     pending.push_back(Slot {
                         offset,
-                        done: finished,
+                        done: matches!(admitted, Admitted::Finished),
                         store_ms,
                     });
+                    if matches!(admitted, Admitted::Stopped) {
+                        break;
+                    }
+                    if batch.len() >= ctx.send_batch_size
+                        && !start_batch(&ctx, &queue, &mut batch, &done_tx).await
+                    {
+                        break;
+                    }
                 }
             }
         }
         // Nothing more can be admitted right now: send what is batched.
         if !batch.is_empty() {
-            spawn_batch(&ctx, &queue, std::mem::take(&mut batch), &done_tx);
+            start_batch(&ctx, &queue, &mut batch, &done_tx).await;
         }
         // Move the done prefix.
         while pending.front().is_some_and(|s| s.done) {
@@ -190,11 +222,13 @@ pub async fn run_queue_worker(
         }
         tokio::select! {
             Some(c) = done_rx.recv() => {
-                in_flight = in_flight.saturating_sub(1);
-                mark_done(&mut pending, c);
-                while let Ok(c) = done_rx.try_recv() {
+                let mut next = Some(c);
+                while let Some(c) = next {
                     in_flight = in_flight.saturating_sub(1);
-                    mark_done(&mut pending, c);
+                    if let Some(group) = mark_done(&mut pending, c) {
+                        start_next_in_group(&ctx, &queue, group, &mut fifo_groups, &done_tx).await;
+                    }
+                    next = done_rx.try_recv().ok();
                 }
             }
             batch = batches.recv(), if queued.is_empty() => {
@@ -210,11 +244,16 @@ pub async fn run_queue_worker(
     }
 
     // Drain: let in-flight sends finish (bounded), keep what completed.
+    // FIFO successors still waiting for their group are not started.
+    let waiting: usize = fifo_groups.values().map(VecDeque::len).sum();
+    in_flight = in_flight.saturating_sub(waiting);
+    fifo_groups.clear();
     let deadline = tokio::time::Instant::now() + ctx.drain_timeout;
     while in_flight > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(c)) => {
-                in_flight -= 1;
+                in_flight = in_flight.saturating_sub(1);
+                // Waiting FIFO successors are not started while stopping.
                 mark_done(&mut pending, c);
             }
             _ => {
@@ -231,12 +270,67 @@ pub async fn run_queue_worker(
     ctx.flusher.wake.notify_one();
 }
 
-fn mark_done(pending: &mut VecDeque<Slot>, c: Completion) {
+/// Marks a finished send; returns the FIFO group whose next message may start.
+fn mark_done(pending: &mut VecDeque<Slot>, c: Completion) -> Option<String> {
     if matches!(c.outcome, SendOutcome::Abandoned) {
-        return;
+        return None;
     }
     if let Ok(i) = pending.binary_search_by_key(&c.offset, |s| s.offset) {
         pending[i].done = true;
+    }
+    c.group
+}
+
+/// The previous send of `group` finished: start its next message, or mark
+/// the group idle.
+async fn start_next_in_group(
+    ctx: &QueueContext,
+    queue: &SourceQueue,
+    group: String,
+    fifo_groups: &mut FifoGroups,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+) {
+    let Some(waiting) = fifo_groups.get_mut(&group) else {
+        return;
+    };
+    let Some(next) = waiting.pop_front() else {
+        fifo_groups.remove(&group);
+        return;
+    };
+    // Stopping: the successor stays not done and is re-sent after restart;
+    // its in-flight count is released by the drain's bookkeeping below.
+    let Some(permit) = send_permit(ctx).await else {
+        let _ = done_tx.send(Completion {
+            offset: next.offset,
+            outcome: SendOutcome::Abandoned,
+            group: None,
+        });
+        return;
+    };
+    spawn_send(
+        ctx,
+        queue,
+        next.message,
+        next.offset,
+        next.store_ms,
+        Some(group),
+        permit,
+        done_tx,
+    );
+}
+
+/// Waits for a free send slot; None when the bridge is stopping.
+async fn send_permit(ctx: &QueueContext) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = ctx.send_permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let mut stop = ctx.stop.clone();
+    if *stop.borrow() {
+        return None;
+    }
+    tokio::select! {
+        permit = ctx.send_permits.clone().acquire_owned() => permit.ok(),
+        _ = stop.changed() => None,
     }
 }
 
@@ -295,17 +389,18 @@ fn take_batch(
     }
 }
 
-/// Decides and starts one message. Returns true when it is already finished
-/// (skipped, filtered, quarantined without sending).
+/// Decides and starts one message: skipped and filtered ones finish at once;
+/// a forwarded one is translated and sent once a send permit is free (or
+/// queued behind the in-flight send of its FIFO group).
 async fn admit(
     ctx: &QueueContext,
     rule: &RouteRule,
     queue: &SourceQueue,
     record: MessageRecord,
     done_tx: &mpsc::UnboundedSender<Completion>,
-    fifo_tails: &mut HashMap<String, oneshot::Receiver<()>>,
+    fifo_groups: &mut FifoGroups,
     batch: &mut Vec<BatchItem>,
-) -> bool {
+) -> Admitted {
     let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
     let source_ctx = SourceContext {
         broker_name: &queue.broker_name,
@@ -315,14 +410,14 @@ async fn admit(
     match decision {
         CutoverDecision::Filtered => {
             count(&ctx.route, outcome::FILTERED);
-            true
+            Admitted::Finished
         }
         CutoverDecision::Skip { .. } => {
             count(&ctx.route, outcome::SKIPPED);
             if rule.cutover.percent == 0 {
                 dry_run_validate(ctx, rule, queue, &record, &source_ctx);
             }
-            true
+            Admitted::Finished
         }
         CutoverDecision::Forward => {
             let translated = translate::translate(
@@ -344,56 +439,71 @@ async fn admit(
                         &reason.to_string(),
                     )
                     .await;
-                    return true;
+                    return Admitted::Finished;
                 }
             };
+            let offset = record.queue_offset;
+            let store_ms = record.store_timestamp_ms;
+            drop(record);
             if message.kind == MessageKind::Normal && ctx.send_batch_size > 1 {
                 batch.push(BatchItem {
-                    offset: record.queue_offset,
-                    store_ms: record.store_timestamp_ms,
+                    offset,
+                    store_ms,
                     message,
                 });
-                return false;
+                return Admitted::Started;
             }
-            let wait_for = match &message.kind {
-                MessageKind::Fifo { group } => {
-                    let (tx, rx) = oneshot::channel();
-                    let prev = fifo_tails.insert(group.clone(), rx);
-                    Some((prev, tx))
-                }
+            let group = match &message.kind {
+                MessageKind::Fifo { group } => Some(group.clone()),
                 _ => None,
             };
-            if fifo_tails.len() > 4096 {
-                // Forget groups whose last send already finished.
-                fifo_tails.retain(|_, rx| {
-                    matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                });
+            if let Some(group) = &group {
+                if let Some(waiting) = fifo_groups.get_mut(group) {
+                    waiting.push_back(Waiting {
+                        offset,
+                        store_ms,
+                        message,
+                    });
+                    return Admitted::Started;
+                }
             }
-            let task_ctx = ctx.clone();
-            let queue = queue.clone();
-            let done_tx = done_tx.clone();
-            let store_ms = record.store_timestamp_ms;
-            let offset = record.queue_offset;
-            tokio::spawn(async move {
-                let (prev, release) = match wait_for {
-                    Some((prev, release)) => (prev, Some(release)),
-                    None => (None, None),
-                };
-                if let Some(prev) = prev {
-                    // Sender dropped also releases us: the predecessor finished one way or another.
-                    let _ = prev.await;
-                }
-                // Taken after the predecessor so a waiting FIFO send holds no permit.
-                let _permit = task_ctx.send_permits.clone().acquire_owned().await;
-                let outcome = send_with_retry(&task_ctx, &queue, &message, offset, store_ms).await;
-                if let Some(release) = release {
-                    let _ = release.send(());
-                }
-                let _ = done_tx.send(Completion { offset, outcome });
-            });
-            false
+            let Some(permit) = send_permit(ctx).await else {
+                return Admitted::Stopped;
+            };
+            if let Some(group) = &group {
+                fifo_groups.insert(group.clone(), VecDeque::new());
+            }
+            spawn_send(
+                ctx, queue, message, offset, store_ms, group, permit, done_tx,
+            );
+            Admitted::Started
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_send(
+    ctx: &QueueContext,
+    queue: &SourceQueue,
+    message: OutgoingMessage,
+    offset: i64,
+    store_ms: i64,
+    group: Option<String>,
+    permit: OwnedSemaphorePermit,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+) {
+    let task_ctx = ctx.clone();
+    let queue = queue.clone();
+    let done_tx = done_tx.clone();
+    tokio::spawn(async move {
+        let outcome = send_with_retry(&task_ctx, &queue, &message, offset, store_ms).await;
+        drop(permit);
+        let _ = done_tx.send(Completion {
+            offset,
+            outcome,
+            group,
+        });
+    });
 }
 
 fn count(route: &str, what: &'static str) {
@@ -533,17 +643,31 @@ async fn send_with_retry(
 /// Sends a batch of NORMAL messages as one request, retrying retriable
 /// failures; a permanent rejection of the batch falls back to one-by-one
 /// sends so only the offending message is quarantined.
-fn spawn_batch(
+/// Returns false when stopping before a permit was free: the batch's
+/// messages then stay not done (in flight is released by Abandoned
+/// completions) and are re-sent after restart.
+async fn start_batch(
     ctx: &QueueContext,
     queue: &SourceQueue,
-    items: Vec<BatchItem>,
+    batch: &mut Vec<BatchItem>,
     done_tx: &mpsc::UnboundedSender<Completion>,
-) {
+) -> bool {
+    let items = std::mem::take(batch);
+    let Some(permit) = send_permit(ctx).await else {
+        for item in &items {
+            let _ = done_tx.send(Completion {
+                offset: item.offset,
+                outcome: SendOutcome::Abandoned,
+                group: None,
+            });
+        }
+        return false;
+    };
     let ctx = ctx.clone();
     let queue = queue.clone();
     let done_tx = done_tx.clone();
     tokio::spawn(async move {
-        let _permit = ctx.send_permits.clone().acquire_owned().await;
+        let _permit = permit;
         let messages: Vec<OutgoingMessage> = items.iter().map(|i| i.message.clone()).collect();
         let mut backoff = Duration::from_millis(50);
         let mut stop = ctx.stop.clone();
@@ -559,6 +683,7 @@ fn spawn_batch(
                         let _ = done_tx.send(Completion {
                             offset: item.offset,
                             outcome: SendOutcome::Forwarded,
+                            group: None,
                         });
                     }
                     return;
@@ -578,6 +703,7 @@ fn spawn_batch(
                         let _ = done_tx.send(Completion {
                             offset: item.offset,
                             outcome,
+                            group: None,
                         });
                     }
                     return;
@@ -596,6 +722,7 @@ fn spawn_batch(
                             let _ = done_tx.send(Completion {
                                 offset: item.offset,
                                 outcome: SendOutcome::Abandoned,
+                                group: None,
                             });
                         }
                         return;
@@ -605,6 +732,7 @@ fn spawn_batch(
             }
         }
     });
+    true
 }
 
 fn error_code(e: &PublishError) -> &'static str {
