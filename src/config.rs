@@ -142,6 +142,9 @@ pub struct TargetConfig {
     pub tls: bool,
     pub namespace: String,
     pub request_timeout: Duration,
+    /// 5.x producer clients (each its own client id and HTTP/2 connection);
+    /// source queues are spread over them.
+    pub clients: usize,
     pub credentials: Option<Credentials>,
 }
 
@@ -262,6 +265,8 @@ struct RawTarget {
     namespace: String,
     #[serde(default)]
     request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    clients: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -584,11 +589,19 @@ fn validate_source(raw: &RawSource, env: &[(String, String)]) -> Result<SourceCo
 
 fn validate_target(raw: &RawTarget, env: &[(String, String)]) -> Result<TargetConfig, KeyReason> {
     let endpoints = parse_addr_list("target.endpoint", &raw.endpoint, &[';', ','])?;
+    let clients = raw.clients.unwrap_or(4);
+    if !(1..=64).contains(&clients) {
+        return Err((
+            "target.clients".into(),
+            format!("must be between 1 and 64 (got {clients})"),
+        ));
+    }
     Ok(TargetConfig {
         endpoints,
         tls: raw.tls,
         namespace: raw.namespace.clone(),
         request_timeout: Duration::from_millis(raw.request_timeout_ms.unwrap_or(5_000)),
+        clients,
         credentials: credentials_from_env("TARGET", env)?,
     })
 }

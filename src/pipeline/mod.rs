@@ -34,7 +34,11 @@ use route::{spawn_route, RouteHandle};
 pub struct Shared {
     pub remoting: RemotingClient,
     pub namesrv: NameServers,
+    /// The first of `publishers`; for lookups that are not sends.
     pub publisher: Publisher,
+    /// `target.clients` producer clients; queues are spread over them.
+    pub publishers: Arc<[Publisher]>,
+    next_publisher: Arc<std::sync::atomic::AtomicUsize>,
     pub store: CheckpointStore,
     pub flusher: Arc<CheckpointFlusher>,
     /// Bounds sends in flight to 5.x across every route and queue.
@@ -76,6 +80,33 @@ pub fn grpc_config(cfg: &BridgeConfig) -> GrpcClientConfig {
     }
 }
 
+/// One producer client per `target.clients`, each with its own client id
+/// (a proxy serves one client's sends on one session; several spread them).
+async fn connect_publishers(cfg: &BridgeConfig) -> anyhow::Result<Arc<[Publisher]>> {
+    let base = grpc_config(cfg);
+    let connects = (0..cfg.target.clients).map(|i| {
+        let mut config = base.clone();
+        if i > 0 {
+            config.client_id = format!("{}-{i}", base.client_id);
+        }
+        Publisher::connect(config)
+    });
+    let publishers = futures::future::try_join_all(connects)
+        .await
+        .map_err(|e| anyhow::anyhow!("5.x target {}: {e}", cfg.target.endpoints.join(",")))?;
+    Ok(publishers.into())
+}
+
+impl Shared {
+    /// The producer client for a newly started source queue (round robin).
+    pub fn publisher_for_queue(&self) -> Publisher {
+        let i = self
+            .next_publisher
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.publishers[i % self.publishers.len()].clone()
+    }
+}
+
 pub fn name_servers(cfg: &BridgeConfig) -> Result<NameServers, String> {
     NameServers::parse(&cfg.source.namesrv_addrs.join(";")).map_err(|e| e.to_string())
 }
@@ -114,9 +145,8 @@ impl Bridge {
         let store = CheckpointStore::open(&cfg.checkpoint.dir, cfg.checkpoint.sync)?;
         let namesrv = name_servers(&cfg).map_err(anyhow::Error::msg)?;
         let remoting = remoting_client(&cfg);
-        let publisher = Publisher::connect(grpc_config(&cfg))
-            .await
-            .map_err(|e| anyhow::anyhow!("5.x target {}: {e}", cfg.target.endpoints.join(",")))?;
+        let publishers = connect_publishers(&cfg).await?;
+        let publisher = publishers[0].clone();
         let flusher = CheckpointFlusher::new(store.clone());
         let (flusher_stop, stop_rx) = watch::channel(false);
         let flusher_task =
@@ -137,6 +167,8 @@ impl Bridge {
                 remoting,
                 namesrv,
                 publisher,
+                publishers,
+                next_publisher: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 store,
                 flusher,
                 send_permits,
@@ -228,7 +260,9 @@ impl Bridge {
         }
         let _ = self.flusher_stop.send(true);
         let _ = self.flusher_task.await;
-        self.shared.publisher.shutdown().await;
+        for publisher in self.shared.publishers.iter() {
+            publisher.shutdown().await;
+        }
         tracing::info!("checkpoints written; bye");
     }
 

@@ -335,14 +335,15 @@ fn start_queue(
 ) -> QueueTask {
     let progress = QueueProgress::new(&route.name, queue.clone(), offset);
     shared.flusher.register(progress.clone());
-    // Prefetch: enough pulled batches to keep the window busy, no more.
+    // Prefetch: a few pulled batches hide the pull round trip; more would
+    // only hold memory while the 5.x side is the slower one.
     let prefetch =
-        (cfg.pipeline.inflight_per_queue / cfg.source.pull_batch_size.max(1) as usize).clamp(2, 64);
+        (cfg.pipeline.inflight_per_queue / cfg.source.pull_batch_size.max(1) as usize).clamp(1, 4);
     let batches = source.spawn_puller(queue.clone(), offset, prefetch, stop_rx.clone());
     let ctx = QueueContext {
         route: route.name.clone(),
         target_topic: route.target_topic.clone(),
-        publisher: shared.publisher.clone(),
+        publisher: shared.publisher_for_queue(),
         store: shared.store.clone(),
         flusher: shared.flusher.clone(),
         window: cfg.pipeline.inflight_per_queue,
