@@ -42,6 +42,7 @@
 //! | `RMQ_BENCH_RESTART_MESSAGES` | 10000 | messages added while the bridge is stopped |
 //! | `RMQ_BENCH_BACKLOG` | 1000000 | backlog drained for the RSS measurement; 0 skips it |
 //! | `RMQ_BENCH_BACKLOG_CAP_SECS` | 600 | bound on the backlog drain (a capped drain is reported as partial) |
+//! | `RMQ_BENCH_ONLY_BACKLOG` | 0 | 1 runs only the backlog leg (6), for iterating on memory |
 //!
 //! Everything runs on the same cores: the peers (4.x broker, 5.x proxy and
 //! broker), the bridge and this driver compete for CPU, so the table shows
@@ -100,6 +101,8 @@ struct Params {
     restart_messages: usize,
     backlog: usize,
     backlog_cap: Duration,
+    /// Run only leg (6): for iterating on memory.
+    only_backlog: bool,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
@@ -173,6 +176,7 @@ impl Params {
                 .max(1),
             backlog: env_num("RMQ_BENCH_BACKLOG")?.unwrap_or(1_000_000),
             backlog_cap: Duration::from_secs(env_num("RMQ_BENCH_BACKLOG_CAP_SECS")?.unwrap_or(600)),
+            only_backlog: env_num::<u8>("RMQ_BENCH_ONLY_BACKLOG")?.unwrap_or(0) == 1,
         })
     }
 
@@ -1174,6 +1178,9 @@ async fn run(
     }
     testkit::create_topic(client, dst, RAW_TOPIC, QUEUES, Some("NORMAL")).await?;
     testkit::create_topic(client, dst, BATCH_TOPIC, QUEUES, Some("NORMAL")).await?;
+    if params.only_backlog {
+        return backlog_leg(env, params, table).await;
+    }
     let endpoint = dst
         .proxy_endpoint
         .clone()
@@ -1680,7 +1687,12 @@ async fn run(
         ));
     }
 
-    // ---- (6) backlog RSS
+    backlog_leg(env, params, table).await
+}
+
+/// Leg (6): a fresh bridge drains a preloaded backlog while its memory is sampled.
+async fn backlog_leg(env: &Env, params: &Params, table: &mut Table) -> anyhow::Result<()> {
+    let (client, src, dst) = (&env.client, &env.src, &env.dst);
     if params.backlog == 0 {
         table.row(
             "(6) backlog RSS",
