@@ -42,6 +42,7 @@
 //! | `RMQ_BENCH_RESTART_MESSAGES` | 10000 | messages added while the bridge is stopped |
 //! | `RMQ_BENCH_BACKLOG` | 1000000 | backlog drained for the RSS measurement; 0 skips it |
 //! | `RMQ_BENCH_BACKLOG_CAP_SECS` | 600 | bound on the backlog drain (a capped drain is reported as partial) |
+//! | `RMQ_BENCH_CLIENTS` | 4 (bridge default) | 5.x producer clients of the raw send and of the bridge (`target.clients`) |
 //! | `RMQ_BENCH_ONLY_BACKLOG` | 0 | 1 runs only the backlog leg (6), for iterating on memory |
 //!
 //! Everything runs on the same cores: the peers (4.x broker, 5.x proxy and
@@ -103,6 +104,8 @@ struct Params {
     backlog_cap: Duration,
     /// Run only leg (6): for iterating on memory.
     only_backlog: bool,
+    /// Producer clients of the raw send and of the bridge (`target.clients`).
+    clients: usize,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
@@ -177,6 +180,7 @@ impl Params {
             backlog: env_num("RMQ_BENCH_BACKLOG")?.unwrap_or(1_000_000),
             backlog_cap: Duration::from_secs(env_num("RMQ_BENCH_BACKLOG_CAP_SECS")?.unwrap_or(600)),
             only_backlog: env_num::<u8>("RMQ_BENCH_ONLY_BACKLOG")?.unwrap_or(0) == 1,
+            clients: env_num("RMQ_BENCH_CLIENTS")?.unwrap_or(4usize).max(1),
         })
     }
 
@@ -184,7 +188,7 @@ impl Params {
         format!(
             "N={} messages of {BODY_BYTES} B over {QUEUES} queues (preload: send_batch {PRELOAD_BATCH}/call, {QUEUES} queues at once); \
              raw send {} messages, {:?} single sends in flight{}; pull_batch_size {}; inflight_per_queue {}; other [pipeline] keys {}; \
-             latency run {} s at {}; restart adds {} messages; backlog {} (cap {} s); drain cap {} s",
+             latency run {} s at {}; restart adds {} messages; backlog {} (cap {} s); drain cap {} s; {} 5.x producer clients",
             self.messages,
             self.send_messages,
             self.send_concurrency,
@@ -216,6 +220,7 @@ impl Params {
             self.backlog,
             self.backlog_cap.as_secs(),
             self.drain_cap.as_secs(),
+            self.clients,
         )
     }
 }
@@ -607,7 +612,7 @@ fn outgoing(topic: &str, prefix: &str, lane: usize, i: usize) -> OutgoingMessage
 /// `total` messages into a 5.x NORMAL topic, `batch` per call (1: `send`,
 /// more: `send_batch`), `concurrency` calls in flight.
 async fn raw_send(
-    publisher: &Publisher,
+    publishers: &[Publisher],
     watched: &Watched,
     topic: &str,
     prefix: &str,
@@ -620,8 +625,9 @@ async fn raw_send(
     let cpu = CpuWindow::start(watched);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (publisher, next, errors) = (publisher.clone(), next.clone(), errors.clone());
+    for lane in 0..concurrency {
+        let publisher = publishers[lane % publishers.len()].clone();
+        let (next, errors) = (next.clone(), errors.clone());
         let prefix = prefix.to_string();
         let topic = topic.to_string();
         tasks.push(tokio::spawn(async move {
@@ -665,8 +671,9 @@ async fn raw_send(
         elapsed,
         cpu,
         note: format!(
-            "{} per call, {concurrency} calls in flight, {} retried errors",
+            "{} per call, {concurrency} calls in flight over {} clients, {} retried errors",
             batch,
+            publishers.len(),
             errors.load(Ordering::Relaxed)
         ),
     })
@@ -1149,6 +1156,11 @@ impl Env {
             &extra,
             routes,
         )?;
+        let text = text.replacen(
+            "[target]\n",
+            &format!("[target]\nclients = {}\n", params.clients),
+            1,
+        );
         Ok(match params.pull_batch {
             Some(b) => text.replacen(
                 "[source]\n",
@@ -1239,11 +1251,18 @@ async fn run(
     );
 
     // ---- (2) raw send
-    let mut grpc = GrpcClientConfig::new(vec![endpoint.clone()]);
-    grpc.request_timeout = Duration::from_secs(10);
-    let publisher = Publisher::connect(grpc)
-        .await
-        .map_err(|e| anyhow!("connecting to the 5.x proxy {endpoint}: {e}"))?;
+    let mut publishers = Vec::new();
+    for _ in 0..params.clients {
+        // Each with its own client id, as the bridge's `target.clients`.
+        let mut grpc = GrpcClientConfig::new(vec![endpoint.clone()]);
+        grpc.request_timeout = Duration::from_secs(10);
+        publishers.push(
+            Publisher::connect(grpc)
+                .await
+                .map_err(|e| anyhow!("connecting to the 5.x proxy {endpoint}: {e}"))?,
+        );
+    }
+    let publisher = publishers[0].clone();
     publisher
         .accepted_types(RAW_TOPIC)
         .await
@@ -1255,7 +1274,7 @@ async fn run(
             params.send_messages
         );
         let leg = raw_send(
-            &publisher,
+            &publishers,
             &watched,
             RAW_TOPIC,
             &format!("RAS{}", round % 10),
@@ -1271,7 +1290,7 @@ async fn run(
             leg.cpu.summary()
         );
         table.row(
-            "(2) raw send 5.x, our Publisher alone, send() per message",
+            &format!("(2) raw send 5.x, our Publisher alone ({} clients), send() per message", params.clients),
             format!(
                 "{} in {:.2} s: {}",
                 leg.messages,
@@ -1303,7 +1322,7 @@ async fn run(
             params.send_messages, params.send_batch, params.send_batch_concurrency
         );
         let batched = raw_send(
-            &publisher,
+            &publishers,
             &watched,
             BATCH_TOPIC,
             "RAWB",
@@ -1371,8 +1390,11 @@ async fn run(
             );
         }
     }
-    publisher.shutdown().await;
+    for p in &publishers {
+        p.shutdown().await;
+    }
     drop(publisher);
+    drop(publishers);
     if params.direct_messages > 0 {
         println!(
             "reference: {} single-message Remoting sends straight to the 5.x broker, 64 in flight ...",

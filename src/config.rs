@@ -813,6 +813,7 @@ cutover_percent = 30
         assert_eq!(r.commit_as_group, None);
         assert_eq!(c.environment_property, "__microservice_tag__");
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.target.clients, 4);
     }
 
     #[test]
@@ -849,6 +850,11 @@ cutover_percent = 30
                 "secret",
             ),
             ("name = \"orders\"", "name = \"or ders\"", "routes[0].name"),
+            (
+                "endpoint = \"127.0.0.1:8081\"",
+                "endpoint = \"127.0.0.1:8081\"\nclients = 0",
+                "target.clients",
+            ),
         ];
         for (from, to, expect) in cases {
             let text = MINIMAL.replace(from, to);
