@@ -32,6 +32,8 @@ mod metadata;
 mod publish;
 
 #[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
 mod tests;
 
 pub use client::{default_client_id, GrpcClientConfig};

@@ -1,0 +1,369 @@
+//! An in-process fake `MessagingService` (a tonic server built from our own
+//! proto on 127.0.0.1:0) for tests of the publisher and of the pipeline. It
+//! records every request with its metadata and can be scripted to fail,
+//! hold sends, or declare topic types. Tests against the real peers live in
+//! `tests/`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::client::RetryPolicy;
+use super::pb;
+use super::pb::messaging_service_server::{MessagingService, MessagingServiceServer};
+use super::*;
+
+/// What the fake does with the next SendMessage.
+#[derive(Debug, Clone)]
+pub(crate) enum Script {
+    Grpc(tonic::Code),
+    V2(pb::Code),
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) calls: Vec<(&'static str, MetadataMap)>,
+    pub(crate) sends: Vec<pb::SendMessageRequest>,
+    pub(crate) end_transactions: Vec<pb::EndTransactionRequest>,
+    pub(crate) heartbeats: Vec<pb::HeartbeatRequest>,
+    pub(crate) settings: Vec<pb::Settings>,
+    pub(crate) terminations: Vec<MetadataMap>,
+    pub(crate) route_queries: usize,
+    pub(crate) accept: Vec<pb::MessageType>,
+    pub(crate) script: VecDeque<Script>,
+    pub(crate) hold: Duration,
+    pub(crate) in_flight: HashMap<String, usize>,
+    pub(crate) max_in_flight_per_group: usize,
+    pub(crate) total_in_flight: usize,
+    pub(crate) max_total_in_flight: usize,
+    pub(crate) max_body_size: i32,
+    /// Sends of these message ids are always answered with this code.
+    pub(crate) refuse: HashMap<String, pb::Code>,
+    /// Every send is answered with this code.
+    pub(crate) refuse_all: Option<pb::Code>,
+    pub(crate) offset: i64,
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct Fake {
+    pub(crate) state: Arc<Mutex<State>>,
+}
+
+impl Fake {
+    pub(crate) fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) fn ok() -> Option<pb::Status> {
+    Some(pb::Status {
+        code: pb::Code::Ok as i32,
+        message: "OK".into(),
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MessagingService for Fake {
+    async fn query_route(
+        &self,
+        request: Request<pb::QueryRouteRequest>,
+    ) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        let mut st = self.st();
+        st.calls.push(("QueryRoute", request.metadata().clone()));
+        st.route_queries += 1;
+        let req = request.into_inner();
+        let queues = (0..4)
+            .map(|id| pb::MessageQueue {
+                topic: req.topic.clone(),
+                id,
+                permission: pb::Permission::ReadWrite as i32,
+                broker: Some(pb::Broker {
+                    name: "broker-a".into(),
+                    id: 0,
+                    endpoints: req.endpoints.clone(),
+                }),
+                accept_message_types: st.accept.iter().map(|t| *t as i32).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::QueryRouteResponse {
+            status: ok(),
+            message_queues: queues,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let mut st = self.st();
+        st.calls.push(("Heartbeat", request.metadata().clone()));
+        st.heartbeats.push(request.into_inner());
+        Ok(Response::new(pb::HeartbeatResponse { status: ok() }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let req = request.get_ref().clone();
+        let group = req
+            .messages
+            .first()
+            .and_then(|m| m.system_properties.as_ref())
+            .and_then(|s| s.message_group.clone())
+            .unwrap_or_default();
+        let (script, hold) = {
+            let mut st = self.st();
+            st.calls.push(("SendMessage", request.metadata().clone()));
+            st.sends.push(req.clone());
+            let n = st.in_flight.entry(group.clone()).or_default();
+            *n += 1;
+            let n = *n;
+            st.max_in_flight_per_group = st.max_in_flight_per_group.max(n);
+            st.total_in_flight += 1;
+            st.max_total_in_flight = st.max_total_in_flight.max(st.total_in_flight);
+            let id = req
+                .messages
+                .first()
+                .and_then(|m| m.system_properties.as_ref())
+                .map(|s| s.message_id.clone())
+                .unwrap_or_default();
+            let refused = st.refuse_all.or_else(|| st.refuse.get(&id).copied());
+            let script = match refused {
+                Some(code) => Some(Script::V2(code)),
+                None => st.script.pop_front(),
+            };
+            (script, st.hold)
+        };
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
+        let mut st = self.st();
+        if let Some(n) = st.in_flight.get_mut(&group) {
+            *n -= 1;
+        }
+        st.total_in_flight -= 1;
+        match script {
+            Some(Script::Grpc(code)) => return Err(Status::new(code, "scripted failure")),
+            Some(Script::V2(code)) => {
+                return Ok(Response::new(pb::SendMessageResponse {
+                    status: Some(pb::Status {
+                        code: code as i32,
+                        message: format!("scripted {}", code.as_str_name()),
+                    }),
+                    entries: vec![],
+                }))
+            }
+            None => {}
+        }
+        let entries = req
+            .messages
+            .iter()
+            .map(|m| {
+                st.offset += 1;
+                let sys = m.system_properties.clone().unwrap_or_default();
+                pb::SendResultEntry {
+                    status: ok(),
+                    message_id: sys.message_id.clone(),
+                    transaction_id: if sys.message_type == pb::MessageType::Transaction as i32 {
+                        format!("tx-{}", sys.message_id)
+                    } else {
+                        String::new()
+                    },
+                    offset: st.offset,
+                    recall_handle: String::new(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::SendMessageResponse {
+            status: ok(),
+            entries,
+        }))
+    }
+
+    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        self.st()
+            .calls
+            .push(("ReceiveMessage", request.metadata().clone()));
+        let topic = request
+            .get_ref()
+            .message_queue
+            .as_ref()
+            .and_then(|q| q.topic.clone());
+        let message = pb::Message {
+            topic,
+            user_properties: Default::default(),
+            system_properties: Some(pb::SystemProperties {
+                message_id: "RECEIVED-1".into(),
+                receipt_handle: Some("handle-1".into()),
+                body_digest: Some(pb::Digest {
+                    r#type: pb::DigestType::Crc32 as i32,
+                    checksum: "3610A686".into(),
+                }),
+                ..Default::default()
+            }),
+            body: b"hello".to_vec(),
+        };
+        let items = vec![
+            Ok(pb::ReceiveMessageResponse {
+                content: Some(pb::receive_message_response::Content::Message(message)),
+            }),
+            Ok(pb::ReceiveMessageResponse {
+                content: ok().map(pb::receive_message_response::Content::Status),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<pb::AckMessageRequest>,
+    ) -> Result<Response<pb::AckMessageResponse>, Status> {
+        self.st()
+            .calls
+            .push(("AckMessage", request.metadata().clone()));
+        Ok(Response::new(pb::AckMessageResponse {
+            status: ok(),
+            entries: vec![],
+        }))
+    }
+
+    async fn end_transaction(
+        &self,
+        request: Request<pb::EndTransactionRequest>,
+    ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        let mut st = self.st();
+        st.calls
+            .push(("EndTransaction", request.metadata().clone()));
+        st.end_transactions.push(request.into_inner());
+        Ok(Response::new(pb::EndTransactionResponse { status: ok() }))
+    }
+
+    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        request: Request<tonic::Streaming<pb::TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
+        self.st()
+            .calls
+            .push(("Telemetry", request.metadata().clone()));
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            while let Some(Ok(cmd)) = inbound.next().await {
+                if let Some(pb::telemetry_command::Command::Settings(s)) = cmd.command {
+                    let max = {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        st.settings.push(s.clone());
+                        st.max_body_size
+                    };
+                    let mut reply = s;
+                    if let Some(pb::settings::PubSub::Publishing(p)) = &mut reply.pub_sub {
+                        p.max_body_size = max;
+                    }
+                    let frame = pb::TelemetryCommand {
+                        status: ok(),
+                        command: Some(pb::telemetry_command::Command::Settings(reply)),
+                    };
+                    if tx.send(Ok(frame)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        request: Request<pb::NotifyClientTerminationRequest>,
+    ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        self.st().terminations.push(request.metadata().clone());
+        Ok(Response::new(pb::NotifyClientTerminationResponse {
+            status: ok(),
+        }))
+    }
+}
+
+pub(crate) async fn start_fake(fake: Fake) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let incoming = TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        // A single service needs no router (tonic's `router` feature is off).
+        let _ = tonic::transport::Server::builder()
+            .serve_with_incoming(MessagingServiceServer::new(fake), incoming)
+            .await;
+    });
+    addr
+}
+
+pub(crate) fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+pub(crate) async fn setup(accept: &[pb::MessageType]) -> (Fake, Publisher, GrpcClientConfig) {
+    let fake = Fake::default();
+    {
+        let mut st = fake.st();
+        st.accept = accept.to_vec();
+        st.max_body_size = 1024 * 1024;
+    }
+    let addr = start_fake(fake.clone()).await;
+    let mut config = GrpcClientConfig::new(vec![addr.to_string()]);
+    config.client_id = "test-host@1@0@abc".into();
+    let publisher = Publisher::connect_with(config.clone(), Some(fast_retry()))
+        .await
+        .expect("connect to fake");
+    (fake, publisher, config)
+}
+
+pub(crate) fn message(topic: &str, id: &str, kind: MessageKind) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: topic.into(),
+        message_id: id.into(),
+        body: Bytes::from_static(b"hello"),
+        tag: Some("TagA".into()),
+        keys: vec!["k1".into()],
+        user_properties: BTreeMap::from([("gray".into(), "true".into())]),
+        born_timestamp_ms: 1_700_000_000_123,
+        born_host: "10.1.2.3".into(),
+        kind,
+    }
+}
+
+pub(crate) const ALL: [pb::MessageType; 4] = [
+    pb::MessageType::Normal,
+    pb::MessageType::Fifo,
+    pb::MessageType::Delay,
+    pb::MessageType::Transaction,
+];
+
+pub(crate) fn header<'a>(m: &'a MetadataMap, key: &str) -> &'a str {
+    m.get(key).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
