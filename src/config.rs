@@ -165,6 +165,10 @@ pub struct PipelineConfig {
     /// Sends in flight to 5.x across all routes; more only queue up inside
     /// the proxy and time out (duplicates), so keep it modest.
     pub max_concurrent_sends: usize,
+    /// A message refused this many times in a row by a 5.x server answer
+    /// (not a transport failure) while other sends succeed is quarantined;
+    /// 0 retries it forever.
+    pub quarantine_after_failures: u32,
     pub shutdown_drain_timeout: Duration,
 }
 
@@ -296,6 +300,7 @@ struct RawPipeline {
     send_batch_size: Option<usize>,
     max_concurrent_sends: Option<usize>,
     shutdown_drain_timeout_ms: Option<u64>,
+    quarantine_after_failures: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -423,6 +428,7 @@ pub fn parse(
         inflight_per_queue: raw.pipeline.inflight_per_queue.unwrap_or(1024),
         send_batch_size: raw.pipeline.send_batch_size.unwrap_or(1),
         max_concurrent_sends: raw.pipeline.max_concurrent_sends.unwrap_or(128),
+        quarantine_after_failures: raw.pipeline.quarantine_after_failures.unwrap_or(10),
         shutdown_drain_timeout: Duration::from_millis(
             raw.pipeline.shutdown_drain_timeout_ms.unwrap_or(10_000),
         ),

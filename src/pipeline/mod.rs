@@ -36,13 +36,15 @@ pub struct Shared {
     pub namesrv: NameServers,
     /// The first of `publishers`; for lookups that are not sends.
     pub publisher: Publisher,
-    /// `target.clients` producer clients; queues are spread over them.
-    pub publishers: Arc<[Publisher]>,
-    next_publisher: Arc<std::sync::atomic::AtomicUsize>,
+    /// `target.clients` producer clients; sends take turns over them.
+    pub publishers: PublisherPool,
     pub store: CheckpointStore,
     pub flusher: Arc<CheckpointFlusher>,
     /// Bounds sends in flight to 5.x across every route and queue.
     pub send_permits: Arc<tokio::sync::Semaphore>,
+    /// Sends acknowledged by 5.x so far: tells a poison message (refused
+    /// while others pass) from an outage (everything refused).
+    pub send_successes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn client_id() -> String {
@@ -82,7 +84,7 @@ pub fn grpc_config(cfg: &BridgeConfig) -> GrpcClientConfig {
 
 /// One producer client per `target.clients`, each with its own client id
 /// (a proxy serves one client's sends on one session; several spread them).
-async fn connect_publishers(cfg: &BridgeConfig) -> anyhow::Result<Arc<[Publisher]>> {
+async fn connect_publishers(cfg: &BridgeConfig) -> anyhow::Result<PublisherPool> {
     let base = grpc_config(cfg);
     let connects = (0..cfg.target.clients).map(|i| {
         let mut config = base.clone();
@@ -94,16 +96,45 @@ async fn connect_publishers(cfg: &BridgeConfig) -> anyhow::Result<Arc<[Publisher
     let publishers = futures::future::try_join_all(connects)
         .await
         .map_err(|e| anyhow::anyhow!("5.x target {}: {e}", cfg.target.endpoints.join(",")))?;
-    Ok(publishers.into())
+    PublisherPool::new(publishers)
+        .ok_or_else(|| anyhow::anyhow!("target.clients must be at least 1"))
 }
 
-impl Shared {
-    /// The producer client for a newly started source queue (round robin).
-    pub fn publisher_for_queue(&self) -> Publisher {
-        let i = self
-            .next_publisher
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.publishers[i % self.publishers.len()].clone()
+/// Producer clients that sends take turns over. Per message rather than per
+/// queue: whichever queues are busy, every client carries a share. Ordering
+/// does not depend on the client (a FIFO group's next send starts only after
+/// the previous one was acknowledged).
+#[derive(Clone)]
+pub struct PublisherPool {
+    publishers: Arc<[Publisher]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PublisherPool {
+    /// None when `publishers` is empty.
+    pub fn new(publishers: Vec<Publisher>) -> Option<Self> {
+        if publishers.is_empty() {
+            return None;
+        }
+        Some(PublisherPool {
+            publishers: publishers.into(),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })
+    }
+
+    /// The client for the next send.
+    pub fn next(&self) -> &Publisher {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.publishers[i % self.publishers.len()]
+    }
+
+    /// For lookups that are not sends (routes, limits).
+    pub fn first(&self) -> &Publisher {
+        &self.publishers[0]
+    }
+
+    pub fn all(&self) -> &[Publisher] {
+        &self.publishers
     }
 }
 
@@ -146,7 +177,7 @@ impl Bridge {
         let namesrv = name_servers(&cfg).map_err(anyhow::Error::msg)?;
         let remoting = remoting_client(&cfg);
         let publishers = connect_publishers(&cfg).await?;
-        let publisher = publishers[0].clone();
+        let publisher = publishers.first().clone();
         let flusher = CheckpointFlusher::new(store.clone());
         let (flusher_stop, stop_rx) = watch::channel(false);
         let flusher_task =
@@ -168,10 +199,10 @@ impl Bridge {
                 namesrv,
                 publisher,
                 publishers,
-                next_publisher: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 store,
                 flusher,
                 send_permits,
+                send_successes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             },
             routes: BTreeMap::new(),
             flusher_stop,
@@ -260,7 +291,7 @@ impl Bridge {
         }
         let _ = self.flusher_stop.send(true);
         let _ = self.flusher_task.await;
-        for publisher in self.shared.publishers.iter() {
+        for publisher in self.shared.publishers.all() {
             publisher.shutdown().await;
         }
         tracing::info!("checkpoints written; bye");

@@ -14,6 +14,7 @@
 //! reorder a group.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::checkpoint::{now_ms, CheckpointStore, QuarantineEntry, SourceQueue};
 use crate::cutover::{self, CutoverDecision};
-use crate::grpc::{MessageKind, OutgoingMessage, PublishError, Publisher};
+use crate::grpc::{MessageKind, OutgoingMessage, PublishError};
 use crate::metrics::{self as m, outcome};
 use crate::remoting::MessageRecord;
 use crate::source::{PullOutcome, PulledBatch};
@@ -35,7 +36,7 @@ use super::route::RouteRule;
 pub struct QueueContext {
     pub route: String,
     pub target_topic: String,
-    pub publisher: Publisher,
+    pub publishers: super::PublisherPool,
     pub store: CheckpointStore,
     pub flusher: Arc<CheckpointFlusher>,
     pub window: usize,
@@ -48,6 +49,11 @@ pub struct QueueContext {
     pub send_batch_size: usize,
     /// Shared bound on sends in flight (one permit per request).
     pub send_permits: Arc<tokio::sync::Semaphore>,
+    /// Shared count of acknowledged sends (see `quarantine_after_failures`).
+    pub send_successes: Arc<AtomicU64>,
+    /// Server refusals in a row, while other sends succeed, after which a
+    /// message is quarantined; 0 = never.
+    pub quarantine_after_failures: u32,
 }
 
 /// A translated NORMAL message waiting to go out in a batch.
@@ -526,9 +532,13 @@ fn dry_run_validate(
         &rule.translate,
     ) {
         Err(reason) => Some(reason.to_string()),
-        Ok(msg) => crate::grpc::validate(&msg, &rule.target_types, ctx.publisher.max_body_size())
-            .err()
-            .map(|e| e.to_string()),
+        Ok(msg) => crate::grpc::validate(
+            &msg,
+            &rule.target_types,
+            ctx.publishers.first().max_body_size(),
+        )
+        .err()
+        .map(|e| e.to_string()),
     };
     if let Some(problem) = problem {
         count(&ctx.route, outcome::WOULD_FAIL);
@@ -588,6 +598,7 @@ async fn send_with_retry(
     let mut backoff = Duration::from_millis(50);
     let mut stop = ctx.stop.clone();
     let mut message = std::borrow::Cow::Borrowed(message);
+    let mut refusals = Refusals::default();
     loop {
         // A retry can outlive the clamp made at translation time.
         if let MessageKind::Delay {
@@ -603,8 +614,9 @@ async fn send_with_retry(
             }
         }
         let message = message.as_ref();
-        match ctx.publisher.send(message).await {
+        match ctx.publishers.next().send(message).await {
             Ok(_) => {
+                ctx.send_successes.fetch_add(1, Ordering::Relaxed);
                 count(&ctx.route, outcome::FORWARDED);
                 let latency = (now_ms() - store_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone())
@@ -614,14 +626,24 @@ async fn send_with_retry(
             Err(e) => {
                 metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
                     .increment(1);
-                if e.is_permanent() {
+                let poison = refusals.record(&e, ctx);
+                if e.is_permanent() || poison {
+                    let reason = if poison {
+                        format!(
+                            "refused {} times in a row while other sends succeeded \
+                             (pipeline.quarantine_after_failures); last: {e}",
+                            refusals.in_a_row
+                        )
+                    } else {
+                        e.to_string()
+                    };
                     quarantine(
                         ctx,
                         queue,
                         offset,
                         &message.message_id,
                         Some(message),
-                        &e.to_string(),
+                        &reason,
                     )
                     .await;
                     return SendOutcome::Quarantined;
@@ -637,6 +659,34 @@ async fn send_with_retry(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// One message's run of server refusals. A 5.x server can refuse a message
+/// it will never take with a retriable code (the rocketmq-rust and Java
+/// proxies answer a body over the broker's limit with INTERNAL_ERROR);
+/// retrying it forever would stall its queue. An outage refuses every send,
+/// so a message is only given up on while other sends keep succeeding.
+#[derive(Default)]
+struct Refusals {
+    in_a_row: u32,
+    successes_at_first: Option<u64>,
+}
+
+impl Refusals {
+    /// Records a failure; true when the message should now be quarantined.
+    fn record(&mut self, e: &PublishError, ctx: &QueueContext) -> bool {
+        if !matches!(e, PublishError::Retriable { .. }) {
+            // Transport trouble, missing topic, credentials: not the message.
+            *self = Refusals::default();
+            return false;
+        }
+        let successes = ctx.send_successes.load(Ordering::Relaxed);
+        let first = *self.successes_at_first.get_or_insert(successes);
+        self.in_a_row += 1;
+        ctx.quarantine_after_failures > 0
+            && self.in_a_row >= ctx.quarantine_after_failures
+            && successes > first
     }
 }
 
@@ -672,8 +722,10 @@ async fn start_batch(
         let mut backoff = Duration::from_millis(50);
         let mut stop = ctx.stop.clone();
         loop {
-            match ctx.publisher.send_batch(&messages).await {
+            match ctx.publishers.next().send_batch(&messages).await {
                 Ok(_) => {
+                    ctx.send_successes
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
                     let now = now_ms();
                     metrics::counter!(m::MESSAGES_TOTAL, "route" => ctx.route.clone(), "outcome" => outcome::FORWARDED)
                         .increment(items.len() as u64);
@@ -738,3 +790,6 @@ async fn start_batch(
 fn error_code(e: &PublishError) -> &'static str {
     e.code_label()
 }
+
+#[cfg(test)]
+mod tests;

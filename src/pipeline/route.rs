@@ -343,7 +343,7 @@ fn start_queue(
     let ctx = QueueContext {
         route: route.name.clone(),
         target_topic: route.target_topic.clone(),
-        publisher: shared.publisher_for_queue(),
+        publishers: shared.publishers.clone(),
         store: shared.store.clone(),
         flusher: shared.flusher.clone(),
         window: cfg.pipeline.inflight_per_queue,
@@ -353,6 +353,8 @@ fn start_queue(
         delay_min_lead: cfg.translate.delay_min_lead,
         send_batch_size: cfg.pipeline.send_batch_size,
         send_permits: shared.send_permits.clone(),
+        send_successes: shared.send_successes.clone(),
+        quarantine_after_failures: cfg.pipeline.quarantine_after_failures,
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
     QueueTask { progress, worker }
