@@ -1290,7 +1290,10 @@ async fn run(
             leg.cpu.summary()
         );
         table.row(
-            &format!("(2) raw send 5.x, our Publisher alone ({} clients), send() per message", params.clients),
+            &format!(
+                "(2) raw send 5.x, our Publisher alone ({} clients), send() per message",
+                params.clients
+            ),
             format!(
                 "{} in {:.2} s: {}",
                 leg.messages,
