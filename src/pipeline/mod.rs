@@ -1,6 +1,6 @@
 //! The pipeline: wires the 4.x source, translation and cutover, and the 5.x
-//! publisher for every route, and alone owns flow control (per-queue
-//! windows), ordering, and checkpoint advancement.
+//! publishers for every route, and alone owns flow control (per-queue
+//! windows, global send permits), ordering, and checkpoint advancement.
 //!
 //! `Bridge::run` is the daemon: it starts routes, applies config changes
 //! (file change or SIGHUP) without losing position, and on SIGTERM drains
