@@ -5,16 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# Each phase says when it started, so a CI log shows where the time went.
+phase() { echo "== [+$(( $(date +%s) - start ))s] $*"; }
+phase "install build dependencies"
 scripts/install-deps.sh
+phase "install test peers"
 scripts/install-peers.sh
 export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy --all-targets -- -D warnings"
+phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
-echo "== cargo test (unit, property and peer integration tests)"
+phase "cargo test (unit, property and peer integration tests)"
 # Peer tests each start real clusters; two at a time fit a 2-core machine.
 # Benchmarks are compiled by clippy above but not run here (scripts/bench.sh).
 cargo test --lib --bins --tests -- --test-threads="${RMQ_TEST_THREADS:-2}"
+phase "cargo test --doc"
 cargo test --doc
-echo "== tests finished in $(( $(date +%s) - start ))s"
+phase "tests finished"
