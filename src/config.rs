@@ -165,6 +165,9 @@ pub struct PipelineConfig {
     /// Sends in flight to 5.x across all routes; more only queue up inside
     /// the proxy and time out (duplicates), so keep it modest.
     pub max_concurrent_sends: usize,
+    /// Budget for translated messages held in memory (in flight, batched,
+    /// waiting for their FIFO group), in MiB.
+    pub max_inflight_mib: u32,
     /// A message refused this many times in a row by a 5.x server answer
     /// (not a transport failure) while other sends succeed is quarantined;
     /// 0 retries it forever.
@@ -301,6 +304,7 @@ struct RawPipeline {
     max_concurrent_sends: Option<usize>,
     shutdown_drain_timeout_ms: Option<u64>,
     quarantine_after_failures: Option<u32>,
+    max_inflight_mib: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +433,7 @@ pub fn parse(
         send_batch_size: raw.pipeline.send_batch_size.unwrap_or(1),
         max_concurrent_sends: raw.pipeline.max_concurrent_sends.unwrap_or(128),
         quarantine_after_failures: raw.pipeline.quarantine_after_failures.unwrap_or(10),
+        max_inflight_mib: raw.pipeline.max_inflight_mib.unwrap_or(16),
         shutdown_drain_timeout: Duration::from_millis(
             raw.pipeline.shutdown_drain_timeout_ms.unwrap_or(10_000),
         ),
@@ -443,6 +448,12 @@ pub fn parse(
         return Err(err(
             "pipeline.max_concurrent_sends",
             "must be between 1 and 65536".into(),
+        ));
+    }
+    if !(1..=4096).contains(&pipeline.max_inflight_mib) {
+        return Err(err(
+            "pipeline.max_inflight_mib",
+            "must be between 1 and 4096".into(),
         ));
     }
     if !(1..=1024).contains(&pipeline.send_batch_size) {
@@ -820,6 +831,8 @@ cutover_percent = 30
         assert_eq!(c.environment_property, "__microservice_tag__");
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.target.clients, 4);
+        assert_eq!(c.pipeline.max_inflight_mib, 16);
+        assert_eq!(c.pipeline.quarantine_after_failures, 10);
     }
 
     #[test]
@@ -860,6 +873,11 @@ cutover_percent = 30
                 "endpoint = \"127.0.0.1:8081\"",
                 "endpoint = \"127.0.0.1:8081\"\nclients = 0",
                 "target.clients",
+            ),
+            (
+                "dir = \"/tmp/x\"",
+                "dir = \"/tmp/x\"\n[pipeline]\nmax_inflight_mib = 0",
+                "pipeline.max_inflight_mib",
             ),
         ];
         for (from, to, expect) in cases {

@@ -42,6 +42,8 @@ pub struct Shared {
     pub flusher: Arc<CheckpointFlusher>,
     /// Bounds sends in flight to 5.x across every route and queue.
     pub send_permits: Arc<tokio::sync::Semaphore>,
+    /// Budget in KiB for translated messages held in memory.
+    pub held_kib: Arc<tokio::sync::Semaphore>,
     /// Sends acknowledged by 5.x so far: tells a poison message (refused
     /// while others pass) from an outage (everything refused).
     pub send_successes: Arc<std::sync::atomic::AtomicU64>,
@@ -189,6 +191,9 @@ impl Bridge {
                 .unwrap_or(0);
             metrics::gauge!(m::QUARANTINE_SIZE, "route" => entry_route.name.clone()).set(n as f64);
         }
+        let held_kib = Arc::new(tokio::sync::Semaphore::new(
+            cfg.pipeline.max_inflight_mib as usize * 1024,
+        ));
         let send_permits = Arc::new(tokio::sync::Semaphore::new(
             cfg.pipeline.max_concurrent_sends,
         ));
@@ -203,6 +208,7 @@ impl Bridge {
                 flusher,
                 send_permits,
                 send_successes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                held_kib,
             },
             routes: BTreeMap::new(),
             flusher_stop,

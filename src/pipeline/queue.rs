@@ -4,9 +4,12 @@
 //! finished messages. The flusher makes that offset durable.
 //!
 //! Memory: a message is translated only once a send permit is free, so what
-//! waits for the 5.x side is the small pulled record, not a spawned send;
-//! messages held in memory are bounded by the global send permits plus FIFO
-//! successors waiting for their group (at most the window).
+//! waits for the 5.x side is the pulled record, not a spawned send. Every
+//! translated message held (in flight, batched, or a FIFO successor waiting
+//! for its group) also holds its size from a global budget
+//! (`pipeline.max_inflight_mib`). The worker never blocks on that budget:
+//! its own waiting FIFO successors may hold it, and only this loop starts
+//! them, so a message over budget is deferred and retried.
 //!
 //! Ordering: messages of one FIFO message group are chained, so a send starts
 //! only after the previous send of its group was acknowledged (or
@@ -49,6 +52,11 @@ pub struct QueueContext {
     pub send_batch_size: usize,
     /// Shared bound on sends in flight (one permit per request).
     pub send_permits: Arc<tokio::sync::Semaphore>,
+    /// Shared budget, in KiB, for translated messages held in memory (in
+    /// flight, batched or waiting for their FIFO group).
+    pub held_kib: Arc<tokio::sync::Semaphore>,
+    /// The whole `held_kib` budget (a larger message takes all of it).
+    pub held_kib_total: u32,
     /// Shared count of acknowledged sends (see `quarantine_after_failures`).
     pub send_successes: Arc<AtomicU64>,
     /// Server refusals in a row, while other sends succeed, after which a
@@ -61,6 +69,7 @@ struct BatchItem {
     offset: i64,
     store_ms: i64,
     message: OutgoingMessage,
+    _held: OwnedSemaphorePermit,
 }
 
 // Boxing the record would cost an allocation per message on the hot path;
@@ -99,6 +108,7 @@ struct Waiting {
     offset: i64,
     store_ms: i64,
     message: OutgoingMessage,
+    held: OwnedSemaphorePermit,
 }
 
 /// FIFO groups with a send in flight, each with its successors in order.
@@ -112,6 +122,11 @@ enum Admitted {
     Started,
     /// Stopping while waiting for a send permit: not done, re-sent after restart.
     Stopped,
+    /// Over the budget for held messages: retried once `kib` KiB are free.
+    Deferred {
+        record: Box<MessageRecord>,
+        kib: u32,
+    },
 }
 
 pub async fn run_queue_worker(
@@ -129,6 +144,11 @@ pub async fn run_queue_worker(
     let mut in_flight = 0usize;
     let mut durable_rx = progress.watch_durable();
     let mut batch: Vec<BatchItem> = Vec::new();
+    // Budget for held messages: what a deferred message waits for, and the
+    // permit obtained for it.
+    let mut deferred_kib: Option<u32> = None;
+    let mut reserved: Option<OwnedSemaphorePermit> = None;
+    let held_kib = ctx.held_kib.clone();
 
     loop {
         // Admit what the window allows.
@@ -169,7 +189,6 @@ pub async fn run_queue_worker(
                     }
                     let store_ms = record.store_timestamp_ms;
                     let offset = record.queue_offset;
-                    frontier = frontier.max(offset + 1);
                     let admitted = admit(
                         &ctx,
                         &rule,
@@ -178,8 +197,15 @@ pub async fn run_queue_worker(
                         &done_tx,
                         &mut fifo_groups,
                         &mut batch,
+                        &mut reserved,
                     )
                     .await;
+                    if let Admitted::Deferred { record, kib } = admitted {
+                        queued.push_front(Item::Message(*record));
+                        deferred_kib = Some(kib);
+                        break;
+                    }
+                    frontier = frontier.max(offset + 1);
                     if matches!(admitted, Admitted::Started) {
                         in_flight += 1;
                     }
@@ -199,6 +225,9 @@ pub async fn run_queue_worker(
                 }
             }
         }
+        // A budget permit reserved for a message that was not admitted after
+        // all (rule change, stop) must not sit idle.
+        reserved = None;
         // Nothing more can be admitted right now: send what is batched.
         if !batch.is_empty() {
             start_batch(&ctx, &queue, &mut batch, &done_tx).await;
@@ -244,6 +273,10 @@ pub async fn run_queue_worker(
                 }
             }
             _ = durable_rx.changed(), if !queued.is_empty() => {}
+            permit = held_budget(&held_kib, deferred_kib.unwrap_or(1)), if deferred_kib.is_some() => {
+                deferred_kib = None;
+                reserved = permit;
+            }
             _ = ctx.stop.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)), if !queued.is_empty() => {}
         }
@@ -320,9 +353,24 @@ async fn start_next_in_group(
         next.offset,
         next.store_ms,
         Some(group),
-        permit,
+        [permit, next.held],
         done_tx,
     );
+}
+
+/// Waits until `kib` of the budget for held messages are free.
+async fn held_budget(
+    budget: &Arc<tokio::sync::Semaphore>,
+    kib: u32,
+) -> Option<OwnedSemaphorePermit> {
+    budget.clone().acquire_many_owned(kib).await.ok()
+}
+
+/// A translated message's share of the budget: body plus a rough
+/// allowance for properties and bookkeeping, in KiB (at least 1).
+fn held_kib(message: &OutgoingMessage) -> u32 {
+    let bytes = message.body.len() + 512;
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// Waits for a free send slot; None when the bridge is stopping.
@@ -398,6 +446,7 @@ fn take_batch(
 /// Decides and starts one message: skipped and filtered ones finish at once;
 /// a forwarded one is translated and sent once a send permit is free (or
 /// queued behind the in-flight send of its FIFO group).
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     ctx: &QueueContext,
     rule: &RouteRule,
@@ -406,6 +455,7 @@ async fn admit(
     done_tx: &mpsc::UnboundedSender<Completion>,
     fifo_groups: &mut FifoGroups,
     batch: &mut Vec<BatchItem>,
+    reserved: &mut Option<OwnedSemaphorePermit>,
 ) -> Admitted {
     let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
     let source_ctx = SourceContext {
@@ -448,6 +498,21 @@ async fn admit(
                     return Admitted::Finished;
                 }
             };
+            // Never wait for the budget here: the budget may be held by
+            // this worker's own FIFO successors, which only this loop starts.
+            let kib = held_kib(&message).min(ctx.held_kib_total);
+            let held = match reserved.take() {
+                Some(permit) if permit.num_permits() >= kib as usize => permit,
+                _ => match ctx.held_kib.clone().try_acquire_many_owned(kib) {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        return Admitted::Deferred {
+                            record: Box::new(record),
+                            kib,
+                        }
+                    }
+                },
+            };
             let offset = record.queue_offset;
             let store_ms = record.store_timestamp_ms;
             drop(record);
@@ -456,6 +521,7 @@ async fn admit(
                     offset,
                     store_ms,
                     message,
+                    _held: held,
                 });
                 return Admitted::Started;
             }
@@ -469,6 +535,7 @@ async fn admit(
                         offset,
                         store_ms,
                         message,
+                        held,
                     });
                     return Admitted::Started;
                 }
@@ -480,7 +547,14 @@ async fn admit(
                 fifo_groups.insert(group.clone(), VecDeque::new());
             }
             spawn_send(
-                ctx, queue, message, offset, store_ms, group, permit, done_tx,
+                ctx,
+                queue,
+                message,
+                offset,
+                store_ms,
+                group,
+                [permit, held],
+                done_tx,
             );
             Admitted::Started
         }
@@ -495,7 +569,7 @@ fn spawn_send(
     offset: i64,
     store_ms: i64,
     group: Option<String>,
-    permit: OwnedSemaphorePermit,
+    permits: [OwnedSemaphorePermit; 2],
     done_tx: &mpsc::UnboundedSender<Completion>,
 ) {
     let task_ctx = ctx.clone();
@@ -503,7 +577,8 @@ fn spawn_send(
     let done_tx = done_tx.clone();
     tokio::spawn(async move {
         let outcome = send_with_retry(&task_ctx, &queue, &message, offset, store_ms).await;
-        drop(permit);
+        drop(message);
+        drop(permits);
         let _ = done_tx.send(Completion {
             offset,
             outcome,

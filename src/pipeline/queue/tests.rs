@@ -40,6 +40,17 @@ async fn start(
     permits: usize,
     hold: Duration,
 ) -> Harness {
+    start_with_budget(accept, target, percent, permits, hold, 16 * 1024).await
+}
+
+async fn start_with_budget(
+    accept: pb::MessageType,
+    target: TopicMessageType,
+    percent: u8,
+    permits: usize,
+    hold: Duration,
+    held_kib: u32,
+) -> Harness {
     let (fake, publisher, _) = setup(&[accept]).await;
     fake.st().hold = hold;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -81,6 +92,8 @@ async fn start(
         send_permits: Arc::new(Semaphore::new(permits)),
         send_successes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         quarantine_after_failures: 3,
+        held_kib: Arc::new(Semaphore::new(held_kib as usize)),
+        held_kib_total: held_kib,
     };
     let (batches, rx) = mpsc::channel(4);
     let worker = tokio::spawn(run_queue_worker(ctx, queue(), progress.clone(), rx));
@@ -304,6 +317,85 @@ async fn an_outage_is_retried_not_quarantined() {
     h.fake.st().refuse_all = None;
     wait_durable(&h.progress, 4).await;
     assert!(h.store.quarantine_list(Some("r")).expect("list").is_empty());
+    let _ = h.stop.send(true);
+    h.worker.await.expect("worker");
+}
+
+/// Offsets 0..n with `body_kib` KiB bodies, all in FIFO groups `groups`.
+fn big_records(n: i64, groups: &[&str], body_kib: usize) -> PulledBatch {
+    let body = vec![b'x'; body_kib * 1024];
+    let records = (0..n)
+        .map(|i| {
+            RecordBuilder::new()
+                .queue_offset(i)
+                .uniq_key(&format!("ID-{i:04}"))
+                .prop("__SHARDINGKEY", groups[i as usize % groups.len()])
+                .body(&body)
+                .build()
+        })
+        .collect();
+    PulledBatch {
+        queue: queue(),
+        outcome: PullOutcome::Records {
+            records,
+            next_offset: n,
+            max_offset: n,
+        },
+    }
+}
+
+#[tokio::test]
+async fn held_bytes_budget_bounds_sends_in_flight() {
+    // 4 send permits, but 10 KiB of budget and 4 KiB messages (5 KiB
+    // each with the allowance): at most 2 messages held at once.
+    let h = start_with_budget(
+        pb::MessageType::Normal,
+        TopicMessageType::Normal,
+        100,
+        4,
+        Duration::from_millis(10),
+        10,
+    )
+    .await;
+    h.batches
+        .send(big_records(30, &[""], 4))
+        .await
+        .expect("feed");
+    wait_durable(&h.progress, 30).await;
+    let (sends, total) = {
+        let st = h.fake.st();
+        (st.sends.len(), st.max_total_in_flight)
+    };
+    assert_eq!(sends, 30);
+    assert_eq!(total, 2, "the byte budget, not the 4 permits, bounds sends");
+    let _ = h.stop.send(true);
+    h.worker.await.expect("worker");
+}
+
+#[tokio::test]
+async fn fifo_successors_holding_the_budget_do_not_deadlock() {
+    // One group: every message after the first waits for its predecessor
+    // while holding budget. With a budget of 3 messages the worker must keep
+    // starting successors instead of blocking on the budget.
+    let h = start_with_budget(
+        pb::MessageType::Fifo,
+        TopicMessageType::Fifo,
+        100,
+        8,
+        Duration::from_millis(2),
+        15,
+    )
+    .await;
+    h.batches
+        .send(big_records(40, &["A"], 4))
+        .await
+        .expect("feed");
+    wait_durable(&h.progress, 40).await;
+    let ids: Vec<String> = sent_ids(&h.fake).into_iter().map(|(_, id)| id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids.len(), 40);
+    assert_eq!(ids, sorted, "group A kept its order");
     let _ = h.stop.send(true);
     h.worker.await.expect("worker");
 }
