@@ -42,6 +42,7 @@
 //! | `RMQ_BENCH_RESTART_MESSAGES` | 10000 | messages added while the bridge is stopped |
 //! | `RMQ_BENCH_BACKLOG` | 1000000 | backlog drained for the RSS measurement; 0 skips it |
 //! | `RMQ_BENCH_BACKLOG_CAP_SECS` | 600 | bound on the backlog drain (a capped drain is reported as partial) |
+//! | `RMQ_BENCH_BODY_BYTES` | 1024 | body size of every message (the issue's targets are for 1 KiB) |
 //! | `RMQ_BENCH_CLIENTS` | 4 (bridge default) | 5.x producer clients of the raw send and of the bridge (`target.clients`) |
 //! | `RMQ_BENCH_ONLY_BACKLOG` | 0 | 1 runs only the backlog leg (6), for iterating on memory |
 //!
@@ -72,8 +73,23 @@ use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
 use rmq_bridge::testkit::{self, RouteSpec};
 
 const QUEUES: i32 = 8;
-const BODY_BYTES: usize = 1024;
-const PRELOAD_BATCH: usize = 64;
+/// Body size of every message (`RMQ_BENCH_BODY_BYTES`, default 1 KiB).
+fn body_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("RMQ_BENCH_BODY_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1024usize)
+            .max(1)
+    })
+}
+
+/// Messages per preload SEND_BATCH_MESSAGE: 64, fewer for large bodies so
+/// a batch stays within the broker's 4 MiB message limit.
+fn preload_batch() -> usize {
+    (512 * 1024 / body_bytes()).clamp(1, 64)
+}
 const PREFETCH: usize = 8;
 const TOPIC: &str = "bench";
 const RAW_TOPIC: &str = "bench_raw";
@@ -186,10 +202,12 @@ impl Params {
 
     fn describe(&self) -> String {
         format!(
-            "N={} messages of {BODY_BYTES} B over {QUEUES} queues (preload: send_batch {PRELOAD_BATCH}/call, {QUEUES} queues at once); \
+            "N={} messages of {} B over {QUEUES} queues (preload: send_batch {}/call, {QUEUES} queues at once); \
              raw send {} messages, {:?} single sends in flight{}; pull_batch_size {}; inflight_per_queue {}; other [pipeline] keys {}; \
              latency run {} s at {}; restart adds {} messages; backlog {} (cap {} s); drain cap {} s; {} 5.x producer clients",
             self.messages,
+            body_bytes(),
+            preload_batch(),
             self.send_messages,
             self.send_concurrency,
             if self.send_batch > 1 {
@@ -417,16 +435,16 @@ fn now_ms() -> i64 {
 }
 
 fn body(seed: usize) -> Bytes {
-    // 1 KiB of xorshift output: not a single repeated byte.
-    let mut out = Vec::with_capacity(BODY_BYTES + 8);
+    // xorshift output: not a single repeated byte.
+    let mut out = Vec::with_capacity(body_bytes() + 8);
     let mut x = seed as u64 | 1;
-    while out.len() < BODY_BYTES {
+    while out.len() < body_bytes() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         out.extend_from_slice(&x.to_le_bytes());
     }
-    out.truncate(BODY_BYTES);
+    out.truncate(body_bytes());
     Bytes::from(out)
 }
 
@@ -459,7 +477,7 @@ fn batch_entries(prefix: &str, queue: usize, range: std::ops::Range<usize>) -> V
 }
 
 /// Preloads `per_queue[q]` messages into queue q of a 4.x topic, all queues
-/// at once, `PRELOAD_BATCH` per SEND_BATCH_MESSAGE.
+/// at once, `preload_batch()` per SEND_BATCH_MESSAGE.
 async fn preload(
     client: &RemotingClient,
     broker: &str,
@@ -477,7 +495,7 @@ async fn preload(
         tasks.push(tokio::spawn(async move {
             let mut sent = 0;
             while sent < count {
-                let n = PRELOAD_BATCH.min(count - sent);
+                let n = preload_batch().min(count - sent);
                 let request = SendBatchRequest {
                     producer_group: "e2e_bench".into(),
                     topic: topic.clone(),
@@ -1106,7 +1124,7 @@ impl Table {
 }
 
 fn rate(r: f64) -> String {
-    format!("{r:.0} msg/s ({:.1} MB/s)", r * BODY_BYTES as f64 / 1e6)
+    format!("{r:.0} msg/s ({:.1} MB/s)", r * body_bytes() as f64 / 1e6)
 }
 
 fn pass(ok: bool) -> &'static str {
@@ -1366,12 +1384,16 @@ async fn run(
         let ids: std::collections::HashSet<&str> = stored.iter().map(|r| r.message_id()).collect();
         let intact = stored.len() == params.send_messages
             && ids.len() == params.send_messages
-            && stored.iter().all(|r| r.body.len() == BODY_BYTES);
+            && stored.iter().all(|r| r.body.len() == body_bytes());
         let verdict = format!(
-            "5.x stored {} records, {} distinct ids, {} bodies of {BODY_BYTES} B, for {} sent: {}",
+            "5.x stored {} records, {} distinct ids, {} bodies of {} B, for {} sent: {}",
             stored.len(),
             ids.len(),
-            stored.iter().filter(|r| r.body.len() == BODY_BYTES).count(),
+            stored
+                .iter()
+                .filter(|r| r.body.len() == body_bytes())
+                .count(),
+            body_bytes(),
             params.send_messages,
             if intact {
                 "intact"
@@ -1851,7 +1873,7 @@ async fn paced_produce(
                 let t = started.elapsed().as_secs_f64().min(secs);
                 let owed = (per_queue * t) as usize;
                 if owed > sent {
-                    let n = (owed - sent).min(PRELOAD_BATCH);
+                    let n = (owed - sent).min(preload_batch());
                     let request = SendBatchRequest {
                         producer_group: "e2e_bench_lat".into(),
                         topic: LAT_TOPIC.into(),

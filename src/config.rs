@@ -433,7 +433,7 @@ pub fn parse(
         send_batch_size: raw.pipeline.send_batch_size.unwrap_or(1),
         max_concurrent_sends: raw.pipeline.max_concurrent_sends.unwrap_or(128),
         quarantine_after_failures: raw.pipeline.quarantine_after_failures.unwrap_or(10),
-        max_inflight_mib: raw.pipeline.max_inflight_mib.unwrap_or(16),
+        max_inflight_mib: raw.pipeline.max_inflight_mib.unwrap_or(8),
         shutdown_drain_timeout: Duration::from_millis(
             raw.pipeline.shutdown_drain_timeout_ms.unwrap_or(10_000),
         ),
@@ -831,7 +831,7 @@ cutover_percent = 30
         assert_eq!(c.environment_property, "__microservice_tag__");
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.target.clients, 4);
-        assert_eq!(c.pipeline.max_inflight_mib, 16);
+        assert_eq!(c.pipeline.max_inflight_mib, 8);
         assert_eq!(c.pipeline.quarantine_after_failures, 10);
     }
 
