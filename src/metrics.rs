@@ -29,6 +29,35 @@ pub mod outcome {
     pub const WOULD_FAIL: &str = "would_fail";
 }
 
+/// One route's per-message counters and latency histogram, looked up once:
+/// the `metrics!` macros hash the key and allocate the labels on every call,
+/// which the per-message path need not pay.
+#[derive(Clone)]
+pub struct RouteMessages {
+    pub forwarded: metrics::Counter,
+    pub skipped: metrics::Counter,
+    pub filtered: metrics::Counter,
+    pub quarantined: metrics::Counter,
+    pub expired: metrics::Counter,
+    pub would_fail: metrics::Counter,
+    pub latency: metrics::Histogram,
+}
+
+impl RouteMessages {
+    pub fn new(route: &str) -> Self {
+        let counter = |what: &'static str| metrics::counter!(MESSAGES_TOTAL, "route" => route.to_string(), "outcome" => what);
+        RouteMessages {
+            forwarded: counter(outcome::FORWARDED),
+            skipped: counter(outcome::SKIPPED),
+            filtered: counter(outcome::FILTERED),
+            quarantined: counter(outcome::QUARANTINED),
+            expired: counter(outcome::EXPIRED),
+            would_fail: counter(outcome::WOULD_FAIL),
+            latency: metrics::histogram!(FORWARD_LATENCY_SECONDS, "route" => route.to_string()),
+        }
+    }
+}
+
 /// Starts the HTTP exporter on `listen` and describes every metric.
 pub fn install(listen: SocketAddr) -> Result<(), String> {
     PrometheusBuilder::new()

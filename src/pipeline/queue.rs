@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use crate::checkpoint::{now_ms, CheckpointStore, QuarantineEntry, SourceQueue};
 use crate::cutover::{self, CutoverDecision};
 use crate::grpc::{MessageKind, OutgoingMessage, PublishError};
-use crate::metrics::{self as m, outcome};
+use crate::metrics as m;
 use crate::remoting::MessageRecord;
 use crate::source::{PullOutcome, PulledBatch};
 use crate::translate::{self, SourceContext};
@@ -62,13 +62,21 @@ pub struct QueueContext {
     /// Server refusals in a row, while other sends succeed, after which a
     /// message is quarantined; 0 = never.
     pub quarantine_after_failures: u32,
+    /// This route's message counters and latency histogram.
+    pub counters: m::RouteMessages,
 }
 
-/// A translated NORMAL message waiting to go out in a batch.
-struct BatchItem {
+/// Translated NORMAL messages waiting to go out as one request; `messages`
+/// is what is sent, `slots[i]` what is tracked for `messages[i]`.
+#[derive(Default)]
+struct Batch {
+    slots: Vec<BatchSlot>,
+    messages: Vec<OutgoingMessage>,
+}
+
+struct BatchSlot {
     offset: i64,
     store_ms: i64,
-    message: OutgoingMessage,
     _held: OwnedSemaphorePermit,
 }
 
@@ -89,6 +97,7 @@ struct Slot {
     store_ms: i64,
 }
 
+#[derive(Clone, Copy)]
 enum SendOutcome {
     Forwarded,
     Quarantined,
@@ -143,7 +152,7 @@ pub async fn run_queue_worker(
     let mut rule = ctx.rule.borrow_and_update().clone();
     let mut in_flight = 0usize;
     let mut durable_rx = progress.watch_durable();
-    let mut batch: Vec<BatchItem> = Vec::new();
+    let mut batch = Batch::default();
     // Budget for held messages: what a deferred message waits for, and the
     // permit obtained for it.
     let mut deferred_kib: Option<u32> = None;
@@ -217,7 +226,7 @@ pub async fn run_queue_worker(
                     if matches!(admitted, Admitted::Stopped) {
                         break;
                     }
-                    if batch.len() >= ctx.send_batch_size
+                    if batch.messages.len() >= ctx.send_batch_size
                         && !start_batch(&ctx, &queue, &mut batch, &done_tx).await
                     {
                         break;
@@ -229,7 +238,7 @@ pub async fn run_queue_worker(
         // all (rule change, stop) must not sit idle.
         reserved = None;
         // Nothing more can be admitted right now: send what is batched.
-        if !batch.is_empty() {
+        if !batch.messages.is_empty() {
             start_batch(&ctx, &queue, &mut batch, &done_tx).await;
         }
         // Move the done prefix.
@@ -425,8 +434,7 @@ fn take_batch(
                     resumed_at = next_offset, min_offset, lost = gap,
                     "4.x retention deleted messages the bridge had not forwarded; resuming at the first available offset"
                 );
-                metrics::counter!(m::MESSAGES_TOTAL, "route" => ctx.route.clone(), "outcome" => outcome::EXPIRED)
-                    .increment(gap as u64);
+                ctx.counters.expired.increment(gap as u64);
             } else {
                 tracing::error!(
                     route = %ctx.route, queue = %batch.queue, checkpoint = requested,
@@ -454,7 +462,7 @@ async fn admit(
     record: MessageRecord,
     done_tx: &mpsc::UnboundedSender<Completion>,
     fifo_groups: &mut FifoGroups,
-    batch: &mut Vec<BatchItem>,
+    batch: &mut Batch,
     reserved: &mut Option<OwnedSemaphorePermit>,
 ) -> Admitted {
     let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
@@ -465,11 +473,11 @@ async fn admit(
     };
     match decision {
         CutoverDecision::Filtered => {
-            count(&ctx.route, outcome::FILTERED);
+            ctx.counters.filtered.increment(1);
             Admitted::Finished
         }
         CutoverDecision::Skip { .. } => {
-            count(&ctx.route, outcome::SKIPPED);
+            ctx.counters.skipped.increment(1);
             if rule.cutover.percent == 0 {
                 dry_run_validate(ctx, rule, queue, &record, &source_ctx);
             }
@@ -517,12 +525,12 @@ async fn admit(
             let store_ms = record.store_timestamp_ms;
             drop(record);
             if message.kind == MessageKind::Normal && ctx.send_batch_size > 1 {
-                batch.push(BatchItem {
+                batch.slots.push(BatchSlot {
                     offset,
                     store_ms,
-                    message,
                     _held: held,
                 });
+                batch.messages.push(message);
                 return Admitted::Started;
             }
             let group = match &message.kind {
@@ -587,11 +595,6 @@ fn spawn_send(
     });
 }
 
-fn count(route: &str, what: &'static str) {
-    metrics::counter!(m::MESSAGES_TOTAL, "route" => route.to_string(), "outcome" => what)
-        .increment(1);
-}
-
 fn dry_run_validate(
     ctx: &QueueContext,
     rule: &RouteRule,
@@ -616,7 +619,7 @@ fn dry_run_validate(
         .map(|e| e.to_string()),
     };
     if let Some(problem) = problem {
-        count(&ctx.route, outcome::WOULD_FAIL);
+        ctx.counters.would_fail.increment(1);
         tracing::warn!(route = %ctx.route, %queue, offset = record.queue_offset, msg_id = record.message_id(),
             reason = %problem, "dry run: this message would be rejected by the target topic");
     }
@@ -657,7 +660,7 @@ async fn quarantine(
             }
         }
     }
-    count(&ctx.route, outcome::QUARANTINED);
+    ctx.counters.quarantined.increment(1);
     metrics::gauge!(m::QUARANTINE_SIZE, "route" => ctx.route.clone()).increment(1.0);
     tracing::error!(route = %ctx.route, %queue, offset, msg_id = %entry.message_id,
         reason, "message quarantined; see `rmq-bridge quarantine list`");
@@ -692,15 +695,14 @@ async fn send_with_retry(
         match ctx.publishers.next().send(message).await {
             Ok(_) => {
                 ctx.send_successes.fetch_add(1, Ordering::Relaxed);
-                count(&ctx.route, outcome::FORWARDED);
-                let latency = (now_ms() - store_ms).max(0) as f64 / 1000.0;
-                metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone())
-                    .record(latency);
+                ctx.counters.forwarded.increment(1);
+                ctx.counters
+                    .latency
+                    .record((now_ms() - store_ms).max(0) as f64 / 1000.0);
                 return SendOutcome::Forwarded;
             }
             Err(e) => {
-                metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
-                    .increment(1);
+                count_target_error(ctx, &e);
                 let poison = refusals.record(&e, ctx);
                 if e.is_permanent() || poison {
                     let reason = if poison {
@@ -774,18 +776,12 @@ impl Refusals {
 async fn start_batch(
     ctx: &QueueContext,
     queue: &SourceQueue,
-    batch: &mut Vec<BatchItem>,
+    batch: &mut Batch,
     done_tx: &mpsc::UnboundedSender<Completion>,
 ) -> bool {
-    let items = std::mem::take(batch);
+    let Batch { slots, messages } = std::mem::take(batch);
     let Some(permit) = send_permit(ctx).await else {
-        for item in &items {
-            let _ = done_tx.send(Completion {
-                offset: item.offset,
-                outcome: SendOutcome::Abandoned,
-                group: None,
-            });
-        }
+        complete_all(done_tx, &slots, SendOutcome::Abandoned);
         return false;
     };
     let ctx = ctx.clone();
@@ -793,65 +789,44 @@ async fn start_batch(
     let done_tx = done_tx.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let messages: Vec<OutgoingMessage> = items.iter().map(|i| i.message.clone()).collect();
         let mut backoff = Duration::from_millis(50);
         let mut stop = ctx.stop.clone();
         loop {
             match ctx.publishers.next().send_batch(&messages).await {
                 Ok(_) => {
                     ctx.send_successes
-                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                        .fetch_add(slots.len() as u64, Ordering::Relaxed);
+                    ctx.counters.forwarded.increment(slots.len() as u64);
                     let now = now_ms();
-                    metrics::counter!(m::MESSAGES_TOTAL, "route" => ctx.route.clone(), "outcome" => outcome::FORWARDED)
-                        .increment(items.len() as u64);
-                    let histogram = metrics::histogram!(m::FORWARD_LATENCY_SECONDS, "route" => ctx.route.clone());
-                    for item in &items {
-                        histogram.record((now - item.store_ms).max(0) as f64 / 1000.0);
-                        let _ = done_tx.send(Completion {
-                            offset: item.offset,
-                            outcome: SendOutcome::Forwarded,
-                            group: None,
-                        });
+                    for slot in &slots {
+                        ctx.counters
+                            .latency
+                            .record((now - slot.store_ms).max(0) as f64 / 1000.0);
                     }
+                    complete_all(&done_tx, &slots, SendOutcome::Forwarded);
                     return;
                 }
                 Err(e) if e.is_permanent() => {
-                    metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
-                        .increment(1);
-                    for item in &items {
-                        let outcome = send_with_retry(
-                            &ctx,
-                            &queue,
-                            &item.message,
-                            item.offset,
-                            item.store_ms,
-                        )
-                        .await;
-                        let _ = done_tx.send(Completion {
-                            offset: item.offset,
-                            outcome,
-                            group: None,
-                        });
+                    // Only the offending message must be quarantined.
+                    count_target_error(&ctx, &e);
+                    for (slot, message) in slots.iter().zip(&messages) {
+                        let outcome =
+                            send_with_retry(&ctx, &queue, message, slot.offset, slot.store_ms)
+                                .await;
+                        complete_all(&done_tx, std::slice::from_ref(slot), outcome);
                     }
                     return;
                 }
                 Err(e) => {
-                    metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => error_code(&e))
-                        .increment(1);
-                    tracing::warn!(route = %ctx.route, %queue, messages = items.len(), error = %e, "batch send failed; retrying");
+                    count_target_error(&ctx, &e);
+                    tracing::warn!(route = %ctx.route, %queue, messages = slots.len(), error = %e, "batch send failed; retrying");
                     let abandoned = *stop.borrow()
                         || tokio::select! {
                             _ = tokio::time::sleep(backoff) => false,
                             _ = stop.changed() => true,
                         };
                     if abandoned {
-                        for item in &items {
-                            let _ = done_tx.send(Completion {
-                                offset: item.offset,
-                                outcome: SendOutcome::Abandoned,
-                                group: None,
-                            });
-                        }
+                        complete_all(&done_tx, &slots, SendOutcome::Abandoned);
                         return;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -862,8 +837,24 @@ async fn start_batch(
     true
 }
 
-fn error_code(e: &PublishError) -> &'static str {
-    e.code_label()
+/// Reports every slot of a batch finished with `outcome`.
+fn complete_all(
+    done_tx: &mpsc::UnboundedSender<Completion>,
+    slots: &[BatchSlot],
+    outcome: SendOutcome,
+) {
+    for slot in slots {
+        let _ = done_tx.send(Completion {
+            offset: slot.offset,
+            outcome,
+            group: None,
+        });
+    }
+}
+
+fn count_target_error(ctx: &QueueContext, e: &PublishError) {
+    metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => ctx.route.clone(), "code" => e.code_label())
+        .increment(1);
 }
 
 #[cfg(test)]

@@ -356,6 +356,7 @@ fn start_queue(
         send_successes: shared.send_successes.clone(),
         held_kib: shared.held_kib.clone(),
         held_kib_total: cfg.pipeline.max_inflight_mib.saturating_mul(1024),
+        counters: crate::metrics::RouteMessages::new(&route.name),
         quarantine_after_failures: cfg.pipeline.quarantine_after_failures,
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));

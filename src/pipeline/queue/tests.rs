@@ -26,6 +26,19 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+impl Harness {
+    /// (sends received, most sends in flight at once) seen by the fake.
+    fn sends_and_peak(&self) -> (usize, usize) {
+        let st = self.fake.st();
+        (st.sends.len(), st.max_total_in_flight)
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        self.worker.await.expect("worker");
+    }
+}
+
 fn queue() -> SourceQueue {
     SourceQueue {
         broker_name: "broker-a".into(),
@@ -94,6 +107,7 @@ async fn start_with_budget(
         quarantine_after_failures: 3,
         held_kib: Arc::new(Semaphore::new(held_kib as usize)),
         held_kib_total: held_kib,
+        counters: crate::metrics::RouteMessages::new("r"),
     };
     let (batches, rx) = mpsc::channel(4);
     let worker = tokio::spawn(run_queue_worker(ctx, queue(), progress.clone(), rx));
@@ -110,13 +124,26 @@ async fn start_with_budget(
 
 /// Offsets 0..n; message i belongs to group `groups[i % groups.len()]`.
 fn records(n: i64, groups: &[&str]) -> PulledBatch {
+    records_of(n, groups, None)
+}
+
+/// Like [`records`], with `body_kib` KiB bodies.
+fn big_records(n: i64, groups: &[&str], body_kib: usize) -> PulledBatch {
+    records_of(n, groups, Some(vec![b'x'; body_kib * 1024]))
+}
+
+fn records_of(n: i64, groups: &[&str], body: Option<Vec<u8>>) -> PulledBatch {
     let records = (0..n)
         .map(|i| {
-            RecordBuilder::new()
+            let builder = RecordBuilder::new()
                 .queue_offset(i)
                 .uniq_key(&format!("ID-{i:04}"))
-                .prop("__SHARDINGKEY", groups[i as usize % groups.len()])
-                .build()
+                .prop("__SHARDINGKEY", groups[i as usize % groups.len()]);
+            match &body {
+                Some(body) => builder.body(body),
+                None => builder,
+            }
+            .build()
         })
         .collect();
     PulledBatch {
@@ -187,8 +214,7 @@ async fn fifo_groups_keep_order_and_sends_stay_within_permits() {
     assert_eq!(per_group, 1, "one send per group at a time");
     assert!(total <= 3, "{total} sends in flight with 3 permits");
     assert!(total >= 2, "groups ran in parallel");
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -203,14 +229,10 @@ async fn normal_sends_use_every_permit_and_no_more() {
     .await;
     h.batches.send(records(40, &[""])).await.expect("feed");
     wait_durable(&h.progress, 40).await;
-    let (sends, total) = {
-        let st = h.fake.st();
-        (st.sends.len(), st.max_total_in_flight)
-    };
+    let (sends, total) = h.sends_and_peak();
     assert_eq!(sends, 40);
     assert_eq!(total, 4, "permits bound and fill the sends");
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -227,8 +249,7 @@ async fn skipped_messages_need_no_send_permit() {
     h.batches.send(records(25, &[""])).await.expect("feed");
     wait_durable(&h.progress, 25).await;
     assert!(h.fake.st().sends.is_empty());
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -291,8 +312,7 @@ async fn a_message_refused_while_others_pass_is_quarantined() {
         entries[0].reason
     );
     assert!(!entries[0].message_json.is_empty(), "kept for replay");
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -317,31 +337,7 @@ async fn an_outage_is_retried_not_quarantined() {
     h.fake.st().refuse_all = None;
     wait_durable(&h.progress, 4).await;
     assert!(h.store.quarantine_list(Some("r")).expect("list").is_empty());
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
-}
-
-/// Offsets 0..n with `body_kib` KiB bodies, all in FIFO groups `groups`.
-fn big_records(n: i64, groups: &[&str], body_kib: usize) -> PulledBatch {
-    let body = vec![b'x'; body_kib * 1024];
-    let records = (0..n)
-        .map(|i| {
-            RecordBuilder::new()
-                .queue_offset(i)
-                .uniq_key(&format!("ID-{i:04}"))
-                .prop("__SHARDINGKEY", groups[i as usize % groups.len()])
-                .body(&body)
-                .build()
-        })
-        .collect();
-    PulledBatch {
-        queue: queue(),
-        outcome: PullOutcome::Records {
-            records,
-            next_offset: n,
-            max_offset: n,
-        },
-    }
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -362,14 +358,10 @@ async fn held_bytes_budget_bounds_sends_in_flight() {
         .await
         .expect("feed");
     wait_durable(&h.progress, 30).await;
-    let (sends, total) = {
-        let st = h.fake.st();
-        (st.sends.len(), st.max_total_in_flight)
-    };
+    let (sends, total) = h.sends_and_peak();
     assert_eq!(sends, 30);
     assert_eq!(total, 2, "the byte budget, not the 4 permits, bounds sends");
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -396,6 +388,5 @@ async fn fifo_successors_holding_the_budget_do_not_deadlock() {
     sorted.sort();
     assert_eq!(ids.len(), 40);
     assert_eq!(ids, sorted, "group A kept its order");
-    let _ = h.stop.send(true);
-    h.worker.await.expect("worker");
+    h.finish().await;
 }
