@@ -70,7 +70,7 @@ use rmq_bridge::remoting::{
     names, BatchEntry, NameServers, Properties, RemotingClient, SendBatchRequest, SendRequest,
 };
 use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
-use rmq_bridge::testkit::{self, RouteSpec};
+use rmq_bridge::testkit::{self, metric, RouteSpec};
 
 const QUEUES: i32 = 8;
 /// Body size of every message (`RMQ_BENCH_BODY_BYTES`, default 1 KiB).
@@ -845,32 +845,6 @@ async fn scrape(addr: &str) -> Option<String> {
         .await
         .ok()
         .flatten()
-}
-
-/// Sum of the samples of `name` whose labels include every pair in `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if !labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            continue;
-        }
-        if let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum += value;
-        }
-    }
-    sum
 }
 
 fn forwarded(text: &str, route: &str) -> u64 {

@@ -279,3 +279,30 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Sum of the samples of `name` in Prometheus text (a `/metrics` scrape)
+/// whose labels include every pair in `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if !labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            continue;
+        }
+        if let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            sum += value;
+        }
+    }
+    sum
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rmq_bridge::devcluster::{free_port, LocalCluster};
 use rmq_bridge::remoting::{HeartbeatData, MessageRecord, RemotingClient};
-use rmq_bridge::testkit::{self, RouteSpec, Sample};
+use rmq_bridge::testkit::{self, metric, RouteSpec, Sample};
 
 const ENV_TAG: &str = "__microservice_tag__";
 
@@ -113,32 +113,6 @@ fn scrape(addr: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
-}
-
-/// Sum of the samples of `name` whose labels include every pair in `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if !labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            continue;
-        }
-        if let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum += value;
-        }
-    }
-    sum
 }
 
 async fn wait_metric(addr: &str, what: &str, f: impl Fn(&str) -> bool) {
