@@ -70,7 +70,7 @@ use rmq_bridge::remoting::{
     names, BatchEntry, NameServers, Properties, RemotingClient, SendBatchRequest, SendRequest,
 };
 use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
-use rmq_bridge::testkit::{self, metric, RouteSpec};
+use rmq_bridge::testkit::{self, env_num, env_pairs, metric, RouteSpec};
 
 const QUEUES: i32 = 8;
 /// Body size of every message (`RMQ_BENCH_BODY_BYTES`, default 1 KiB).
@@ -122,32 +122,6 @@ struct Params {
     only_backlog: bool,
     /// Producer clients of the raw send and of the bridge (`target.clients`).
     clients: usize,
-}
-
-fn env_num<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| anyhow!("{name}=`{v}` is not a valid number")),
-        _ => Ok(None),
-    }
-}
-
-/// `key=value,...`: extra `[pipeline]` keys of the bridge config.
-fn env_pairs(name: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let Ok(text) = std::env::var(name) else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| anyhow!("{name}: `{pair}` is not key=value"))
-        })
-        .collect()
 }
 
 /// `a,b,c`: a non-empty list of positive numbers.

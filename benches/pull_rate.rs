@@ -53,37 +53,13 @@ use rmq_bridge::remoting::{
     names, BatchEntry, NameServers, Properties, RemotingClient, SendBatchRequest,
 };
 use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
-use rmq_bridge::testkit;
+use rmq_bridge::testkit::{self, env_num, env_pairs};
 
 const TOPIC: &str = "pull_rate";
 const QUEUES: i32 = 8;
 const BODY_BYTES: usize = 1024;
 const SEND_BATCH: usize = 64;
 const PREFETCH: usize = 8;
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}=`{v}` is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn env_pairs(name: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let Ok(text) = std::env::var(name) else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| anyhow!("{name}: `{pair}` is not key=value"))
-        })
-        .collect()
-}
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -265,8 +241,8 @@ fn fmt_cpu(cpu: Option<f64>) -> String {
 }
 
 async fn run(cluster: &LocalCluster) -> anyhow::Result<()> {
-    let total = env_usize("RMQ_BENCH_MESSAGES", 200_000)?;
-    let rounds = env_usize("RMQ_BENCH_ROUNDS", 1)?.max(1);
+    let total = env_num("RMQ_BENCH_MESSAGES")?.unwrap_or(200_000usize);
+    let rounds = env_num("RMQ_BENCH_ROUNDS")?.unwrap_or(1usize).max(1);
     let batch_sizes: Vec<u32> = std::env::var("RMQ_BENCH_PULL_BATCH")
         .unwrap_or_else(|_| "32,256".into())
         .split(',')

@@ -31,25 +31,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use bytes::Bytes;
 
 use rmq_bridge::devcluster::{ClusterOptions, LocalCluster, Peer};
 use rmq_bridge::grpc::{GrpcClientConfig, MessageKind, OutgoingMessage, PublishError, Publisher};
-use rmq_bridge::testkit;
+use rmq_bridge::testkit::{self, env_num};
 
 const QUEUES: i32 = 8;
 const BODY_BYTES: usize = 1024;
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}=`{v}` is not a number")),
-        Err(_) => Ok(default),
-    }
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -297,10 +287,10 @@ async fn landed(cluster: &LocalCluster, topic: &str, expected: usize) -> anyhow:
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let n = env_usize("RMQ_BENCH_MESSAGES", 100_000)?;
-    let concurrency = env_usize("RMQ_BENCH_CONCURRENCY", 64)?.max(1);
-    let batch = env_usize("RMQ_BENCH_BATCH", 32)?;
-    let publisher_count = env_usize("RMQ_BENCH_PUBLISHERS", 1)?.max(1);
+    let n = env_num("RMQ_BENCH_MESSAGES")?.unwrap_or(100_000usize);
+    let concurrency = env_num("RMQ_BENCH_CONCURRENCY")?.unwrap_or(64usize).max(1);
+    let batch = env_num("RMQ_BENCH_BATCH")?.unwrap_or(32usize);
+    let publisher_count = env_num("RMQ_BENCH_PUBLISHERS")?.unwrap_or(1usize).max(1);
     println!(
         "send_rate: {n} messages of {BODY_BYTES} B, {concurrency} concurrent senders over {publisher_count} \
          publisher(s), batch {batch}, {} cores, load average {}",

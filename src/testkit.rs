@@ -306,3 +306,30 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
     sum
 }
+
+/// A number from the environment variable `name`; None when unset or blank.
+pub fn env_num<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow!("{name}=`{v}` is not a valid number")),
+        _ => Ok(None),
+    }
+}
+
+/// `key=value,...` from the environment variable `name` (empty when unset).
+pub fn env_pairs(name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("{name}: `{pair}` is not key=value"))
+        })
+        .collect()
+}
