@@ -505,6 +505,30 @@ impl Leg {
     fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// Prints the leg and adds its two table rows: the rate, and the CPU of
+    /// every process meanwhile.
+    fn report(&self, table: &mut Table, title: &str, cpu_title: &str) {
+        println!(
+            "  {} in {:.2} s: {}; CPU {}",
+            self.messages,
+            self.elapsed.as_secs_f64(),
+            rate(self.rate()),
+            self.cpu.summary()
+        );
+        table.row(
+            title,
+            format!(
+                "{} in {:.2} s: {}",
+                self.messages,
+                self.elapsed.as_secs_f64(),
+                rate(self.rate())
+            ),
+            "info",
+            self.note.clone(),
+        );
+        table.row(cpu_title, self.cpu.summary(), "", String::new());
+    }
 }
 
 async fn raw_pull(
@@ -1189,31 +1213,12 @@ async fn run(
     println!("raw pull of `{TOPIC}`, pull_batch_size {pull_batch} ...");
     let watched = Watched::new(src, dst, None);
     let pull = raw_pull(src, &watched, pull_batch, params.messages).await?;
-    println!(
-        "  {} in {:.2} s: {}; CPU {}",
-        pull.messages,
-        pull.elapsed.as_secs_f64(),
-        rate(pull.rate()),
-        pull.cpu.summary()
-    );
-    table.row(
+    pull.report(
+        table,
         &format!(
             "(1) raw pull 4.x, our source alone (pull_batch_size {pull_batch}, {QUEUES} queues)"
         ),
-        format!(
-            "{} in {:.2} s: {}",
-            pull.messages,
-            pull.elapsed.as_secs_f64(),
-            rate(pull.rate())
-        ),
-        "info",
-        pull.note.clone(),
-    );
-    table.row(
         "    CPU during raw pull",
-        pull.cpu.summary(),
-        "",
-        String::new(),
     );
 
     // ---- (2) raw send
@@ -1249,31 +1254,13 @@ async fn run(
             concurrency,
         )
         .await?;
-        println!(
-            "  {:.2} s: {}; CPU {}",
-            leg.elapsed.as_secs_f64(),
-            rate(leg.rate()),
-            leg.cpu.summary()
-        );
-        table.row(
+        leg.report(
+            table,
             &format!(
                 "(2) raw send 5.x, our Publisher alone ({} clients), send() per message",
                 params.clients
             ),
-            format!(
-                "{} in {:.2} s: {}",
-                leg.messages,
-                leg.elapsed.as_secs_f64(),
-                rate(leg.rate())
-            ),
-            "info",
-            leg.note.clone(),
-        );
-        table.row(
             "    CPU during raw send (single)",
-            leg.cpu.summary(),
-            "",
-            String::new(),
         );
         let better = match &single {
             Some(best) => leg.rate() > best.rate(),
@@ -1300,31 +1287,13 @@ async fn run(
             params.send_batch_concurrency,
         )
         .await?;
-        println!(
-            "  {:.2} s: {}; CPU {}",
-            batched.elapsed.as_secs_f64(),
-            rate(batched.rate()),
-            batched.cpu.summary()
-        );
-        table.row(
+        batched.report(
+            table,
             &format!(
                 "(2b) raw send 5.x, our Publisher alone, send_batch() of {}",
                 params.send_batch
             ),
-            format!(
-                "{} in {:.2} s: {}",
-                batched.messages,
-                batched.elapsed.as_secs_f64(),
-                rate(batched.rate())
-            ),
-            "info",
-            batched.note.clone(),
-        );
-        table.row(
             "    CPU during raw send (batched)",
-            batched.cpu.summary(),
-            "",
-            String::new(),
         );
         // What the 5.x side made of the batches: one stored message per sent
         // message, each with its own id and body? Only then does the rate count.
@@ -1381,28 +1350,10 @@ async fn run(
             64,
         )
         .await?;
-        println!(
-            "  {:.2} s: {}; CPU {}",
-            direct.elapsed.as_secs_f64(),
-            rate(direct.rate()),
-            direct.cpu.summary()
-        );
-        table.row(
+        direct.report(
+            table,
             "(2c) reference: 5.x broker direct over Remoting, no proxy, 1 per request",
-            format!(
-                "{} in {:.2} s: {}",
-                direct.messages,
-                direct.elapsed.as_secs_f64(),
-                rate(direct.rate())
-            ),
-            "info",
-            direct.note.clone(),
-        );
-        table.row(
             "    CPU during direct send",
-            direct.cpu.summary(),
-            "",
-            String::new(),
         );
     }
     let raw_size = testkit::topic_size(client, dst, RAW_TOPIC).await?;
