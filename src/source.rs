@@ -24,6 +24,8 @@ pub enum PullOutcome {
     /// Records in offset order (possibly empty when the tag filter matched none).
     Records {
         records: Vec<MessageRecord>,
+        /// Records of this pull that could not be decoded, in offset order.
+        undecodable: Vec<crate::remoting::UndecodableRecord>,
         next_offset: i64,
         max_offset: i64,
     },
@@ -221,11 +223,13 @@ impl TopicSource {
         Ok(match result.status {
             PullStatus::Found => PullOutcome::Records {
                 records: result.messages,
+                undecodable: Vec::new(),
                 next_offset: result.next_begin_offset,
                 max_offset: result.max_offset,
             },
             PullStatus::NoMatchedMsg => PullOutcome::Records {
                 records: Vec::new(),
+                undecodable: Vec::new(),
                 next_offset: result.next_begin_offset,
                 max_offset: result.max_offset,
             },
@@ -233,6 +237,7 @@ impl TopicSource {
             // and continues at the broker's next begin offset.
             PullStatus::RetryImmediately => PullOutcome::Records {
                 records: Vec::new(),
+                undecodable: Vec::new(),
                 next_offset: result.next_begin_offset.max(offset),
                 max_offset: result.max_offset,
             },

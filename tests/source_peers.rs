@@ -239,6 +239,7 @@ fn spawn_collectors(
                         records,
                         next_offset,
                         max_offset,
+                        ..
                     } => {
                         for r in &records {
                             if r.queue_offset != expected_offset {
@@ -804,6 +805,7 @@ async fn long_polling(cluster: &LocalCluster, client: &RemotingClient) {
         records,
         next_offset,
         max_offset,
+        ..
     } = outcome
     else {
         panic!("a suspended pull ended without the message that arrived: {outcome:?}");

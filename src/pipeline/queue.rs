@@ -406,6 +406,7 @@ fn take_batch(
     match batch.outcome {
         PullOutcome::Records {
             records,
+            undecodable: _,
             next_offset,
             max_offset,
         } => {

@@ -199,6 +199,19 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A stored record that could not be decoded (CRC mismatch, a body that
+/// cannot be inflated or inflates beyond the limit, an unknown compression):
+/// kept with its raw bytes so the pipeline can quarantine it and move on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecodableRecord {
+    /// The record's queue offset as read from its header.
+    pub queue_offset: i64,
+    /// The stored record bytes exactly as the broker served them.
+    pub raw: Bytes,
+    /// Why it could not be decoded, for the quarantine entry and the log.
+    pub reason: String,
+}
+
 /// Decodes every record of a PULL body, unwrapping inner batches
 /// (`INNER_BATCH` + `NEED_UNWRAP`) the way Java's `PullAPIWrapper` does.
 pub fn decode_records(buf: &Bytes) -> Result<Vec<MessageRecord>, DecodeError> {

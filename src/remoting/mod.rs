@@ -39,7 +39,7 @@ pub use cmd::topic::TopicConfig;
 pub use connection::{Connection, ServerRequest};
 pub use error::{DecodeError, FrameError, RemotingError};
 pub use header::RemotingCommand;
-pub use message::{MessageRecord, TransactionType};
+pub use message::{MessageRecord, TransactionType, UndecodableRecord};
 pub use namesrv::NameServers;
 pub use properties::{names, Properties};
 pub use route::{BrokerData, QueueData, TopicRoute};

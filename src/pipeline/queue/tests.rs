@@ -150,6 +150,7 @@ fn records_of(n: i64, groups: &[&str], body: Option<Vec<u8>>) -> PulledBatch {
         queue: queue(),
         outcome: PullOutcome::Records {
             records,
+            undecodable: Vec::new(),
             next_offset: n,
             max_offset: n,
         },
