@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{self, BridgeConfig};
 use crate::grpc::Publisher;
-use crate::pipeline::{self, quarantine_codec};
+use crate::pipeline::{self, quarantine::codec as quarantine_codec};
 use crate::remoting::{MessageRecord, NameServers, RemotingClient, RemotingClientConfig};
 use crate::source::{PullOutcome, SourceSettings, TopicSource};
 
@@ -129,12 +129,25 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Milliseconds since the epoch as RFC 3339 (UTC); 0 (unset) as `-`.
+/// Anything RFC 3339 cannot spell — before 1970 or after 9999-12-31, which
+/// a producer can put in the born timestamp — is printed as the raw number
+/// rather than panicking (`to_string` panics when `Display` fails).
 fn fmt_ms(ms: i64) -> String {
-    if ms <= 0 {
+    use std::fmt::Write as _;
+    /// 9999-12-31T23:59:59.999Z, the last instant humantime formats.
+    const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+    if ms == 0 {
         return "-".into();
     }
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
-        .to_string()
+    if (1..=LAST_RFC3339_MS).contains(&ms) {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
+        let mut out = String::new();
+        if write!(out, "{}", humantime::format_rfc3339_millis(at)).is_ok() {
+            return out;
+        }
+    }
+    ms.to_string()
 }
 
 pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
@@ -220,6 +233,11 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
             .map_err(|e| anyhow!("{e}"))?
             .len();
         println!("  quarantined: {quarantined}");
+        if let Ok(Some(reason)) = store.meta_get(&pipeline::stall_meta_key(&r.name)) {
+            if !reason.is_empty() {
+                println!("  STALLED (the daemon forwards nothing on this route until fixed): {reason}");
+            }
+        }
     }
     Ok(())
 }
@@ -276,7 +294,18 @@ pub async fn quarantine_replay(
             failed += 1;
             continue;
         }
-        let msg = quarantine_codec::decode(&e.message_json).map_err(anyhow::Error::msg)?;
+        let msg = match quarantine_codec::decode_kept(&e.message_json).map_err(anyhow::Error::msg)? {
+            quarantine_codec::Kept::Translated(msg) => msg,
+            quarantine_codec::Kept::RawRecord(raw) => {
+                println!(
+                    "{} {} offset {}: the raw 4.x record ({} bytes) is kept; it failed before translation ({}); \
+                     fix the route's mapping and move the route's checkpoint back with `rmq-bridge reset-route`, or drop it",
+                    e.route, e.queue, e.offset, raw.len(), e.reason
+                );
+                failed += 1;
+                continue;
+            }
+        };
         match publisher.send(&msg).await {
             Ok(_) => {
                 store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
@@ -324,6 +353,66 @@ pub fn quarantine_drop(
         dropped += 1;
     }
     println!("dropped {dropped}");
+    Ok(())
+}
+
+/// `reset-route`: drops a route's checkpoints and its source-topic binding
+/// (daemon stopped), so its next start begins at its configured `start`
+/// position and may name another source topic. Journal and quarantine stay.
+pub fn reset_route(path: &Path, route: &str) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let dir = &cfg.checkpoint.dir;
+    if !dir.join("CURRENT").exists() {
+        bail!(
+            "no checkpoint store at {} (checkpoint.dir of {}): nothing to reset",
+            dir.display(),
+            path.display()
+        );
+    }
+    let store = CheckpointStore::open(dir, true).map_err(|e| {
+        anyhow!("{e} (reset-route needs the daemon stopped, the store has a single writer: systemctl stop rmq-bridge)")
+    })?;
+    let reset = store.reset_route(route).map_err(|e| anyhow!("{e}"))?;
+    match &reset.topic {
+        Some(topic) => println!(
+            "route {route}: removed {} checkpoint(s) and its binding to 4.x topic {topic}",
+            reset.checkpoints.len()
+        ),
+        None => println!(
+            "route {route}: removed {} checkpoint(s) (no topic binding was recorded)",
+            reset.checkpoints.len()
+        ),
+    }
+    for (queue, cp) in &reset.checkpoints {
+        println!(
+            "  {:<24} was at offset {:>12}  updated {}",
+            queue.to_string(),
+            cp.offset,
+            fmt_ms(cp.updated_ms)
+        );
+    }
+    let journal = store.journal(route).map_err(|e| anyhow!("{e}"))?.len();
+    let quarantined = store
+        .quarantine_list(Some(route))
+        .map_err(|e| anyhow!("{e}"))?
+        .len();
+    println!("kept: {journal} cutover journal entry(ies), {quarantined} quarantined message(s)");
+    if quarantined > 0 {
+        println!(
+            "  (drop those with: rmq-bridge quarantine drop -c {} --route {route} --all)",
+            path.display()
+        );
+    }
+    match cfg.route(route) {
+        Some(r) => println!(
+            "next start: route {route} reads 4.x topic {} from its start position ({})",
+            r.source_topic, r.start
+        ),
+        None => println!(
+            "route {route} is not in {}; if added, it starts at its start position",
+            path.display()
+        ),
+    }
     Ok(())
 }
 
@@ -446,4 +535,31 @@ pub async fn peek(
     }
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+#[cfg(test)]
+mod fmt_ms_tests {
+    use super::fmt_ms;
+
+    /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can spell.
+    const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+
+    #[test]
+    fn fmt_ms_never_panics_and_shows_raw_ms_out_of_range() {
+        assert_eq!(fmt_ms(0), "-");
+        assert_eq!(fmt_ms(1), "1970-01-01T00:00:00.001Z");
+        assert_eq!(fmt_ms(LAST_RFC3339_MS), "9999-12-31T23:59:59.999Z");
+        // Producers set the born timestamp: anything can arrive.
+        for ms in [
+            LAST_RFC3339_MS + 1,
+            i64::MAX,
+            i64::MAX - 1,
+            -1,
+            -1_000,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            assert_eq!(fmt_ms(ms), ms.to_string(), "raw ms for {ms}");
+        }
+    }
 }

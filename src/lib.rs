@@ -25,6 +25,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod pipeline;
 pub mod remoting;
+pub mod shutdown;
 pub mod source;
 pub mod systemd;
 pub mod testkit;

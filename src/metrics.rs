@@ -17,6 +17,11 @@ pub const QUARANTINE_SIZE: &str = "rmq_bridge_quarantine_messages";
 pub const CONFIG_RELOADS_TOTAL: &str = "rmq_bridge_config_reloads_total";
 pub const BUILD_INFO: &str = "rmq_bridge_build_info";
 pub const UP: &str = "rmq_bridge_up";
+/// 1 while a route is stalled because its 5.x target is misconfigured.
+pub const ROUTE_STALLED: &str = "rmq_bridge_route_stalled";
+/// 1 while a route refuses to write its progress back to its 4.x group
+/// (`commit_as_group`): live or unconfirmed 4.x consumers; the log says which.
+pub const COMMIT_REFUSED: &str = "rmq_bridge_commit_refused";
 
 /// Values of the `outcome` label of `rmq_bridge_messages_total`.
 pub mod outcome {

@@ -262,6 +262,11 @@ impl RpcFailure {
                     topic,
                     reason: message,
                 },
+                CodeClass::Misconfigured => PublishError::Misconfigured {
+                    topic,
+                    code: ServerCode(code),
+                    reason: message,
+                },
                 CodeClass::IllegalMessage => PublishError::IllegalMessage {
                     topic,
                     message_id,

@@ -9,7 +9,13 @@
 //!   than waiting. The Display says how to create it.
 //! - Authentication / permission failures are not permanent either: they
 //!   concern credentials, not the message.
-//! - `ILLEGAL_TOPIC` is permanent (the name itself is invalid on 5.x).
+//! - `ILLEGAL_TOPIC` is a route problem (the configured name is invalid on
+//!   5.x), not a message problem: the route stalls, nothing is quarantined.
+//! - `BAD_REQUEST` and codes this build does not know are retried: they do
+//!   not name the message (the rocketmq-rust proxy answers BAD_REQUEST for
+//!   every send while its broker is down). The pipeline's poison rule
+//!   quarantines a message only when it keeps being refused while its
+//!   neighbours to the same topic are accepted.
 
 use std::fmt;
 
@@ -156,6 +162,17 @@ pub enum PublishError {
         attempts: u32,
     },
 
+    #[error(
+        "5.x answered {code} for topic `{topic}`: {reason} — the route's target or the \
+         [target] settings are wrong for every message (endpoint, server features, quotas); \
+         the route is stalled until this is fixed"
+    )]
+    Misconfigured {
+        topic: String,
+        code: ServerCode,
+        reason: String,
+    },
+
     #[error("5.x client configuration is invalid: {reason} — fix the [target] section")]
     Config { reason: String },
 
@@ -173,9 +190,34 @@ impl PublishError {
                 | PublishError::BodyTooLarge { .. }
                 | PublishError::BodyEmpty { .. }
                 | PublishError::IllegalMessage { .. }
-                | PublishError::IllegalTopic { .. }
                 | PublishError::Rejected { .. }
         )
+    }
+
+    /// How the pipeline treats this failure (see [`Disposition`]).
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            PublishError::TypeMismatch { .. }
+            | PublishError::BodyTooLarge { .. }
+            | PublishError::BodyEmpty { .. }
+            | PublishError::IllegalMessage { .. }
+            | PublishError::Rejected { .. } => Disposition::Message,
+            PublishError::IllegalTopic { .. }
+            | PublishError::TopicNotFound { .. }
+            | PublishError::NoWritableQueue { .. }
+            | PublishError::Unauthorized { .. }
+            | PublishError::Misconfigured { .. }
+            | PublishError::Config { .. } => Disposition::Route,
+            PublishError::Retriable { code, .. }
+                if code.code() == Some(pb::Code::TooManyRequests) =>
+            {
+                Disposition::Transient
+            }
+            PublishError::Retriable { .. } => Disposition::Suspect,
+            PublishError::Transport { .. } | PublishError::Shutdown { .. } => {
+                Disposition::Transient
+            }
+        }
     }
 
     /// A short stable label for metrics (`send errors by code`).
@@ -190,6 +232,7 @@ impl PublishError {
             PublishError::TopicNotFound { .. } => "TOPIC_NOT_FOUND",
             PublishError::NoWritableQueue { .. } => "NO_WRITABLE_QUEUE",
             PublishError::Unauthorized { code, .. } => code.name(),
+            PublishError::Misconfigured { code, .. } => code.name(),
             PublishError::Retriable { code, .. } => code.name(),
             PublishError::Transport { .. } => "TRANSPORT",
             PublishError::Config { .. } => "CONFIG",
@@ -221,35 +264,40 @@ fn remedy(code: ServerCode) -> &'static str {
     }
 }
 
-/// How a non-OK v2 status is to be treated.
+/// How a non-OK v2 status is to be treated. Every v2 code is listed in
+/// [`classify`] deliberately; the pipeline turns the resulting
+/// [`PublishError`] into a [`Disposition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CodeClass {
     Ok,
-    /// Retry with backoff (throttling, server-side timeouts, HA trouble).
+    /// Retry with backoff (throttling, server-side timeouts, HA trouble,
+    /// and rejections that do not name anything of the message).
     Retriable,
     TopicNotFound,
     Unauthorized,
     IllegalTopic,
+    /// The target or the client setup is wrong for every message of the
+    /// route (access point, unsupported feature): stall the route.
+    Misconfigured,
     /// A property of the message is invalid (quarantine).
     IllegalMessage,
     BodyTooLarge,
     BodyEmpty,
-    /// Any other rejection of the message itself (quarantine).
+    /// Any other rejection that names the message itself (quarantine).
     Permanent,
 }
 
 pub(crate) fn classify(code: i32) -> CodeClass {
     use pb::Code as C;
     let Ok(code) = pb::Code::try_from(code) else {
-        // A code this build does not know: classify by its HTTP-like family.
-        return if code >= 50000 {
-            CodeClass::Retriable
-        } else {
-            CodeClass::Permanent
-        };
+        // A code this build does not know says nothing about the message:
+        // retry; the pipeline's poison rule still catches a message refused
+        // again and again while its neighbours pass.
+        return CodeClass::Retriable;
     };
     match code {
         C::Ok | C::MultipleResults => CodeClass::Ok,
+        // Transient: the server or its broker is busy, slow or failing over.
         C::TooManyRequests
         | C::InternalError
         | C::InternalServerError
@@ -263,23 +311,66 @@ pub(crate) fn classify(code: i32) -> CodeClass {
         | C::UnrecognizedClientType
         | C::ClientIdRequired
         | C::PreconditionFailed
+        | C::InvalidClientProperties
+        // A proxy restarted between prepare and commit forgot the
+        // transaction: a new prepare delivers the message.
+        | C::InvalidTransactionId
+        // BAD_REQUEST names nothing: the rocketmq-rust proxy answers it for
+        // every send while its broker is down. Retried; a message refused
+        // while its neighbours pass is caught as poison.
+        | C::BadRequest
+        | C::FailedToConsumeMessage
         | C::Unspecified => CodeClass::Retriable,
         C::NotFound | C::TopicNotFound => CodeClass::TopicNotFound,
         C::Unauthorized | C::Forbidden | C::PaymentRequired => CodeClass::Unauthorized,
-        C::IllegalTopic => CodeClass::IllegalTopic,
+        C::IllegalTopic | C::IllegalLiteTopic => CodeClass::IllegalTopic,
+        // Not about one message: the endpoint, the server's features or a
+        // quota of the whole target.
+        C::IllegalAccessPoint
+        | C::NotImplemented
+        | C::Unsupported
+        | C::VersionUnsupported
+        | C::VerifyFifoMessageUnsupported
+        | C::LiteTopicQuotaExceeded
+        | C::LiteSubscriptionQuotaExceeded
+        // Consumer-side codes a producer should never see: a wrong endpoint.
+        | C::IllegalConsumerGroup
+        | C::ConsumerGroupNotFound
+        | C::IllegalFilterExpression
+        | C::IllegalInvisibleTime
+        | C::InvalidReceiptHandle
+        | C::IllegalPollingTime
+        | C::IllegalOffset
+        | C::MessageNotFound
+        | C::OffsetNotFound => CodeClass::Misconfigured,
         C::IllegalMessageTag
         | C::IllegalMessageKey
         | C::IllegalMessageGroup
         | C::IllegalMessagePropertyKey
         | C::IllegalMessageId
         | C::IllegalDeliveryTime
-        | C::MessagePropertiesTooLarge => CodeClass::IllegalMessage,
+        | C::MessagePropertiesTooLarge
+        | C::RequestHeaderFieldsTooLarge => CodeClass::IllegalMessage,
         C::MessageBodyTooLarge | C::PayloadTooLarge => CodeClass::BodyTooLarge,
         C::MessageBodyEmpty => CodeClass::BodyEmpty,
-        _ => CodeClass::Permanent,
+        C::MessagePropertyConflictWithType | C::MessageCorrupted => CodeClass::Permanent,
     }
 }
 
+/// What the pipeline does with a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The message itself can never be accepted as it is: quarantine it.
+    Message,
+    /// The route's target is misconfigured (topic missing, credentials,
+    /// access point): stall the route, quarantine nothing, retry slowly.
+    Route,
+    /// Retry; if this message keeps being refused while other messages to
+    /// the same topic are accepted, it is poison.
+    Suspect,
+    /// Retry; never the message's fault (throttling, transport, shutdown).
+    Transient,
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,7 +404,63 @@ mod tests {
         assert_eq!(classify(C::IllegalTopic as i32), CodeClass::IllegalTopic);
         assert_eq!(classify(C::Ok as i32), CodeClass::Ok);
         assert_eq!(classify(59999), CodeClass::Retriable);
-        assert_eq!(classify(49999), CodeClass::Permanent);
+        // Unknown codes and BAD_REQUEST name nothing of the message.
+        assert_eq!(classify(49999), CodeClass::Retriable);
+        assert_eq!(classify(C::BadRequest as i32), CodeClass::Retriable);
+        assert_eq!(
+            classify(C::InvalidTransactionId as i32),
+            CodeClass::Retriable
+        );
+        assert_eq!(
+            classify(C::IllegalAccessPoint as i32),
+            CodeClass::Misconfigured
+        );
+    }
+
+    #[test]
+    fn every_code_has_a_deliberate_disposition() {
+        use pb::Code as C;
+        let server = |code: C| RpcLike(code as i32);
+        let expect = [
+            (C::BadRequest, Disposition::Suspect),
+            (C::InternalError, Disposition::Suspect),
+            (C::TooManyRequests, Disposition::Transient),
+            (C::InvalidTransactionId, Disposition::Suspect),
+            (C::TopicNotFound, Disposition::Route),
+            (C::NotFound, Disposition::Route),
+            (C::Unauthorized, Disposition::Route),
+            (C::Forbidden, Disposition::Route),
+            (C::IllegalAccessPoint, Disposition::Route),
+            (C::IllegalTopic, Disposition::Route),
+            (C::MessagePropertyConflictWithType, Disposition::Message),
+            (C::IllegalMessageTag, Disposition::Message),
+            (C::MessageBodyTooLarge, Disposition::Message),
+            (C::MessageBodyEmpty, Disposition::Message),
+        ];
+        for (code, want) in expect {
+            assert_eq!(server(code).disposition(), want, "{code:?}");
+        }
+        assert_eq!(RpcLike(49999).disposition(), Disposition::Suspect);
+    }
+
+    /// The PublishError the client builds for a server answer with `code`.
+    struct RpcLike(i32);
+    impl RpcLike {
+        fn disposition(&self) -> Disposition {
+            super::super::client::RpcFailure::Server {
+                code: self.0,
+                message: "x".into(),
+                attempts: 1,
+            }
+            .into_publish_error(super::super::client::FailureContext {
+                topic: "t",
+                message_id: Some("m"),
+                body_len: 1,
+                max_body_size: 10,
+                rpc: "SendMessage",
+            })
+            .disposition()
+        }
     }
 
     #[test]

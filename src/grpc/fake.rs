@@ -51,6 +51,12 @@ pub(crate) struct State {
     pub(crate) refuse: HashMap<String, pb::Code>,
     /// Every send is answered with this code.
     pub(crate) refuse_all: Option<pb::Code>,
+    /// Sends to these topics are answered with this code.
+    pub(crate) refuse_topics: HashMap<String, pb::Code>,
+    /// Sends of these message ids are refused this many more times.
+    pub(crate) refuse_n: HashMap<String, (pb::Code, usize)>,
+    /// Message ids of acknowledged sends, in acknowledgement order.
+    pub(crate) acked: Vec<String>,
     pub(crate) offset: i64,
 }
 
@@ -140,7 +146,24 @@ impl MessagingService for Fake {
                 .and_then(|m| m.system_properties.as_ref())
                 .map(|s| s.message_id.clone())
                 .unwrap_or_default();
-            let refused = st.refuse_all.or_else(|| st.refuse.get(&id).copied());
+            let topic = req
+                .messages
+                .first()
+                .and_then(|m| m.topic.as_ref())
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            let counted = match st.refuse_n.get_mut(&id) {
+                Some((code, n)) if *n > 0 => {
+                    *n -= 1;
+                    Some(*code)
+                }
+                _ => None,
+            };
+            let refused = st
+                .refuse_all
+                .or_else(|| st.refuse_topics.get(&topic).copied())
+                .or(counted)
+                .or_else(|| st.refuse.get(&id).copied());
             let script = match refused {
                 Some(code) => Some(Script::V2(code)),
                 None => st.script.pop_front(),
@@ -174,6 +197,7 @@ impl MessagingService for Fake {
             .map(|m| {
                 st.offset += 1;
                 let sys = m.system_properties.clone().unwrap_or_default();
+                st.acked.push(sys.message_id.clone());
                 pb::SendResultEntry {
                     status: ok(),
                     message_id: sys.message_id.clone(),

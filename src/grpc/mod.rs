@@ -37,7 +37,7 @@ pub(crate) mod fake;
 mod tests;
 
 pub use client::{default_client_id, GrpcClientConfig};
-pub use error::{PublishError, ServerCode};
+pub use error::{Disposition, PublishError, ServerCode};
 pub use message::{MessageKind, OutgoingMessage, ReceivedMessage, TopicMessageType};
 pub use metadata::GrpcCredentials;
 pub use publish::{is_reserved_property, validate, Publisher, SendReceipt};

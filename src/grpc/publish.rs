@@ -21,7 +21,6 @@
 //! (and without sending a message of the wrong type, which some servers
 //! accept silently).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -230,13 +229,10 @@ pub fn validate(
     Ok(())
 }
 
-type GroupLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
-
 /// The 5.x producer. Cheap to clone; all clones share one client session.
 #[derive(Clone)]
 pub struct Publisher {
     client: Arc<Client>,
-    fifo_groups: Arc<GroupLocks>,
     _stop: Arc<StopOnDrop>,
 }
 
@@ -267,6 +263,20 @@ impl Publisher {
         Self::connect_with(config, None).await
     }
 
+    /// Like [`Publisher::connect`], but every RPC makes exactly one attempt:
+    /// the caller owns retries (the pipeline's send layer does, so retries
+    /// are never nested and always stop-aware).
+    pub async fn connect_single_shot(config: GrpcClientConfig) -> Result<Self, PublishError> {
+        Self::connect_with(
+            config,
+            Some(super::client::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            }),
+        )
+        .await
+    }
+
     pub(crate) async fn connect_with(
         config: GrpcClientConfig,
         retry: Option<super::client::RetryPolicy>,
@@ -281,7 +291,6 @@ impl Publisher {
         Ok(Publisher {
             _stop: Arc::new(StopOnDrop(Arc::clone(&client))),
             client,
-            fifo_groups: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -343,26 +352,10 @@ impl Publisher {
                 topic: message.topic.clone(),
             });
         }
-        match &message.kind {
-            MessageKind::Fifo { group } => {
-                let key = (message.topic.clone(), group.clone());
-                let lock = {
-                    let mut map = lock_map(&self.fifo_groups);
-                    Arc::clone(map.entry(key.clone()).or_default())
-                };
-                let result = {
-                    let _in_flight = lock.lock().await;
-                    self.send_one(message, &route).await
-                };
-                let mut map = lock_map(&self.fifo_groups);
-                // Only the map and we hold it: nobody waits, forget the group.
-                if Arc::strong_count(&lock) == 2 {
-                    map.remove(&key);
-                }
-                result
-            }
-            _ => self.send_one(message, &route).await,
-        }
+        // Ordering of FIFO groups is the caller's: the pipeline's
+        // `OrderLocks` keeps one send per (topic, group) in flight across
+        // every publisher, queue and route.
+        self.send_one(message, &route).await
     }
 
     fn queue_for(

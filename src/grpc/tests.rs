@@ -223,40 +223,6 @@ async fn transaction_prepares_then_commits() {
 }
 
 #[tokio::test]
-async fn fifo_never_two_in_flight_sends_of_one_group() {
-    let (fake, p, _) = setup(&[pb::MessageType::Fifo]).await;
-    fake.st().hold = Duration::from_millis(60);
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let p = p.clone();
-        let group = if i % 2 == 0 { "A" } else { "B" };
-        tasks.push(tokio::spawn(async move {
-            p.send(&message(
-                "fifo",
-                &format!("ID-{i}"),
-                MessageKind::Fifo {
-                    group: group.into(),
-                },
-            ))
-            .await
-        }));
-    }
-    for t in tasks {
-        t.await.expect("join").expect("send");
-    }
-    let st = fake.st();
-    assert_eq!(st.sends.len(), 8);
-    assert_eq!(
-        st.max_in_flight_per_group, 1,
-        "one in-flight send per group"
-    );
-    assert!(
-        st.max_total_in_flight >= 2,
-        "different groups run in parallel"
-    );
-}
-
-#[tokio::test]
 async fn retriable_failures_are_retried() {
     let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
     fake.st().script = VecDeque::from([

@@ -1,15 +1,31 @@
 //! The pipeline: wires the 4.x source, translation and cutover, and the 5.x
 //! publishers for every route, and alone owns flow control (per-queue
-//! windows, global send permits), ordering, and checkpoint advancement.
+//! windows, fairly shared send permits and memory budget), ordering, and
+//! checkpoint advancement. One file per promise:
+//! - `window`: a checkpoint never passes an unfinished message;
+//! - `order`: one send per (target topic, FIFO group) in flight, bridge-wide;
+//! - `health`: poison versus outage, and stalled routes;
+//! - `share`: routes share permits and budget fairly;
+//! - `send`: the one retry layer; `quarantine`: kept before done;
+//! - `admit`: cutover decision, translation, budget; `worker`: the loop.
 //!
 //! `Bridge::run` is the daemon: it starts routes, applies config changes
 //! (file change or SIGHUP) without losing position, and on SIGTERM drains
 //! in-flight sends and writes checkpoints before returning.
 
+pub mod admit;
+pub mod health;
+pub mod order;
 pub mod progress;
-pub mod quarantine_codec;
-pub mod queue;
+pub mod publishers;
+pub mod quarantine;
 pub mod route;
+pub mod rule;
+pub mod send;
+pub mod share;
+pub mod window;
+pub mod worker;
+pub mod writeback;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +43,14 @@ use crate::remoting::{
 };
 
 use progress::CheckpointFlusher;
+pub use publishers::PublisherPool;
 use route::{spawn_route, RouteHandle};
+
+/// Store meta key holding a route's stall reason (empty: healthy); written
+/// by the running daemon, read by `status`.
+pub fn stall_meta_key(route: &str) -> String {
+    format!("route_stalled/{route}")
+}
 
 /// Connections and stores shared by every route.
 #[derive(Clone)]
@@ -40,13 +63,12 @@ pub struct Shared {
     pub publishers: PublisherPool,
     pub store: CheckpointStore,
     pub flusher: Arc<CheckpointFlusher>,
-    /// Bounds sends in flight to 5.x across every route and queue.
-    pub send_permits: Arc<tokio::sync::Semaphore>,
-    /// Budget in KiB for translated messages held in memory.
-    pub held_kib: Arc<tokio::sync::Semaphore>,
-    /// Sends acknowledged by 5.x so far: tells a poison message (refused
-    /// while others pass) from an outage (everything refused).
-    pub send_successes: Arc<std::sync::atomic::AtomicU64>,
+    /// Send permits and the memory budget, shared fairly by routes.
+    pub shares: Arc<share::Shares>,
+    /// One send per (target topic, FIFO group) in flight, bridge-wide.
+    pub order: Arc<order::OrderLocks>,
+    /// Accepted / refused counts per target topic (the poison rule).
+    pub topics: Arc<health::TopicHealthMap>,
 }
 
 pub fn client_id() -> String {
@@ -93,51 +115,14 @@ async fn connect_publishers(cfg: &BridgeConfig) -> anyhow::Result<PublisherPool>
         if i > 0 {
             config.client_id = format!("{}-{i}", base.client_id);
         }
-        Publisher::connect(config)
+        // Single attempt per call: the pipeline's send layer owns retries.
+        Publisher::connect_single_shot(config)
     });
     let publishers = futures::future::try_join_all(connects)
         .await
         .map_err(|e| anyhow::anyhow!("5.x target {}: {e}", cfg.target.endpoints.join(",")))?;
     PublisherPool::new(publishers)
         .ok_or_else(|| anyhow::anyhow!("target.clients must be at least 1"))
-}
-
-/// Producer clients that sends take turns over. Per message rather than per
-/// queue: whichever queues are busy, every client carries a share. Ordering
-/// does not depend on the client (a FIFO group's next send starts only after
-/// the previous one was acknowledged).
-#[derive(Clone)]
-pub struct PublisherPool {
-    publishers: Arc<[Publisher]>,
-    next: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl PublisherPool {
-    /// None when `publishers` is empty.
-    pub fn new(publishers: Vec<Publisher>) -> Option<Self> {
-        if publishers.is_empty() {
-            return None;
-        }
-        Some(PublisherPool {
-            publishers: publishers.into(),
-            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        })
-    }
-
-    /// The client for the next send.
-    pub fn next(&self) -> &Publisher {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.publishers[i % self.publishers.len()]
-    }
-
-    /// For lookups that are not sends (routes, limits).
-    pub fn first(&self) -> &Publisher {
-        &self.publishers[0]
-    }
-
-    pub fn all(&self) -> &[Publisher] {
-        &self.publishers
-    }
 }
 
 pub fn name_servers(cfg: &BridgeConfig) -> Result<NameServers, String> {
@@ -147,10 +132,13 @@ pub fn name_servers(cfg: &BridgeConfig) -> Result<NameServers, String> {
 /// Why a config change cannot be applied to the running bridge.
 fn incompatible_change(old: &RouteConfig, new: &RouteConfig) -> Option<String> {
     if old.source_topic != new.source_topic {
-        return Some(format!(
-            "route `{}` changed source_topic from `{}` to `{}`; its checkpoints belong to the old topic — give the route a new name to start it fresh",
-            old.name, old.source_topic, new.source_topic
-        ));
+        // The same words as the store's binding check at startup.
+        let mismatch = crate::checkpoint::StoreError::TopicMismatch {
+            route: old.name.clone(),
+            bound: old.source_topic.clone(),
+            configured: new.source_topic.clone(),
+        };
+        return Some(mismatch.to_string());
     }
     None
 }
@@ -176,6 +164,20 @@ impl Bridge {
     /// Connects to both clusters and opens the store; starts nothing yet.
     pub async fn connect(cfg: BridgeConfig) -> anyhow::Result<Self> {
         let store = CheckpointStore::open(&cfg.checkpoint.dir, cfg.checkpoint.sync)?;
+        // Before anything starts: every route's checkpoints must belong to
+        // its configured source topic.
+        let bindings: Vec<(String, String)> = cfg
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.source_topic.clone()))
+            .collect();
+        let found = store.bind_route_topics_blocking(bindings).await?;
+        for (route, binding) in cfg.routes.iter().zip(found) {
+            if let crate::checkpoint::TopicBinding::Adopted { queues } = binding {
+                tracing::warn!(route = %route.name, topic = %route.source_topic, queues,
+                    "checkpoints written before topic bindings existed are now bound to the configured source_topic; if it was changed while the bridge was stopped, stop it and run `rmq-bridge reset-route`");
+            }
+        }
         let namesrv = name_servers(&cfg).map_err(anyhow::Error::msg)?;
         let remoting = remoting_client(&cfg);
         let publishers = connect_publishers(&cfg).await?;
@@ -191,12 +193,10 @@ impl Bridge {
                 .unwrap_or(0);
             metrics::gauge!(m::QUARANTINE_SIZE, "route" => entry_route.name.clone()).set(n as f64);
         }
-        let held_kib = Arc::new(tokio::sync::Semaphore::new(
-            cfg.pipeline.max_inflight_mib as usize * 1024,
-        ));
-        let send_permits = Arc::new(tokio::sync::Semaphore::new(
+        let shares = share::Shares::new(
             cfg.pipeline.max_concurrent_sends,
-        ));
+            cfg.pipeline.max_inflight_mib.saturating_mul(1024),
+        );
         Ok(Bridge {
             config: Arc::new(cfg),
             shared: Shared {
@@ -206,9 +206,9 @@ impl Bridge {
                 publishers,
                 store,
                 flusher,
-                send_permits,
-                send_successes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-                held_kib,
+                shares,
+                order: order::OrderLocks::new(),
+                topics: health::TopicHealthMap::new(),
             },
             routes: BTreeMap::new(),
             flusher_stop,
@@ -247,6 +247,18 @@ impl Bridge {
                 }
             }
         }
+        // New and re-added routes too (a removed route keeps its binding):
+        // all bound, or none and the old config keeps running.
+        let bindings: Vec<(String, String)> = new
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.source_topic.clone()))
+            .collect();
+        self.shared
+            .store
+            .bind_route_topics_blocking(bindings)
+            .await
+            .map_err(|e| e.to_string())?;
         if new.source != self.config.source
             || new.target != self.config.target
             || new.checkpoint != self.config.checkpoint

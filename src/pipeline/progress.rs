@@ -5,6 +5,11 @@
 //! The worker admits a message only while `offset - durable < window`, so a
 //! crash can re-send at most `window` messages per queue: the documented
 //! duplicate bound.
+//!
+//! The flusher alone writes `written` (what the store holds) and writes
+//! whenever `done` differs from it, in either direction: a reset below the
+//! checkpoint is persisted like any advance. Store writes run on tokio's
+//! blocking pool, never on the async runtime's threads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -13,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::checkpoint::{now_ms, CheckpointStore, SourceQueue};
+use crate::checkpoint::{now_ms, CheckpointStore, SourceQueue, StoreError};
 
 /// Progress of one (route, source queue).
 #[derive(Debug)]
@@ -22,8 +27,8 @@ pub struct QueueProgress {
     pub queue: SourceQueue,
     /// Next offset not yet done (everything below was forwarded, skipped or quarantined).
     done: AtomicI64,
-    /// Last value written to the store.
-    durable: AtomicI64,
+    /// Last value written to the store; only the flusher writes it.
+    written: AtomicI64,
     /// Broker's max offset as last seen.
     max_offset: AtomicI64,
     /// Store time (ms) of the oldest message not yet done; 0 when none is known.
@@ -40,7 +45,7 @@ impl QueueProgress {
         Arc::new(QueueProgress {
             route: route.to_string(),
             done: AtomicI64::new(start),
-            durable: AtomicI64::new(start),
+            written: AtomicI64::new(start),
             max_offset: AtomicI64::new(start),
             oldest_pending_store_ms: AtomicI64::new(0),
             retired: AtomicBool::new(false),
@@ -59,8 +64,12 @@ impl QueueProgress {
     pub fn set_done(&self, offset: i64) {
         self.done.fetch_max(offset, Ordering::AcqRel);
     }
+    /// Where the window and lag count from: the stored checkpoint, or `done`
+    /// while that is lower (just after `reset_done`, until the flusher has
+    /// written the lower offset), so the worker admits from the reset point
+    /// rather than from the old, higher checkpoint.
     pub fn durable(&self) -> i64 {
-        self.durable.load(Ordering::Acquire)
+        self.written.load(Ordering::Acquire).min(self.done())
     }
     pub fn max_offset(&self) -> i64 {
         self.max_offset.load(Ordering::Acquire)
@@ -79,10 +88,12 @@ impl QueueProgress {
         self.flushed.subscribe()
     }
     /// Moves the done offset backwards (the 4.x queue was reset below our
-    /// checkpoint); only valid while nothing of the queue is in flight.
+    /// checkpoint); only valid while nothing of the queue is in flight. The
+    /// store still holds the higher offset: the next flush writes this one
+    /// (a restart before then resumes at the old offset, as if the reset had
+    /// not been seen yet).
     pub fn reset_done(&self, offset: i64) {
         self.done.store(offset, Ordering::Release);
-        self.durable.fetch_min(offset, Ordering::AcqRel);
     }
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
@@ -152,7 +163,7 @@ impl CheckpointFlusher {
     }
 
     /// Writes every queue whose done offset moved; returns how many.
-    pub fn flush_once(&self) -> Result<usize, crate::checkpoint::StoreError> {
+    pub fn flush_once(&self) -> Result<usize, StoreError> {
         let snapshot: Vec<Arc<QueueProgress>> = match self.queues.lock() {
             Ok(q) => q.values().cloned().collect(),
             Err(_) => return Ok(0),
@@ -164,7 +175,7 @@ impl CheckpointFlusher {
         for p in &snapshot {
             p.publish_lag();
             let done = p.done();
-            if done != p.durable() {
+            if done != p.written.load(Ordering::Acquire) {
                 updates.push((p.route.clone(), p.queue.clone(), done));
                 moved.push((p.clone(), done));
             } else if p.lag() == 0 {
@@ -173,7 +184,7 @@ impl CheckpointFlusher {
         }
         self.store.advance(&updates)?;
         for (p, done) in &moved {
-            p.durable.store(*done, Ordering::Release);
+            p.written.store(*done, Ordering::Release);
             p.flushed.send_replace(*done);
             p.publish_lag();
             fresh.insert(p.route.clone(), now);
@@ -182,17 +193,34 @@ impl CheckpointFlusher {
             m.extend(fresh);
         }
         if let Ok(mut q) = self.queues.lock() {
-            q.retain(|_, p| !(p.retired.load(Ordering::Acquire) && p.done() <= p.durable()));
+            q.retain(|_, p| {
+                !(p.retired.load(Ordering::Acquire)
+                    && p.done() == p.written.load(Ordering::Acquire))
+            });
         }
         Ok(updates.len())
     }
 
-    /// Runs until `stop` turns true, then flushes one last time.
+    fn task_failed(&self, what: &str, e: tokio::task::JoinError) -> StoreError {
+        StoreError::Write {
+            dir: self.store.dir().to_path_buf(),
+            what: what.to_string(),
+            reason: format!("store task failed: {e}"),
+        }
+    }
+
+    /// Runs until `stop` turns true, then flushes one last time. Every
+    /// store write runs on the blocking pool: a slow or full disk must not
+    /// hold an async runtime thread.
     pub async fn run(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
         let mut failing = false;
         loop {
             let stopping = *stop.borrow();
-            match self.flush_once() {
+            let flusher = self.clone();
+            let written = tokio::task::spawn_blocking(move || flusher.flush_once())
+                .await
+                .unwrap_or_else(|e| Err(self.task_failed("checkpoints", e)));
+            match written {
                 Ok(_) => {
                     if failing {
                         tracing::info!("checkpoint writes succeed again");
@@ -203,7 +231,7 @@ impl CheckpointFlusher {
                     // Positions stay in memory and workers stop admitting once
                     // their window is full, so nothing is lost while we retry.
                     if !failing {
-                        tracing::error!(error = %e, "checkpoint write failed; retrying");
+                        tracing::error!(error = %e, "checkpoint write failed; positions stay in memory, retrying every flush interval");
                     }
                     failing = true;
                     metrics::counter!(crate::metrics::SOURCE_ERRORS_TOTAL, "kind" => "checkpoint_write")
@@ -211,7 +239,11 @@ impl CheckpointFlusher {
                 }
             }
             if stopping {
-                if let Err(e) = self.store.flush() {
+                let store = self.store.clone();
+                let flushed = tokio::task::spawn_blocking(move || store.flush())
+                    .await
+                    .unwrap_or_else(|e| Err(self.task_failed("write-ahead log (final flush)", e)));
+                if let Err(e) = flushed {
                     tracing::error!(error = %e, "final checkpoint flush failed");
                 }
                 return;
@@ -222,5 +254,108 @@ impl CheckpointFlusher {
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> SourceQueue {
+        SourceQueue {
+            broker_name: "b".into(),
+            queue_id: 0,
+        }
+    }
+
+    #[test]
+    fn a_reset_below_the_checkpoint_is_written_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CheckpointStore::open(dir.path(), true).unwrap();
+            let flusher = CheckpointFlusher::new(store.clone());
+            let progress = QueueProgress::new("r", q(), 0);
+            flusher.register(progress.clone());
+            progress.set_done(100);
+            assert_eq!(flusher.flush_once().unwrap(), 1);
+            assert_eq!(progress.durable(), 100);
+
+            progress.reset_done(40);
+            assert_eq!(progress.done(), 40);
+            assert_eq!(
+                flusher.flush_once().unwrap(),
+                1,
+                "the lower offset must be written"
+            );
+            assert_eq!(progress.durable(), 40);
+            assert_eq!(flusher.flush_once().unwrap(), 0, "nothing left to write");
+        }
+        let store = CheckpointStore::open(dir.path(), true).unwrap();
+        assert_eq!(store.get("r", &q()).unwrap().unwrap().offset, 40);
+    }
+
+    #[test]
+    fn after_a_reset_the_window_counts_from_the_reset_point_until_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let flusher = CheckpointFlusher::new(store.clone());
+        let progress = QueueProgress::new("r", q(), 0);
+        flusher.register(progress.clone());
+        progress.set_done(100);
+        flusher.flush_once().unwrap();
+        progress.set_max_offset(120);
+
+        progress.reset_done(40);
+        // Not 100: a worker admitting `offset - durable < window` must not
+        // run ahead of the reset point, and lag counts from it.
+        assert_eq!(progress.durable(), 40);
+        assert_eq!(progress.lag(), 80);
+        // Work done after the reset but before the flush is written as is.
+        progress.set_done(45);
+        assert_eq!(progress.durable(), 45);
+        assert_eq!(flusher.flush_once().unwrap(), 1);
+        assert_eq!(store.get("r", &q()).unwrap().unwrap().offset, 45);
+        assert_eq!(progress.durable(), 45);
+    }
+
+    #[test]
+    fn a_retired_queue_is_forgotten_only_after_its_reset_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let flusher = CheckpointFlusher::new(store.clone());
+        let progress = QueueProgress::new("r", q(), 0);
+        flusher.register(progress.clone());
+        progress.set_done(100);
+        flusher.flush_once().unwrap();
+        progress.reset_done(40);
+        progress.retire();
+        assert_eq!(flusher.flush_once().unwrap(), 1);
+        assert_eq!(store.get("r", &q()).unwrap().unwrap().offset, 40);
+        assert_eq!(flusher.flush_once().unwrap(), 0);
+        assert!(flusher.lag_by_route().is_empty(), "retired queue forgotten");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn run_writes_from_the_blocking_pool_and_flushes_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let flusher = CheckpointFlusher::new(store.clone());
+        let progress = QueueProgress::new("r", q(), 0);
+        flusher.register(progress.clone());
+        progress.set_done(7);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(flusher.clone().run(Duration::from_millis(10), stop_rx));
+        let mut durable = progress.watch_durable();
+        tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d == 7))
+            .await
+            .unwrap()
+            .unwrap();
+        progress.reset_done(3);
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.get("r", &q()).unwrap().unwrap().offset, 3);
     }
 }

@@ -11,88 +11,21 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::{now_ms, CheckpointStore, JournalEntry, SourceQueue};
-use crate::config::{BridgeConfig, FifoGroupFrom, RouteConfig, StartPosition};
-use crate::cutover::{CutoverRule, EnvironmentFilter};
-use crate::grpc::TopicMessageType;
+use crate::checkpoint::{now_ms, JournalEntry, SourceQueue};
+use crate::config::{BridgeConfig, RouteConfig, StartPosition};
 use crate::metrics as m;
 use crate::source::{SourceError, SourceSettings, TopicSource};
-use crate::translate::{FifoGroupSource, ProvenanceNames, TranslateOptions};
 
+use super::admit::Admitter;
+use super::health::RouteHealth;
 use super::progress::{CheckpointFlusher, QueueProgress};
-use super::queue::{run_queue_worker, QueueContext};
+use super::quarantine::Quarantine;
+use super::send::Sender;
+use super::worker::{run_queue_worker, QueueContext};
 use super::Shared;
+use crate::shutdown::Shutdown;
 
-/// What the queue workers of a route decide with; replaced on config change.
-#[derive(Debug, Clone)]
-pub struct RouteRule {
-    pub generation: u64,
-    pub cutover: CutoverRule,
-    pub target_types: Vec<TopicMessageType>,
-    pub translate: TranslateOptions,
-}
-
-pub fn build_rule(
-    generation: u64,
-    cfg: &BridgeConfig,
-    route: &RouteConfig,
-    target_types: Vec<TopicMessageType>,
-) -> RouteRule {
-    let t = &cfg.translate;
-    RouteRule {
-        generation,
-        cutover: CutoverRule {
-            percent: route.cutover_percent,
-            routing_key: route.routing_key,
-            environments: EnvironmentFilter::from_names(&route.environments),
-            environment_property: cfg.environment_property.clone(),
-        },
-        target_types,
-        translate: TranslateOptions {
-            fifo_group_from: match t.fifo_group {
-                FifoGroupFrom::ShardingKey => FifoGroupSource::ShardingKey,
-                FifoGroupFrom::SourceQueue => FifoGroupSource::SourceQueue,
-            },
-            provenance: t.provenance.then(|| ProvenanceNames {
-                cluster: t.provenance_cluster_property.clone(),
-                broker: t.provenance_broker_property.clone(),
-                queue: t.provenance_queue_property.clone(),
-                offset: t.provenance_offset_property.clone(),
-            }),
-            source_cluster: t.source_cluster_name.clone(),
-            delay_clamp_min_ahead: t.delay_min_lead,
-        },
-    }
-}
-
-/// Records that a new rule took effect on `queue` at `offset`.
-pub fn journal_effect(
-    store: &CheckpointStore,
-    route: &str,
-    old: &RouteRule,
-    new: &RouteRule,
-    queue: &SourceQueue,
-    offset: i64,
-) {
-    if old.cutover.percent == new.cutover.percent
-        && old.cutover.environments == new.cutover.environments
-    {
-        return;
-    }
-    let entry = JournalEntry {
-        route: route.to_string(),
-        generation: new.generation,
-        from_percent: old.cutover.percent,
-        to_percent: new.cutover.percent,
-        changed_at_ms: now_ms(),
-        queue: Some(queue.clone()),
-        offset: Some(offset),
-        note: "took effect".into(),
-    };
-    if let Err(e) = store.journal_append(&entry) {
-        tracing::error!(route, %queue, error = %e, "cannot journal cutover change");
-    }
-}
+pub use super::rule::{build_rule, RouteRule};
 
 /// Handle the bridge keeps for a running route.
 pub struct RouteHandle {
@@ -191,7 +124,13 @@ async fn run_route(
             pull_batch_size: cfg.source.pull_batch_size,
             long_poll: cfg.source.long_poll,
         },
-    );
+    )
+    // Inflate no body beyond what the 5.x target accepts (asked at every
+    // pull: the target announces its limit after connecting).
+    .with_body_limit(crate::source::BodyLimit::from_fn({
+        let publisher = shared.publisher.clone();
+        move || publisher.max_body_size()
+    }));
 
     let publisher = shared.publisher.clone();
     let target = route.target_topic.clone();
@@ -221,12 +160,39 @@ async fn run_route(
     metrics::gauge!(m::CUTOVER_PERCENT, "route" => name.clone()).set(route.cutover_percent as f64);
     let (rule_tx, rule_rx) = watch::channel(Arc::new(rule));
     let (worker_stop_tx, worker_stop_rx) = watch::channel(false);
+    let counters = m::RouteMessages::new(&name);
+    let share = shared.shares.route();
+    let health = RouteHealth::new(&name);
+    spawn_stall_recorder(&shared, &name, &health);
+    let sender = Sender {
+        route: name.clone(),
+        publishers: shared.publishers.clone(),
+        order: shared.order.clone(),
+        topic: shared.topics.topic(&route.target_topic),
+        health,
+        share: share.clone(),
+        quarantine: Quarantine::new(shared.store.clone(), &name, counters.quarantined.clone()),
+        counters: counters.clone(),
+        delay_min_lead: cfg.translate.delay_min_lead,
+        poison_threshold: cfg.pipeline.quarantine_after_failures,
+        stop: Shutdown::new(worker_stop_rx.clone()),
+    };
+    let admitter = Admitter {
+        route: name.clone(),
+        target_topic: route.target_topic.clone(),
+        share,
+        counters,
+        max_body_size: shared.publishers.first().max_body_size(),
+    };
 
     let mut queues: BTreeMap<SourceQueue, QueueTask> = BTreeMap::new();
     let mut current_route = route.clone();
-    // Queues seen at the first discovery start at the configured position;
-    // queues added to the topic later start at their earliest offset.
+    // Queues seen at the first discovery, and every queue of a broker not
+    // seen then (down or unreachable at startup), start at the configured
+    // position; queues added later to a broker already seen only hold
+    // messages produced since, so they start at their earliest offset.
     let mut initial_queues: Option<std::collections::BTreeSet<SourceQueue>> = None;
+    let mut initial_brokers: Option<std::collections::BTreeSet<String>> = None;
     let mut refresh = tokio::time::interval(Duration::from_secs(30));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut commit_refusal_logged_at = 0i64;
@@ -237,13 +203,15 @@ async fn run_route(
                 match source.refresh_route().await {
                     Ok(found) => {
                         let initial = initial_queues.get_or_insert_with(|| found.iter().cloned().collect()).clone();
+                        let brokers = initial_brokers.get_or_insert_with(|| found.iter().map(|q| q.broker_name.clone()).collect()).clone();
                         for queue in found {
                             if queues.contains_key(&queue) {
                                 continue;
                             }
                             // Queues that appear after the route started only hold
                             // messages produced since, so they start at their earliest offset.
-                            let start = if initial.contains(&queue) { current_route.start.clone() } else { StartPosition::Earliest };
+                            let configured = initial.contains(&queue) || !brokers.contains(&queue.broker_name);
+                            let start = if configured { current_route.start.clone() } else { StartPosition::Earliest };
                             let offset = match shared.store.get(&name, &queue) {
                                 Ok(Some(cp)) => cp.offset,
                                 Ok(None) => match resolve_start(&source, &queue, &start, &name).await {
@@ -265,7 +233,7 @@ async fn run_route(
                                     continue;
                                 }
                             };
-                            let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone());
+                            let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone(), &sender, &admitter);
                             queues.insert(queue, task);
                         }
                     }
@@ -332,6 +300,8 @@ fn start_queue(
     offset: i64,
     rule_rx: watch::Receiver<Arc<RouteRule>>,
     stop_rx: watch::Receiver<bool>,
+    sender: &Sender,
+    admitter: &Admitter,
 ) -> QueueTask {
     let progress = QueueProgress::new(&route.name, queue.clone(), offset);
     shared.flusher.register(progress.clone());
@@ -339,28 +309,38 @@ fn start_queue(
     // only hold memory while the 5.x side is the slower one.
     let prefetch =
         (cfg.pipeline.inflight_per_queue / cfg.source.pull_batch_size.max(1) as usize).clamp(1, 4);
-    let batches = source.spawn_puller(queue.clone(), offset, prefetch, stop_rx.clone());
+    let batches = source.spawn_puller(queue.clone(), offset, prefetch, stop_rx);
     let ctx = QueueContext {
-        route: route.name.clone(),
-        target_topic: route.target_topic.clone(),
-        publishers: shared.publishers.clone(),
+        sender: sender.clone(),
+        admitter: admitter.clone(),
         store: shared.store.clone(),
         flusher: shared.flusher.clone(),
         window: cfg.pipeline.inflight_per_queue,
         rule: rule_rx,
-        stop: stop_rx,
         drain_timeout: cfg.pipeline.shutdown_drain_timeout,
-        delay_min_lead: cfg.translate.delay_min_lead,
         send_batch_size: cfg.pipeline.send_batch_size,
-        send_permits: shared.send_permits.clone(),
-        send_successes: shared.send_successes.clone(),
-        held_kib: shared.held_kib.clone(),
-        held_kib_total: cfg.pipeline.max_inflight_mib.saturating_mul(1024),
-        counters: crate::metrics::RouteMessages::new(&route.name),
-        quarantine_after_failures: cfg.pipeline.quarantine_after_failures,
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
     QueueTask { progress, worker }
+}
+
+/// Keeps the route's stall reason in the store (`status` shows it) while
+/// the daemon runs; written on a blocking thread.
+fn spawn_stall_recorder(shared: &Shared, route: &str, health: &Arc<RouteHealth>) {
+    let mut rx = health.watch();
+    let store = shared.store.clone();
+    let key = super::stall_meta_key(route);
+    tokio::spawn(async move {
+        loop {
+            let value = rx.borrow_and_update().clone().unwrap_or_default();
+            let store = store.clone();
+            let key = key.clone();
+            let _ = tokio::task::spawn_blocking(move || store.meta_put(&key, &value)).await;
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 fn publish_route_gauges(
@@ -389,8 +369,8 @@ fn publish_route_gauges(
         .set(flusher.checkpoint_age_seconds(route));
 }
 
-/// Writes the route's durable checkpoints to a 4.x consumer group, unless the
-/// group still has live consumers (they would fight over the offsets).
+/// Writes the route's durable checkpoints to its 4.x consumer group;
+/// [`super::writeback`] owns the live-consumer interlock.
 async fn commit_back(
     source: &TopicSource,
     route: &str,
@@ -398,47 +378,9 @@ async fn commit_back(
     queues: &BTreeMap<SourceQueue, QueueTask>,
     logged_at: &mut i64,
 ) {
-    let mut live: Vec<String> = Vec::new();
-    for addr in source.all_broker_addrs() {
-        match source
-            .client()
-            .get_consumer_list_by_group(&addr, group)
-            .await
-        {
-            // Our own client id shows up if we heartbeat under this very group.
-            Ok(ids) => live.extend(
-                ids.into_iter()
-                    .filter(|id| *id != crate::pipeline::client_id()),
-            ),
-            Err(e) => {
-                tracing::debug!(route, group, %addr, error = %e, "consumer list query failed")
-            }
-        }
-    }
-    live.sort();
-    live.dedup();
-    if !live.is_empty() {
-        metrics::gauge!("rmq_bridge_commit_refused", "route" => route.to_string()).set(1.0);
-        let now = now_ms();
-        if now - *logged_at > 60_000 {
-            *logged_at = now;
-            tracing::error!(route, group, live_consumers = ?live,
-                "refusing to commit progress as 4.x group `{group}`: it still has {} live consumer(s); stop them, or clear commit_as_group", live.len());
-        }
-        return;
-    }
-    metrics::gauge!("rmq_bridge_commit_refused", "route" => route.to_string()).set(0.0);
-    for (queue, task) in queues {
-        let offset = task.progress.durable();
-        let Ok(addr) = source.master_addr(queue) else {
-            continue;
-        };
-        if let Err(e) = source
-            .client()
-            .update_consumer_offset(&addr, group, source.topic(), queue.queue_id, offset)
-            .await
-        {
-            tracing::warn!(route, group, %queue, error = %e, "cannot write progress back to the 4.x group");
-        }
-    }
+    let progress: Vec<(SourceQueue, i64)> = queues
+        .iter()
+        .map(|(queue, task)| (queue.clone(), task.progress.durable()))
+        .collect();
+    super::writeback::commit_back(source, route, group, &progress, logged_at).await;
 }

@@ -1,5 +1,6 @@
-//! JSON form of a translated message kept in quarantine, so `quarantine
-//! replay` can send exactly what was rejected (body base64).
+//! JSON form of what a quarantine entry keeps, so `quarantine replay` can
+//! send exactly what was rejected: the translated message (body base64),
+//! or, when translation or decoding failed, the raw 4.x record.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +47,40 @@ pub fn encode(m: &OutgoingMessage) -> String {
         delivery_timestamp_ms,
     };
     serde_json::to_string(&stored).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRaw {
+    /// The stored 4.x record, base64.
+    raw_record_base64: String,
+}
+
+/// What a quarantine entry keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kept {
+    /// The translated message, as it was refused by 5.x.
+    Translated(OutgoingMessage),
+    /// The 4.x record as stored (translation or decoding failed).
+    RawRecord(bytes::Bytes),
+}
+
+/// Keeps a raw 4.x record.
+pub fn encode_raw(raw: &[u8]) -> String {
+    let stored = StoredRaw {
+        raw_record_base64: base64::engine::general_purpose::STANDARD.encode(raw),
+    };
+    serde_json::to_string(&stored).unwrap_or_default()
+}
+
+/// Reads back either form.
+pub fn decode_kept(text: &str) -> Result<Kept, String> {
+    if let Ok(raw) = serde_json::from_str::<StoredRaw>(text) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw.raw_record_base64.as_bytes())
+            .map_err(|e| format!("stored record is not base64: {e}"))?;
+        return Ok(Kept::RawRecord(bytes.into()));
+    }
+    decode(text).map(Kept::Translated)
 }
 
 pub fn decode(text: &str) -> Result<OutgoingMessage, String> {
@@ -106,6 +141,16 @@ mod tests {
                 kind,
             };
             assert_eq!(decode(&encode(&m)).unwrap(), m);
+            assert_eq!(decode_kept(&encode(&m)).unwrap(), Kept::Translated(m));
         }
+    }
+
+    #[test]
+    fn raw_records_round_trip() {
+        let raw = b"\x00\x00\x00\x10raw record".to_vec();
+        assert_eq!(
+            decode_kept(&encode_raw(&raw)).unwrap(),
+            Kept::RawRecord(raw.into())
+        );
     }
 }

@@ -1,0 +1,249 @@
+//! The one retry layer: a translated message (or a packed batch) is sent
+//! until it is settled: acknowledged, quarantined, or abandoned because the
+//! bridge stops. The publishers below make a single attempt per call, so
+//! retries are never nested and every wait ends at stop.
+//!
+//! Owns: what each failure means for the message ([`Disposition`]):
+//! - `Message`: quarantine now (the code names the message itself);
+//! - `Route`: stall the route (health.rs), retry slowly, quarantine nothing;
+//! - `Suspect`: retry; poison only by the rule in health.rs;
+//! - `Transient`: retry.
+//! A send gives its permit back while it waits to retry, and a FIFO send
+//! holds its group's turn (order.rs) until it is settled.
+//! Must not touch: the window, cutover decisions, checkpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::checkpoint::{now_ms, SourceQueue};
+use crate::grpc::{Disposition, MessageKind, OutgoingMessage, PublishError};
+use crate::metrics as m;
+use crate::shutdown::{Backoff, Shutdown};
+use crate::translate;
+
+use super::health::{Refusals, RouteHealth, TopicHealth};
+use super::order::OrderLocks;
+use super::publishers::PublisherPool;
+use super::quarantine::{Payload, Quarantine};
+use super::share::{Held, RouteShare, SendPermit};
+
+/// How a send ended for the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    Forwarded,
+    Quarantined,
+    /// Stopped before it was settled: not done, re-sent after restart.
+    Abandoned,
+}
+
+/// What every send of one route shares.
+#[derive(Clone)]
+pub struct Sender {
+    pub route: String,
+    pub publishers: PublisherPool,
+    pub order: Arc<OrderLocks>,
+    pub topic: Arc<TopicHealth>,
+    pub health: Arc<RouteHealth>,
+    pub share: Arc<RouteShare>,
+    pub quarantine: Quarantine,
+    pub counters: m::RouteMessages,
+    /// DELAY targets: a delivery time must stay at least this far ahead.
+    pub delay_min_lead: Duration,
+    /// Counted refusals after which a message is poison; 0 = never.
+    pub poison_threshold: u32,
+    pub stop: Shutdown,
+}
+
+/// One translated message on its way, with what it holds.
+pub struct Outgoing {
+    pub queue: SourceQueue,
+    pub offset: i64,
+    pub store_ms: i64,
+    pub message: OutgoingMessage,
+    pub held: Held,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Sender {
+    /// Sends one message until settled. `permit` is the send permit the
+    /// caller obtained (None: take one here).
+    pub async fn deliver(&self, out: Outgoing, permit: Option<SendPermit>) -> SendOutcome {
+        let mut stop = self.stop.clone();
+        let mut permit = permit;
+        // FIFO: one send of the group in flight bridge-wide. Never wait for
+        // the turn while holding a send permit others could use.
+        let _turn = match &out.message.kind {
+            MessageKind::Fifo { group } => {
+                let topic = out.message.topic.clone();
+                match self.order.try_turn(&topic, group) {
+                    Some(turn) => Some(turn),
+                    None => {
+                        permit = None;
+                        tokio::select! {
+                            turn = self.order.turn(&topic, group) => Some(turn),
+                            _ = stop.stopped() => return SendOutcome::Abandoned,
+                        }
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut message = out.message;
+        let mut refusals = Refusals::default();
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        loop {
+            let p = match permit.take() {
+                Some(p) => p,
+                None => match self.share.send_permit(&mut stop).await {
+                    Some(p) => p,
+                    None => return SendOutcome::Abandoned,
+                },
+            };
+            // A retry can outlive the clamp made at translation time.
+            if let MessageKind::Delay {
+                delivery_timestamp_ms,
+            } = message.kind
+            {
+                let clamped =
+                    translate::clamp_delivery(delivery_timestamp_ms, now_ms(), self.delay_min_lead);
+                message.kind = MessageKind::Delay {
+                    delivery_timestamp_ms: clamped,
+                };
+            }
+            let result = self.publishers.next().send(&message).await;
+            drop(p);
+            let e = match result {
+                Ok(_) => {
+                    self.accepted(std::slice::from_ref(&out.store_ms));
+                    return SendOutcome::Forwarded;
+                }
+                Err(e) => e,
+            };
+            self.count_error(&e);
+            let quarantine_reason =
+                match e.disposition() {
+                    Disposition::Message => Some(e.to_string()),
+                    Disposition::Suspect => refusals
+                        .refused(&self.topic, self.poison_threshold)
+                        .then(|| {
+                            format!(
+                            "refused {} times while other messages to topic `{}` were accepted \
+                             (pipeline.quarantine_after_failures); last: {e}",
+                            refusals.counted, message.topic
+                        )
+                        }),
+                    Disposition::Route => {
+                        self.health.stall(&e.to_string());
+                        None
+                    }
+                    Disposition::Transient => None,
+                };
+            if let Some(reason) = quarantine_reason {
+                let kept = self
+                    .quarantine
+                    .put(
+                        &out.queue,
+                        out.offset,
+                        &message.message_id,
+                        Payload::Translated(&message),
+                        &reason,
+                        &mut stop,
+                    )
+                    .await;
+                return if kept {
+                    SendOutcome::Quarantined
+                } else {
+                    SendOutcome::Abandoned
+                };
+            }
+            tracing::warn!(route = %self.route, queue = %out.queue, offset = out.offset, error = %e, "send failed; retrying");
+            if !backoff.wait(&mut stop).await {
+                return SendOutcome::Abandoned;
+            }
+        }
+    }
+
+    /// Sends NORMAL messages as one request until settled; calls `settled`
+    /// for each. A refusal that is not the route's or transient falls back
+    /// to one-by-one sends, so each message meets the quarantine and poison
+    /// rules alone.
+    pub async fn deliver_batch(
+        &self,
+        batch: Vec<Outgoing>,
+        permit: SendPermit,
+        mut settled: impl FnMut(i64, SendOutcome),
+    ) {
+        let mut stop = self.stop.clone();
+        let mut permit = Some(permit);
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let messages: Vec<OutgoingMessage> = batch.iter().map(|o| o.message.clone()).collect();
+        loop {
+            let p = match permit.take() {
+                Some(p) => p,
+                None => match self.share.send_permit(&mut stop).await {
+                    Some(p) => p,
+                    None => {
+                        batch
+                            .iter()
+                            .for_each(|o| settled(o.offset, SendOutcome::Abandoned));
+                        return;
+                    }
+                },
+            };
+            let result = self.publishers.next().send_batch(&messages).await;
+            drop(p);
+            let e = match result {
+                Ok(_) => {
+                    let store_ms: Vec<i64> = batch.iter().map(|o| o.store_ms).collect();
+                    self.accepted(&store_ms);
+                    batch
+                        .iter()
+                        .for_each(|o| settled(o.offset, SendOutcome::Forwarded));
+                    return;
+                }
+                Err(e) => e,
+            };
+            self.count_error(&e);
+            match e.disposition() {
+                Disposition::Route => self.health.stall(&e.to_string()),
+                Disposition::Transient => {}
+                Disposition::Message | Disposition::Suspect => {
+                    tracing::warn!(route = %self.route, messages = batch.len(), error = %e,
+                        "packed send refused; sending its messages one by one");
+                    for out in batch {
+                        let offset = out.offset;
+                        let outcome = self.deliver(out, None).await;
+                        settled(offset, outcome);
+                    }
+                    return;
+                }
+            }
+            tracing::warn!(route = %self.route, messages = batch.len(), error = %e, "batch send failed; retrying");
+            if !backoff.wait(&mut stop).await {
+                batch
+                    .iter()
+                    .for_each(|o| settled(o.offset, SendOutcome::Abandoned));
+                return;
+            }
+        }
+    }
+
+    fn accepted(&self, store_ms: &[i64]) {
+        self.topic.accepted(store_ms.len() as u64);
+        self.health.healthy();
+        self.counters.forwarded.increment(store_ms.len() as u64);
+        let now = now_ms();
+        for ms in store_ms {
+            self.counters
+                .latency
+                .record((now - ms).max(0) as f64 / 1000.0);
+        }
+    }
+
+    fn count_error(&self, e: &PublishError) {
+        metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => self.route.clone(), "code" => e.code_label())
+            .increment(1);
+    }
+}
