@@ -140,30 +140,33 @@ impl MessagingService for Fake {
             st.max_in_flight_per_group = st.max_in_flight_per_group.max(n);
             st.total_in_flight += 1;
             st.max_total_in_flight = st.max_total_in_flight.max(st.total_in_flight);
-            let id = req
-                .messages
-                .first()
-                .and_then(|m| m.system_properties.as_ref())
-                .map(|s| s.message_id.clone())
-                .unwrap_or_default();
             let topic = req
                 .messages
                 .first()
                 .and_then(|m| m.topic.as_ref())
                 .map(|t| t.name.clone())
                 .unwrap_or_default();
-            let counted = match st.refuse_n.get_mut(&id) {
-                Some((code, n)) if *n > 0 => {
-                    *n -= 1;
-                    Some(*code)
+            // A packed request is refused as a whole when any entry is.
+            let ids: Vec<String> = req
+                .messages
+                .iter()
+                .filter_map(|m| m.system_properties.as_ref())
+                .map(|s| s.message_id.clone())
+                .collect();
+            let mut counted = None;
+            for id in &ids {
+                if let Some((code, n)) = st.refuse_n.get_mut(id) {
+                    if *n > 0 {
+                        *n -= 1;
+                        counted = Some(*code);
+                    }
                 }
-                _ => None,
-            };
+            }
             let refused = st
                 .refuse_all
                 .or_else(|| st.refuse_topics.get(&topic).copied())
                 .or(counted)
-                .or_else(|| st.refuse.get(&id).copied());
+                .or_else(|| ids.iter().find_map(|id| st.refuse.get(id).copied()));
             let script = match refused {
                 Some(code) => Some(Script::V2(code)),
                 None => st.script.pop_front(),

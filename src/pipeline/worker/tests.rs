@@ -373,7 +373,7 @@ async fn a_message_refused_while_others_pass_is_quarantined() {
     assert_eq!(entries[0].message_id, "ID-0005");
     assert_eq!(entries[0].offset, 5);
     assert!(
-        entries[0].reason.contains("in a row"),
+        entries[0].reason.contains("while other messages to topic `t` were accepted"),
         "{}",
         entries[0].reason
     );
