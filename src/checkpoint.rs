@@ -2,7 +2,9 @@
 //! - `checkpoints`: next 4.x offset to forward, per (route, source queue);
 //! - `journal`: every cutover-percent change with the per-queue offsets at
 //!   which it took effect;
-//! - `quarantine`: messages 5.x permanently rejected, with the reason.
+//! - `quarantine`: messages 5.x permanently rejected, with the reason;
+//! - `meta`: small named values, among them the 4.x topic each route's
+//!   checkpoints belong to (`route_topic/<route>`, see `bind_route_topics`).
 //!
 //! This module never talks to a cluster; the pipeline calls it. Writes are
 //! batched (one `WriteBatch` per flush) and, when configured, fsynced, so a
@@ -10,7 +12,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
@@ -39,10 +41,32 @@ impl fmt::Display for SourceQueue {
 
 #[derive(Debug)]
 pub enum StoreError {
-    Open { dir: PathBuf, reason: String },
-    Write { dir: PathBuf, reason: String },
-    Read { dir: PathBuf, reason: String },
-    Corrupt { what: String },
+    Open {
+        dir: PathBuf,
+        reason: String,
+    },
+    /// `what` names the thing that could not be written ("checkpoints of 3
+    /// queue(s) of route orders", "quarantined message ...").
+    Write {
+        dir: PathBuf,
+        what: String,
+        reason: String,
+    },
+    Read {
+        dir: PathBuf,
+        reason: String,
+    },
+    Corrupt {
+        what: String,
+    },
+    /// The route's checkpoints belong to another 4.x topic than the one
+    /// configured: resuming would start the new topic at the old topic's
+    /// offsets and skip everything below them.
+    TopicMismatch {
+        route: String,
+        bound: String,
+        configured: String,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -58,15 +82,23 @@ impl fmt::Display for StoreError {
                 "cannot open checkpoint store {}: {reason}; check the directory exists and is writable by the bridge",
                 dir.display()
             ),
-            StoreError::Write { dir, reason } => write!(
+            StoreError::Write { dir, what, reason } => write!(
                 f,
-                "cannot write checkpoint store {}: {reason}; if the disk is full, free space — the bridge keeps its place and retries",
+                "cannot write {what} to checkpoint store {}: {reason}; free space if the disk is full, or make the directory writable by the bridge (what is already stored stays valid)",
                 dir.display()
             ),
             StoreError::Read { dir, reason } => {
                 write!(f, "cannot read checkpoint store {}: {reason}", dir.display())
             }
             StoreError::Corrupt { what } => write!(f, "checkpoint store holds a corrupt entry: {what}"),
+            StoreError::TopicMismatch { route, bound, configured } => write!(
+                f,
+                "route `{route}` has checkpoints for 4.x topic `{bound}`, but its source_topic is now `{configured}`; \
+                 resuming would start `{configured}` at the offsets of `{bound}` and skip the messages below them. \
+                 Either give the route a new name (it starts at its `start` position; the old name's checkpoints stay), \
+                 or stop the bridge and run `rmq-bridge reset-route -c FILE --route {route}` to drop the route's checkpoints \
+                 (its cutover journal and quarantined messages are kept); or set source_topic back to `{bound}`"
+            ),
         }
     }
 }
@@ -111,12 +143,39 @@ pub struct QuarantineEntry {
     pub message_json: String,
 }
 
+/// How `bind_route_topics` found a route's topic binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicBinding {
+    /// Already bound to the configured topic.
+    Matches,
+    /// No binding and no checkpoints: bound now.
+    New,
+    /// Checkpoints without a binding (a store written by a release before
+    /// bindings existed): bound now to the configured topic. The store does
+    /// not know which topic they were written for; the configured one is the
+    /// only candidate (that release refused source_topic changes on a
+    /// running route, but not across a restart, so the daemon logs the
+    /// adoption for the operator to confirm).
+    Adopted { queues: usize },
+}
+
+/// What `reset_route` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteReset {
+    pub checkpoints: Vec<(SourceQueue, Checkpoint)>,
+    /// The topic the route was bound to, if any.
+    pub topic: Option<String>,
+}
+
 /// The checkpoint store. Cheap to clone.
 #[derive(Clone)]
 pub struct CheckpointStore {
     db: Arc<DB>,
     dir: PathBuf,
     sync: bool,
+    /// Serialises read-sequence-then-put in `journal_append` across clones
+    /// (queue workers append concurrently).
+    journal_seq: Arc<Mutex<()>>,
 }
 
 impl fmt::Debug for CheckpointStore {
@@ -135,6 +194,10 @@ fn queue_key(route: &str, queue: &SourceQueue) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&queue.queue_id.to_be_bytes());
     k
+}
+
+fn route_topic_key(route: &str) -> String {
+    format!("route_topic/{route}")
 }
 
 fn route_prefix(route: &str) -> Vec<u8> {
@@ -212,6 +275,7 @@ impl CheckpointStore {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
             sync,
+            journal_seq: Arc::new(Mutex::new(())),
         })
     }
 
@@ -236,6 +300,7 @@ impl CheckpointStore {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
             sync: false,
+            journal_seq: Arc::new(Mutex::new(())),
         })
     }
 
@@ -255,9 +320,10 @@ impl CheckpointStore {
         w
     }
 
-    fn write_err(&self, e: rocksdb::Error) -> StoreError {
+    fn write_err(&self, what: impl Into<String>, e: rocksdb::Error) -> StoreError {
         StoreError::Write {
             dir: self.dir.clone(),
+            what: what.into(),
             reason: e.to_string(),
         }
     }
@@ -342,23 +408,116 @@ impl CheckpointStore {
             });
             batch.put_cf(cf, queue_key(route, queue), value);
         }
-        self.db
-            .write_opt(batch, &self.write_opts())
-            .map_err(|e| self.write_err(e))
+        self.db.write_opt(batch, &self.write_opts()).map_err(|e| {
+            let mut routes: Vec<&str> = updates.iter().map(|(r, _, _)| r.as_str()).collect();
+            routes.dedup();
+            self.write_err(
+                format!(
+                    "checkpoints of {} queue(s) of route(s) {}",
+                    updates.len(),
+                    routes.join(", ")
+                ),
+                e,
+            )
+        })
     }
 
-    /// Removes every checkpoint of a route (used by tooling to reset a route).
-    pub fn reset_route(&self, route: &str) -> Result<usize, StoreError> {
-        let existing = self.route_checkpoints(route)?;
+    /// Removes every checkpoint of a route and its topic binding, in one
+    /// batch, so the next start begins at the route's `start` position and
+    /// may name any source topic. The cutover journal and quarantined
+    /// messages are kept. Only for the tooling (`rmq-bridge reset-route`),
+    /// with the daemon stopped.
+    pub fn reset_route(&self, route: &str) -> Result<RouteReset, StoreError> {
+        let checkpoints = self.route_checkpoints(route)?;
+        let topic = self.route_topic(route)?;
         let cf = self.cf(CF_CHECKPOINTS)?;
+        let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
-        for (q, _) in &existing {
+        for (q, _) in &checkpoints {
             batch.delete_cf(cf, queue_key(route, q));
         }
+        batch.delete_cf(meta, route_topic_key(route).as_bytes());
         self.db
             .write_opt(batch, &self.write_opts())
-            .map_err(|e| self.write_err(e))?;
-        Ok(existing.len())
+            .map_err(|e| self.write_err(format!("reset of route {route}"), e))?;
+        Ok(RouteReset { checkpoints, topic })
+    }
+
+    /// The 4.x topic the route's checkpoints belong to, if bound.
+    pub fn route_topic(&self, route: &str) -> Result<Option<String>, StoreError> {
+        self.meta_get(&route_topic_key(route))
+    }
+
+    /// Ties each route's checkpoints to its configured source topic; call
+    /// before any route starts (startup, and reload for every configured
+    /// route). All or nothing: on the first route whose checkpoints belong
+    /// to another topic, returns `TopicMismatch` and binds none.
+    ///
+    /// A route with checkpoints but no binding comes from a store written
+    /// before bindings existed; it is bound to the configured topic
+    /// (`TopicBinding::Adopted`). Removing a route from the config keeps its
+    /// binding, so re-adding it with the same topic resumes and with another
+    /// topic is refused.
+    pub fn bind_route_topics(
+        &self,
+        routes: &[(String, String)],
+    ) -> Result<Vec<TopicBinding>, StoreError> {
+        let mut found = Vec::with_capacity(routes.len());
+        for (route, topic) in routes {
+            let binding = match self.route_topic(route)? {
+                Some(bound) if bound == *topic => TopicBinding::Matches,
+                Some(bound) => {
+                    return Err(StoreError::TopicMismatch {
+                        route: route.clone(),
+                        bound,
+                        configured: topic.clone(),
+                    })
+                }
+                None => match self.route_checkpoints(route)?.len() {
+                    0 => TopicBinding::New,
+                    queues => TopicBinding::Adopted { queues },
+                },
+            };
+            found.push(binding);
+        }
+        let meta = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        for ((route, topic), binding) in routes.iter().zip(&found) {
+            if *binding != TopicBinding::Matches {
+                batch.put_cf(meta, route_topic_key(route).as_bytes(), topic.as_bytes());
+            }
+        }
+        if !batch.is_empty() {
+            self.db
+                .write_opt(batch, &self.write_opts())
+                .map_err(|e| self.write_err("source-topic bindings of routes", e))?;
+        }
+        Ok(found)
+    }
+
+    /// `bind_route_topics` for one route.
+    pub fn bind_route_topic(&self, route: &str, topic: &str) -> Result<TopicBinding, StoreError> {
+        let mut found = self.bind_route_topics(&[(route.to_string(), topic.to_string())])?;
+        Ok(found.pop().unwrap_or(TopicBinding::Matches))
+    }
+
+    /// `bind_route_topics` off the async runtime's threads.
+    pub async fn bind_route_topics_blocking(
+        &self,
+        routes: Vec<(String, String)>,
+    ) -> Result<Vec<TopicBinding>, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.bind_route_topics(&routes))
+            .await
+            .map_err(|e| self.task_err("source-topic bindings of routes", e))?
+    }
+
+    fn task_err(&self, what: &str, e: tokio::task::JoinError) -> StoreError {
+        StoreError::Write {
+            dir: self.dir.clone(),
+            what: what.to_string(),
+            reason: format!("store task failed: {e}"),
+        }
     }
 
     fn next_seq(&self, cf_name: &str, prefix: &[u8]) -> Result<u64, StoreError> {
@@ -383,18 +542,29 @@ impl CheckpointStore {
         }
     }
 
+    /// Appends to the route's cutover journal. Safe from many threads: the
+    /// next sequence number is read and written under one lock, so
+    /// concurrent appends never reuse (overwrite) a key.
     pub fn journal_append(&self, entry: &JournalEntry) -> Result<(), StoreError> {
-        let prefix = route_prefix(&entry.route);
-        let seq = self.next_seq(CF_JOURNAL, &prefix)?;
-        let mut key = prefix;
-        key.extend_from_slice(&seq.to_be_bytes());
         let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
             what: e.to_string(),
         })?;
         let cf = self.cf(CF_JOURNAL)?;
+        let prefix = route_prefix(&entry.route);
+        // A poisoned lock only means another append panicked; the guarded
+        // state lives in RocksDB, so carry on.
+        let _seq = self
+            .journal_seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seq = self.next_seq(CF_JOURNAL, &prefix)?;
+        let mut key = prefix;
+        key.extend_from_slice(&seq.to_be_bytes());
         self.db
             .put_cf_opt(cf, key, value, &self.write_opts())
-            .map_err(|e| self.write_err(e))
+            .map_err(|e| {
+                self.write_err(format!("cutover journal entry of route {}", entry.route), e)
+            })
     }
 
     pub fn journal(&self, route: &str) -> Result<Vec<JournalEntry>, StoreError> {
@@ -442,7 +612,28 @@ impl CheckpointStore {
                 value,
                 &self.write_opts(),
             )
-            .map_err(|e| self.write_err(e))
+            .map_err(|e| {
+                self.write_err(
+                    format!(
+                        "quarantined message (route {} queue {} offset {})",
+                        entry.route, entry.queue, entry.offset
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// `quarantine_put` off the async runtime's threads (a slow or full
+    /// disk must not block them). One attempt; the caller decides on retries.
+    pub async fn quarantine_put_blocking(&self, entry: QuarantineEntry) -> Result<(), StoreError> {
+        let store = self.clone();
+        let what = format!(
+            "quarantined message (route {} queue {} offset {})",
+            entry.route, entry.queue, entry.offset
+        );
+        tokio::task::spawn_blocking(move || store.quarantine_put(&entry))
+            .await
+            .map_err(|e| self.task_err(&what, e))?
     }
 
     /// Quarantined messages, of one route or (None) all routes.
@@ -459,7 +650,15 @@ impl CheckpointStore {
                 Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
                 &self.write_opts(),
             )
-            .map_err(|e| self.write_err(e))
+            .map_err(|e| {
+                self.write_err(
+                    format!(
+                        "removal of quarantined message (route {} queue {} offset {})",
+                        entry.route, entry.queue, entry.offset
+                    ),
+                    e,
+                )
+            })
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -475,12 +674,14 @@ impl CheckpointStore {
         let cf = self.cf(CF_META)?;
         self.db
             .put_cf_opt(cf, key.as_bytes(), value.as_bytes(), &self.write_opts())
-            .map_err(|e| self.write_err(e))
+            .map_err(|e| self.write_err(format!("meta key {key}"), e))
     }
 
     /// Flushes memtables and the WAL; called on shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(|e| self.write_err(e))
+        self.db
+            .flush_wal(true)
+            .map_err(|e| self.write_err("write-ahead log (final flush)", e))
     }
 }
 
@@ -576,5 +777,167 @@ mod tests {
         assert_eq!(store.quarantine_list(None).unwrap().len(), 1);
         store.quarantine_remove(&entry).unwrap();
         assert!(store.quarantine_list(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_journal_appends_all_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u64 {
+                        store
+                            .journal_append(&JournalEntry {
+                                route: "r".into(),
+                                generation: t * 1000 + i,
+                                from_percent: 0,
+                                to_percent: 50,
+                                changed_at_ms: 1,
+                                queue: Some(q("b", t as i32)),
+                                offset: Some(i as i64),
+                                note: String::new(),
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let journal = store.journal("r").unwrap();
+        assert_eq!(journal.len(), 1600, "journal entries were overwritten");
+        // Each worker's own entries stay in the order it wrote them.
+        for t in 0..8u64 {
+            let gens: Vec<u64> = journal
+                .iter()
+                .filter(|e| e.generation / 1000 == t)
+                .map(|e| e.generation % 1000)
+                .collect();
+            assert_eq!(gens, (0..200).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_bound_to_their_source_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let bind = |route: &str, topic: &str| store.bind_route_topic(route, topic);
+        assert_eq!(bind("r", "A").unwrap(), TopicBinding::New);
+        store.advance(&[("r".into(), q("b", 0), 500)]).unwrap();
+        assert_eq!(bind("r", "A").unwrap(), TopicBinding::Matches);
+
+        let err = bind("r", "B").unwrap_err();
+        assert!(
+            matches!(&err, StoreError::TopicMismatch { route, bound, configured }
+                if route == "r" && bound == "A" && configured == "B"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for needle in [
+            "`r`",
+            "`A`",
+            "`B`",
+            "new name",
+            "rmq-bridge reset-route -c FILE --route r",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        // Refused means unchanged: still bound to A, checkpoint intact.
+        assert_eq!(store.route_topic("r").unwrap().as_deref(), Some("A"));
+        assert_eq!(store.get("r", &q("b", 0)).unwrap().unwrap().offset, 500);
+    }
+
+    #[test]
+    fn binding_several_routes_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        store.bind_route_topic("old", "A").unwrap();
+        let routes = [
+            ("fresh".to_string(), "F".to_string()),
+            ("old".to_string(), "B".to_string()),
+        ];
+        assert!(matches!(
+            store.bind_route_topics(&routes),
+            Err(StoreError::TopicMismatch { .. })
+        ));
+        assert_eq!(store.route_topic("fresh").unwrap(), None);
+    }
+
+    #[test]
+    fn checkpoints_from_before_bindings_adopt_the_configured_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        store
+            .advance(&[("r".into(), q("b", 0), 1), ("r".into(), q("b", 1), 2)])
+            .unwrap();
+        assert_eq!(
+            store.bind_route_topic("r", "A").unwrap(),
+            TopicBinding::Adopted { queues: 2 }
+        );
+        assert!(store.bind_route_topic("r", "B").is_err());
+    }
+
+    #[test]
+    fn reset_route_drops_checkpoints_and_binding_but_keeps_journal_and_quarantine() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CheckpointStore::open(dir.path(), true).unwrap();
+            store.bind_route_topic("r", "A").unwrap();
+            store.bind_route_topic("other", "A").unwrap();
+            store
+                .advance(&[("r".into(), q("b", 0), 7), ("other".into(), q("b", 0), 9)])
+                .unwrap();
+            store
+                .journal_append(&JournalEntry {
+                    route: "r".into(),
+                    generation: 1,
+                    from_percent: 0,
+                    to_percent: 10,
+                    changed_at_ms: 1,
+                    queue: None,
+                    offset: None,
+                    note: String::new(),
+                })
+                .unwrap();
+            store
+                .quarantine_put(&QuarantineEntry {
+                    route: "r".into(),
+                    queue: q("b", 0),
+                    offset: 3,
+                    message_id: "ID".into(),
+                    reason: "x".into(),
+                    quarantined_at_ms: 1,
+                    message_json: String::new(),
+                })
+                .unwrap();
+            let reset = store.reset_route("r").unwrap();
+            assert_eq!(reset.topic.as_deref(), Some("A"));
+            assert_eq!(reset.checkpoints.len(), 1);
+            assert_eq!(reset.checkpoints[0].1.offset, 7);
+        }
+        let store = CheckpointStore::open(dir.path(), true).unwrap();
+        assert!(store.route_checkpoints("r").unwrap().is_empty());
+        assert_eq!(store.bind_route_topic("r", "B").unwrap(), TopicBinding::New);
+        assert_eq!(store.journal("r").unwrap().len(), 1);
+        assert_eq!(store.quarantine_list(Some("r")).unwrap().len(), 1);
+        assert_eq!(store.get("other", &q("b", 0)).unwrap().unwrap().offset, 9);
+        assert_eq!(store.route_topic("other").unwrap().as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn write_errors_name_what_failed() {
+        let err = StoreError::Write {
+            dir: "/var/lib/rmq-bridge".into(),
+            what: "checkpoints of 2 queue(s) of route(s) orders".into(),
+            reason: "No space left on device".into(),
+        }
+        .to_string();
+        assert!(
+            err.contains("checkpoints of 2 queue(s)") && err.contains("free space"),
+            "{err}"
+        );
     }
 }

@@ -563,3 +563,52 @@ mod fmt_ms_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reset_route_tests {
+    use super::reset_route;
+    use crate::checkpoint::{CheckpointStore, SourceQueue};
+
+    fn config(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("bridge.toml");
+        let text = format!(
+            "[source]\nnamesrv_addr = \"127.0.0.1:9876\"\n[target]\nendpoint = \"127.0.0.1:8081\"\n\
+             [checkpoint]\ndir = \"{}\"\n[[routes]]\nname = \"orders\"\nsource_topic = \"orders_v2\"\n",
+            dir.join("store").display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn reset_route_lets_a_route_start_over_on_a_new_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path());
+        let q = SourceQueue {
+            broker_name: "b".into(),
+            queue_id: 0,
+        };
+        {
+            let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
+            store.bind_route_topic("orders", "orders").unwrap();
+            store.advance(&[("orders".into(), q.clone(), 42)]).unwrap();
+            assert!(store.bind_route_topic("orders", "orders_v2").is_err());
+            // While the daemon holds the store, reset is refused and says why.
+            let err = reset_route(&path, "orders").unwrap_err().to_string();
+            assert!(err.contains("locked") && err.contains("daemon stopped"), "{err}");
+        }
+        reset_route(&path, "orders").unwrap();
+        let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
+        assert!(store.get("orders", &q).unwrap().is_none());
+        assert!(store.bind_route_topic("orders", "orders_v2").is_ok());
+    }
+
+    #[test]
+    fn reset_route_without_a_store_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = reset_route(&config(dir.path()), "orders")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no checkpoint store"), "{err}");
+    }
+}

@@ -1,4 +1,5 @@
-//! `rmq-bridge` command line: run, check, status, quarantine, peek, demo.
+//! `rmq-bridge` command line: run, check, status, quarantine, reset-route,
+//! peek, demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,15 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
+    },
+    /// Drop a route's checkpoints and source-topic binding (stop the daemon
+    /// first): its next start begins at its configured `start` position.
+    /// The cutover journal and quarantined messages are kept.
+    ResetRoute {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
     },
     /// Print messages of a 4.x topic as JSON lines.
     Peek {
@@ -146,6 +156,10 @@ fn main() -> ExitCode {
                         all,
                     } => cli::quarantine_drop(&config, route.as_deref(), offset, all),
                 }
+            }
+            Command::ResetRoute { config, route } => {
+                cli::init_logging("warn", args.log_json);
+                cli::reset_route(&config, &route)
             }
             Command::Peek {
                 namesrv,
