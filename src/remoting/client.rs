@@ -1,5 +1,8 @@
 //! [`RemotingClient`]: cheap-to-clone handle holding one multiplexed
-//! [`Connection`] per address, created lazily and replaced after failure.
+//! [`Connection`] per address, created lazily and replaced after failure:
+//! when it closed, or when a request on it timed out (it is then suspect;
+//! requests still in flight on it finish there, and it closes when the last
+//! of them lets go).
 //! After a failed connect the address backs off exponentially (up to
 //! [`MAX_BACKOFF`]) and calls fail fast with [`RemotingError::Backoff`]
 //! meanwhile, so a dead broker is not hammered.
@@ -125,8 +128,11 @@ impl RemotingClient {
         };
         let mut slot = slot.lock().await;
         if let Some(conn) = &slot.conn {
-            if !conn.is_closed() {
+            if !conn.is_closed() && !conn.is_suspect() {
                 return Ok(conn.clone());
+            }
+            if conn.is_suspect() {
+                tracing::info!(addr, "replacing a connection on which a request timed out");
             }
             slot.conn = None;
         }

@@ -6,12 +6,21 @@
 //! server initiates (NOTIFY_CONSUMER_IDS_CHANGED, GET_CONSUMER_RUNNING_INFO,
 //! ...) are logged, published to subscribers and, unless oneway, answered so
 //! the broker is never left waiting. When the connection dies every pending
-//! request fails at once with [`RemotingError::ConnectionClosed`].
+//! request fails at once with [`RemotingError::ConnectionClosed`], also if
+//! one of the tasks panics.
+//!
+//! Dead peers are noticed even when idle: TCP keepalive probes after
+//! [`KEEPALIVE_IDLE`] (then every [`KEEPALIVE_INTERVAL`], giving up after
+//! [`KEEPALIVE_PROBES`]). A request that times out marks the connection
+//! suspect ([`Connection::is_suspect`]): the client then opens a fresh one
+//! for later requests instead of waiting out the timeout again on a peer
+//! that has stopped answering (a blackholed master), as Java's client
+//! closes a channel on which a request timed out.
 //!
 //! Knows nothing of request semantics; see `client.rs` and `cmd/`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +34,33 @@ use super::codes::{self, request, response};
 use super::error::{FrameError, RemotingError, Result};
 use super::frame::{self, MAX_FRAME_LEN};
 use super::header::{RemotingCommand, SerializeType};
+
+/// Idle time before the first TCP keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Time between unanswered keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes after which the kernel drops the connection.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// Disables Nagle and turns on TCP keepalive, so a peer that vanished
+/// without a FIN or RST (host down, blackholed by a firewall) fails the
+/// connection within about `KEEPALIVE_IDLE + KEEPALIVE_PROBES *
+/// KEEPALIVE_INTERVAL` (25 s) instead of the kernel's two hours. On Linux
+/// the same bound (TCP_USER_TIMEOUT) applies to sent data left unacknowledged,
+/// which keepalive does not cover.
+fn configure_socket(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES))?;
+    Ok(())
+}
 
 /// A request the server sent to us, as published to subscribers.
 #[derive(Debug, Clone)]
@@ -42,6 +78,8 @@ struct Shared {
     /// `None` once the connection is closed; then nothing can be added.
     pending: Mutex<Option<HashMap<i32, Waiter>>>,
     close_reason: Mutex<Option<String>>,
+    /// Set when a request timed out: the peer may have stopped answering.
+    suspect: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -107,6 +145,18 @@ impl Shared {
     }
 }
 
+/// Closes the connection if the task holding it unwinds from a panic, so
+/// pending requests fail at once instead of waiting out their timeout.
+struct CloseOnPanic<'a>(&'a Shared, &'static str);
+
+impl Drop for CloseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close(self.1);
+        }
+    }
+}
+
 /// Removes a pending entry when the request future ends for any reason
 /// (answered, timed out or cancelled by the caller).
 struct PendingGuard<'a> {
@@ -162,22 +212,26 @@ impl Connection {
                 })
             }
         };
-        let _ = stream.set_nodelay(true);
         Ok(Self::from_stream(addr, stream, server_requests))
     }
 
-    /// Wraps an established stream (used by `connect` and by tests).
+    /// Wraps an established stream (used by `connect` and by tests) and
+    /// sets its socket options (no delay, keepalive).
     pub fn from_stream(
         addr: &str,
         stream: TcpStream,
         server_requests: Option<broadcast::Sender<ServerRequest>>,
     ) -> Connection {
+        if let Err(e) = configure_socket(&stream) {
+            tracing::warn!(addr, error = %e, "cannot set TCP keepalive / nodelay; a dead peer may go unnoticed longer");
+        }
         let (rd, wr) = stream.into_split();
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             pending: Mutex::new(Some(HashMap::new())),
             close_reason: Mutex::new(None),
+            suspect: AtomicBool::new(false),
             stop,
         });
         let (outbound, rx) = mpsc::channel::<Bytes>(1024);
@@ -201,6 +255,24 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.shared.pending().is_none()
+    }
+
+    /// True once a request or oneway send on this connection timed out: the
+    /// peer may be gone without a FIN (blackholed), so new requests should
+    /// use a fresh connection. Requests already in flight here continue.
+    pub fn is_suspect(&self) -> bool {
+        self.shared.suspect.load(Ordering::Relaxed)
+    }
+
+    fn mark_suspect(&self, code: i32, after: Duration) {
+        if !self.shared.suspect.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                addr = %self.shared.addr,
+                request = codes::request_name(code),
+                ?after,
+                "request timed out; new requests will use a fresh connection"
+            );
+        }
     }
 
     fn encode(&self, cmd: &RemotingCommand) -> Result<Bytes> {
@@ -247,11 +319,14 @@ impl Connection {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(RemotingError::Timeout {
-                addr: self.shared.addr.clone(),
-                code: cmd.code,
-                after: timeout,
-            }),
+            Err(_) => {
+                self.mark_suspect(cmd.code, timeout);
+                Err(RemotingError::Timeout {
+                    addr: self.shared.addr.clone(),
+                    code: cmd.code,
+                    after: timeout,
+                })
+            }
         }
     }
 
@@ -267,11 +342,14 @@ impl Connection {
         match tokio::time::timeout(timeout, self.outbound.send(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(self.shared.closed_error()),
-            Err(_) => Err(RemotingError::Timeout {
-                addr: self.shared.addr.clone(),
-                code: cmd.code,
-                after: timeout,
-            }),
+            Err(_) => {
+                self.mark_suspect(cmd.code, timeout);
+                Err(RemotingError::Timeout {
+                    addr: self.shared.addr.clone(),
+                    code: cmd.code,
+                    after: timeout,
+                })
+            }
         }
     }
 
@@ -288,6 +366,7 @@ impl Drop for Connection {
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
+    let _close_on_panic = CloseOnPanic(&shared, "connection writer task panicked");
     let mut stop = shared.stop.subscribe();
     let mut batch = BytesMut::new();
     loop {
@@ -319,6 +398,7 @@ async fn read_loop(
     replies: mpsc::WeakSender<Bytes>,
     server_requests: Option<broadcast::Sender<ServerRequest>>,
 ) {
+    let _close_on_panic = CloseOnPanic(&shared, "connection reader task panicked");
     let mut stop = shared.stop.subscribe();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let reason = 'outer: loop {
@@ -392,5 +472,50 @@ fn serve(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_get_keepalive_and_nodelay() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(!sock.keepalive().unwrap());
+        configure_socket(&stream).unwrap();
+        assert!(stream.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+            assert_eq!(
+                sock.tcp_user_timeout().unwrap(),
+                Some(Duration::from_secs(25))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_marks_the_connection_suspect() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let conn = Connection::connect(&addr, Duration::from_secs(1), None)
+            .await
+            .unwrap();
+        let (_silent, _) = l.accept().await.unwrap();
+        assert!(!conn.is_suspect());
+        let err = conn
+            .request(RemotingCommand::request(30), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RemotingError::Timeout { .. }), "{err}");
+        assert!(conn.is_suspect());
+        assert!(!conn.is_closed(), "requests in flight elsewhere continue");
     }
 }

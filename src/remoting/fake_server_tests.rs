@@ -4,6 +4,8 @@
 //! backoff, and a few typed calls. Tests against the real peers live in
 //! `tests/`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -16,7 +18,9 @@ use super::frame::{self, MAX_FRAME_LEN};
 use super::header::{RemotingCommand, SerializeType, FLAG_RESPONSE};
 use super::message::{encode_record, MessageRecord};
 use super::properties::Properties;
-use super::{AclCredentials, PullRequest, PullStatus, RemotingClient, RemotingClientConfig};
+use super::{
+    AclCredentials, Connection, PullRequest, PullStatus, RemotingClient, RemotingClientConfig,
+};
 
 async fn read_cmd(s: &mut TcpStream, buf: &mut BytesMut) -> Option<RemotingCommand> {
     loop {
@@ -104,13 +108,12 @@ async fn timeout_then_late_answer_is_ignored() {
         .await;
         let _ = read_cmd(&mut s, &mut buf).await;
     });
-    let client = RemotingClient::new(config());
-    let err = client
-        .invoke(
-            &addr,
-            RemotingCommand::request(30),
-            Duration::from_millis(100),
-        )
+    // On one connection (the client would replace it after the timeout).
+    let conn = Connection::connect(&addr, Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    let err = conn
+        .request(RemotingCommand::request(30), Duration::from_millis(100))
         .await
         .unwrap_err();
     assert!(
@@ -118,11 +121,60 @@ async fn timeout_then_late_answer_is_ignored() {
         "{err}"
     );
     assert!(err.to_string().contains("GET_MAX_OFFSET"));
-    let ok = client
-        .invoke(&addr, RemotingCommand::request(30), Duration::from_secs(2))
+    let ok = conn
+        .request(RemotingCommand::request(30), Duration::from_secs(2))
         .await
         .unwrap();
     assert_eq!(ok.ext("offset"), Some("5"));
+}
+
+/// A blackholed master: the server accepts, reads and never answers. After
+/// one request times out the client must not keep using that connection
+/// (every later pull would cost the full timeout again): the next request
+/// opens a fresh connection, which here is answered.
+#[tokio::test]
+async fn request_timeout_retires_the_connection() {
+    let (l, addr) = listener().await;
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counted = accepts.clone();
+    tokio::spawn(async move {
+        let mut silent = Vec::new();
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                // Blackhole: keep the socket open, read, never reply.
+                silent.push(tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    while read_cmd(&mut s, &mut buf).await.is_some() {}
+                }));
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while let Some(req) = read_cmd(&mut s, &mut buf).await {
+                    write_cmd(&mut s, &reply(&req, 0), SerializeType::Json).await;
+                }
+            });
+        }
+    });
+    let client = RemotingClient::new(config());
+    let err = client
+        .invoke(
+            &addr,
+            RemotingCommand::request(30),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemotingError::Timeout { .. }), "{err}");
+    let started = std::time::Instant::now();
+    let ok = client
+        .invoke(&addr, RemotingCommand::request(30), Duration::from_secs(2))
+        .await;
+    assert!(ok.is_ok(), "second request after a timeout: {ok:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(accepts.load(Ordering::SeqCst), 2, "a fresh connection");
 }
 
 #[tokio::test]

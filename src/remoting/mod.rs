@@ -26,6 +26,8 @@ pub mod route;
 
 #[cfg(test)]
 mod fake_server_tests;
+#[cfg(test)]
+mod fuzz_tests;
 
 pub use acl::AclCredentials;
 pub use client::{RemotingClient, RemotingClientConfig};
