@@ -365,6 +365,39 @@ async fn heartbeat_loop(
     }
 }
 
+/// Pings the systemd watchdog only while the pipeline makes progress: the
+/// checkpoint flusher (which also publishes every queue's lag) completed a
+/// cycle since the last ping. A runtime that is alive but whose pipeline is
+/// stuck stops pinging and systemd restarts it. Checks run at a quarter of
+/// `WATCHDOG_USEC` so consecutive pings stay within half of it.
+async fn watchdog(
+    flusher: Arc<CheckpointFlusher>,
+    half_interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tick = (half_interval / 2).max(Duration::from_millis(10));
+    let mut last = flusher.cycles();
+    let mut withheld_since: Option<tokio::time::Instant> = None;
+    crate::systemd::watchdog_ping();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => return,
+        }
+        let now = flusher.cycles();
+        if now != last {
+            last = now;
+            withheld_since = None;
+            crate::systemd::watchdog_ping();
+        } else if withheld_since.is_none() {
+            withheld_since = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                "the checkpoint flusher made no progress; withholding the systemd watchdog ping"
+            );
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM / SIGINT.
 pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -379,17 +412,12 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
         config_rx,
         stop_rx.clone(),
     ));
-    if let Some(interval) = crate::systemd::watchdog_interval() {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                crate::systemd::watchdog_ping();
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        });
+    if let Some(half) = crate::systemd::watchdog_interval() {
+        tokio::spawn(watchdog(
+            bridge.shared.flusher.clone(),
+            half,
+            stop_rx.clone(),
+        ));
     }
 
     let mut sighup = signal(SignalKind::hangup())?;

@@ -116,6 +116,9 @@ pub struct CheckpointFlusher {
     pub wake: Notify,
     /// Last successful write or up-to-date confirmation per route (ms).
     route_fresh_ms: Mutex<HashMap<String, i64>>,
+    /// Flush cycles completed (written or failed): the pipeline's heartbeat
+    /// for the systemd watchdog.
+    cycles: std::sync::atomic::AtomicU64,
 }
 
 impl CheckpointFlusher {
@@ -125,6 +128,7 @@ impl CheckpointFlusher {
             queues: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             route_fresh_ms: Mutex::new(HashMap::new()),
+            cycles: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -212,6 +216,11 @@ impl CheckpointFlusher {
     /// Runs until `stop` turns true, then flushes one last time. Every
     /// store write runs on the blocking pool: a slow or full disk must not
     /// hold an async runtime thread.
+    /// Flush cycles completed so far.
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(Ordering::Acquire)
+    }
+
     pub async fn run(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
         let mut failing = false;
         loop {
@@ -220,6 +229,7 @@ impl CheckpointFlusher {
             let written = tokio::task::spawn_blocking(move || flusher.flush_once())
                 .await
                 .unwrap_or_else(|e| Err(self.task_failed("checkpoints", e)));
+            self.cycles.fetch_add(1, Ordering::Release);
             match written {
                 Ok(_) => {
                     if failing {
