@@ -70,12 +70,20 @@ pub enum DecodeError {
     #[error("cannot decompress body of message at queue offset {queue_offset}: {reason}")]
     Decompress { queue_offset: i64, reason: String },
     #[error(
-        "message at queue offset {queue_offset} is compressed with {kind}, which the bridge \
-         does not support (only zlib, the 4.x default)"
+        "message at queue offset {queue_offset} is compressed with type {type_bits} (sysFlag \
+         bits 8-10), which no RocketMQ producer writes; the bridge inflates zlib (0 or 3), \
+         LZ4 (1) and ZSTD (2)"
     )]
-    UnsupportedCompression {
+    UnsupportedCompression { queue_offset: i64, type_bits: i32 },
+    #[error(
+        "body of message at queue offset {queue_offset} ({compression}) inflates beyond \
+         {limit} bytes, the largest the 5.x target accepts; inflating stopped there \
+         (a larger max body size on the target lets it through)"
+    )]
+    BodyTooLarge {
         queue_offset: i64,
-        kind: &'static str,
+        compression: &'static str,
+        limit: usize,
     },
     #[error("bad message properties: {reason}")]
     BadProperties { reason: String },

@@ -44,8 +44,10 @@ pub mod sys_flag {
     pub const COMPRESSION_TYPE_MASK: i32 = 0x7 << 8;
 }
 
-/// Largest body we inflate (guards against compression bombs).
-pub const MAX_DECOMPRESSED_BODY: usize = 128 * 1024 * 1024;
+/// How far a compressed body is inflated where no 5.x target announced
+/// its limit: the 5.x default `max_body_size` (4 MiB). The pull path uses
+/// the target's own limit; inflating stops at the first byte beyond it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Transaction state bits of `sysFlag` (bits 2..3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,35 +214,115 @@ pub struct UndecodableRecord {
     pub reason: String,
 }
 
-/// Decodes every record of a PULL body, unwrapping inner batches
-/// (`INNER_BATCH` + `NEED_UNWRAP`) the way Java's `PullAPIWrapper` does.
+/// What [`decode_pull_body`] made of a PULL body: the records it decoded,
+/// the stored records it could frame but not decode, and where the body
+/// stopped being walkable, if it did.
+#[derive(Debug, Default)]
+pub struct DecodedRecords {
+    /// Decoded records in body order, inner batches unwrapped.
+    pub records: Vec<MessageRecord>,
+    /// Records whose frame was sound but whose body was not (CRC mismatch,
+    /// a body that cannot be inflated or inflates beyond the limit, an
+    /// unknown compression, a broken inner batch), in body order.
+    pub undecodable: Vec<UndecodableRecord>,
+    /// Set when a record's frame (total size, magic code) is broken: nothing
+    /// from there to the end of the body can be walked.
+    pub broken: Option<BrokenFrame>,
+}
+
+/// The place where a PULL body stops being walkable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenFrame {
+    /// Byte position of the broken record in the body.
+    pub at: usize,
+    /// The queue offset in the broken record's header, when the body holds
+    /// enough bytes to read it (it may be as broken as the frame).
+    pub queue_offset: Option<i64>,
+    /// The body from `at` to its end.
+    pub raw: Bytes,
+    pub error: DecodeError,
+}
+
+/// Byte position of `queueOffset` in a stored record, and where it ends:
+/// the shortest frame the decoder can report an undecodable record for.
+const QUEUE_OFFSET_AT: usize = 20;
+const MIN_FRAME: usize = QUEUE_OFFSET_AT + 8;
+
+/// Decodes a PULL body record by record, inflating at most `max_body_bytes`
+/// of any compressed body and unwrapping inner batches (`INNER_BATCH` +
+/// `NEED_UNWRAP`) the way Java's `PullAPIWrapper` does. A record that
+/// cannot be decoded is kept raw with its reason, and decoding goes on with
+/// the next one, so one bad record never fails the records around it.
+pub fn decode_pull_body(buf: &Bytes, max_body_bytes: usize) -> DecodedRecords {
+    let mut out = DecodedRecords::default();
+    let mut at = 0;
+    while at < buf.len() {
+        let (end, queue_offset) = match read_frame(buf, at) {
+            Ok(frame) => frame,
+            Err(error) => {
+                out.broken = Some(BrokenFrame {
+                    at,
+                    queue_offset: peek_i64(buf, at + QUEUE_OFFSET_AT),
+                    raw: buf.slice(at..),
+                    error,
+                });
+                break;
+            }
+        };
+        match decode_framed(buf, at, end, max_body_bytes) {
+            Ok(records) => out.records.extend(records),
+            Err(e) => out.undecodable.push(UndecodableRecord {
+                queue_offset,
+                raw: buf.slice(at..end),
+                reason: e.to_string(),
+            }),
+        }
+        at = end;
+    }
+    out
+}
+
+/// Decodes every record of a body or fails with the first error: for
+/// callers that need all or nothing (tests, fakes, benchmarks). Bodies
+/// inflate up to [`DEFAULT_MAX_BODY_BYTES`]. The pull path uses
+/// [`decode_pull_body`].
 pub fn decode_records(buf: &Bytes) -> Result<Vec<MessageRecord>, DecodeError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < buf.len() {
-        let (record, next) = decode_record(buf, at)?;
-        let unwrap = sys_flag::INNER_BATCH | sys_flag::NEED_UNWRAP;
-        if record.sys_flag & unwrap == unwrap {
-            out.extend(unwrap_inner_batch(&record)?);
-        } else {
-            out.push(record);
-        }
-        at = next;
+        let (end, _) = read_frame(buf, at)?;
+        out.extend(decode_framed(buf, at, end, DEFAULT_MAX_BODY_BYTES)?);
+        at = end;
     }
     Ok(out)
 }
 
-/// Decodes the record starting at byte `at`; returns it and where the next
-/// one starts. Checks the body CRC when it is non-zero and inflates
-/// compressed bodies.
-pub fn decode_record(buf: &Bytes, at: usize) -> Result<(MessageRecord, usize), DecodeError> {
+/// The `TAGS` property of one stored record (`raw` as in an
+/// [`UndecodableRecord`]), read without checking or inflating its body.
+pub fn stored_tag(raw: &Bytes) -> Option<String> {
+    let (end, _) = read_frame(raw, 0).ok()?;
+    let stored = parse_stored(raw, 0, end).ok()?;
+    Properties::decode(&String::from_utf8_lossy(&stored.properties))
+        .get(names::TAGS)
+        .map(str::to_string)
+}
+
+fn peek_i64(buf: &Bytes, at: usize) -> Option<i64> {
+    let bytes = buf.get(at..at.checked_add(8)?)?;
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Checks the frame of the record at `at` (total size within the body and
+/// long enough for a header, magic code); returns where the record ends and
+/// its queue offset.
+fn read_frame(buf: &Bytes, at: usize) -> Result<(usize, i64), DecodeError> {
     let mut head = Cursor {
         buf,
         pos: at,
         end: buf.len(),
     };
     let total = head.length("record total size")?;
-    if total < 4 {
+    if total < MIN_FRAME {
         return Err(DecodeError::BadLength {
             what: "record total size",
             offset: at,
@@ -256,120 +338,322 @@ pub fn decode_record(buf: &Bytes, at: usize) -> Result<(MessageRecord, usize), D
             available,
         });
     }
-    let end = at + total;
-    let mut c = Cursor {
-        buf,
-        pos: at + 4,
-        end,
-    };
-    let magic_at = c.pos;
-    let magic = c.u32("record magic code")?;
+    let magic_at = head.pos;
+    let magic = head.u32("record magic code")?;
     if magic != MAGIC_V1 && magic != MAGIC_V2 {
         return Err(DecodeError::BadMagic {
             offset: magic_at,
             found: magic,
         });
     }
+    let queue_offset = peek_i64(buf, at + QUEUE_OFFSET_AT).ok_or(DecodeError::Truncated {
+        what: "record queue offset",
+        offset: at + QUEUE_OFFSET_AT,
+        needed: 8,
+        available: total.saturating_sub(QUEUE_OFFSET_AT),
+    })?;
+    Ok((at + total, queue_offset))
+}
+
+/// A stored record's fields, body as stored (not checked, not inflated).
+struct StoredRecord {
+    body_crc: u32,
+    queue_id: i32,
+    flag: i32,
+    queue_offset: i64,
+    commit_log_offset: i64,
+    sys_flag: i32,
+    born_timestamp_ms: i64,
+    born_host: SocketAddr,
+    store_timestamp_ms: i64,
+    store_host: SocketAddr,
+    store_port: i32,
+    reconsume_times: i32,
+    prepared_transaction_offset: i64,
+    body: Bytes,
+    topic: Bytes,
+    properties: Bytes,
+}
+
+/// Reads the fields of the framed record `buf[at..end]`.
+fn parse_stored(buf: &Bytes, at: usize, end: usize) -> Result<StoredRecord, DecodeError> {
+    let mut c = Cursor {
+        buf,
+        pos: at + 4,
+        end,
+    };
+    let magic_v2 = c.u32("record magic code")? == MAGIC_V2;
     let body_crc = c.u32("record body CRC")?;
     let queue_id = c.i32("record queue id")?;
     let flag = c.i32("record flag")?;
     let queue_offset = c.i64("record queue offset")?;
     let commit_log_offset = c.i64("record physical offset")?;
-    let mut sys = c.i32("record sysFlag")?;
+    let sys_flag = c.i32("record sysFlag")?;
     let born_timestamp_ms = c.i64("record born timestamp")?;
-    let (born_host, _) = c.host(sys & sys_flag::BORNHOST_V6 != 0, "record born host")?;
+    let (born_host, _) = c.host(sys_flag & sys_flag::BORNHOST_V6 != 0, "record born host")?;
     let store_timestamp_ms = c.i64("record store timestamp")?;
     let (store_host, store_port) =
-        c.host(sys & sys_flag::STOREHOST_V6 != 0, "record store host")?;
+        c.host(sys_flag & sys_flag::STOREHOST_V6 != 0, "record store host")?;
     let reconsume_times = c.i32("record reconsume times")?;
     let prepared_transaction_offset = c.i64("record prepared transaction offset")?;
     let body_len = c.length("record body length")?;
-    let stored_body = c.slice(body_len, "record body")?;
-    let topic_len = if magic == MAGIC_V2 {
+    let body = c.slice(body_len, "record body")?;
+    let topic_len = if magic_v2 {
         usize::from(c.u16("record topic length")?)
     } else {
         usize::from(c.u8("record topic length")?)
     };
     let topic = c.slice(topic_len, "record topic")?;
     let props_len = usize::from(c.u16("record properties length")?);
-    let props = c.slice(props_len, "record properties")?;
-
-    if body_crc != 0 && !stored_body.is_empty() {
-        let computed = crc32fast::hash(&stored_body);
-        // Java stores `crc32 & 0x7FFFFFFF` (UtilAll.crc32); accept the full
-        // value too, in case a writer does not mask.
-        if body_crc != computed & 0x7FFF_FFFF && body_crc != computed {
-            return Err(DecodeError::BodyCrcMismatch {
-                queue_offset,
-                commit_log_offset,
-                stored: body_crc,
-                computed: computed & 0x7FFF_FFFF,
-            });
-        }
-    }
-    let body = if sys & sys_flag::COMPRESSED != 0 {
-        let inflated = decompress(&stored_body, sys, queue_offset)?;
-        sys &= !sys_flag::COMPRESSED;
-        inflated
-    } else {
-        stored_body
-    };
-
-    let record = MessageRecord {
-        topic: String::from_utf8_lossy(&topic).into_owned(),
+    let properties = c.slice(props_len, "record properties")?;
+    Ok(StoredRecord {
+        body_crc,
         queue_id,
+        flag,
         queue_offset,
         commit_log_offset,
-        sys_flag: sys,
-        flag,
-        body_crc,
+        sys_flag,
         born_timestamp_ms,
         born_host,
         store_timestamp_ms,
         store_host,
+        store_port,
         reconsume_times,
         prepared_transaction_offset,
         body,
-        properties: Properties::decode(&String::from_utf8_lossy(&props)),
-        offset_msg_id: offset_msg_id(store_host.ip(), store_port, commit_log_offset),
-    };
-    Ok((record, end))
+        topic,
+        properties,
+    })
 }
 
-fn decompress(stored: &[u8], sys: i32, queue_offset: i64) -> Result<Bytes, DecodeError> {
-    match (sys & sys_flag::COMPRESSION_TYPE_MASK) >> 8 {
-        // 0: 4.x clients (always zlib); 3: explicit zlib (5.x clients).
-        0 | 3 => {
-            let mut out = Vec::with_capacity(stored.len().saturating_mul(4).min(1 << 20));
-            let limit = MAX_DECOMPRESSED_BODY as u64 + 1;
-            flate2::read::ZlibDecoder::new(stored)
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(|e| DecodeError::Decompress {
-                    queue_offset,
-                    reason: format!("zlib: {e}"),
-                })?;
-            if out.len() > MAX_DECOMPRESSED_BODY {
-                return Err(DecodeError::Decompress {
-                    queue_offset,
-                    reason: format!("inflated body exceeds {MAX_DECOMPRESSED_BODY} bytes"),
-                });
-            }
-            Ok(Bytes::from(out))
+/// Decodes the framed record `buf[at..end]` and unwraps an inner batch
+/// into its messages.
+fn decode_framed(
+    buf: &Bytes,
+    at: usize,
+    end: usize,
+    max_body_bytes: usize,
+) -> Result<Vec<MessageRecord>, DecodeError> {
+    let record = decode_stored(buf, at, end, max_body_bytes)?;
+    let unwrap = sys_flag::INNER_BATCH | sys_flag::NEED_UNWRAP;
+    if record.sys_flag & unwrap == unwrap {
+        unwrap_inner_batch(&record)
+    } else {
+        Ok(vec![record])
+    }
+}
+
+/// Decodes the record starting at byte `at` as stored (an inner batch stays
+/// one record); returns it and where the next one starts. Bodies inflate up
+/// to [`DEFAULT_MAX_BODY_BYTES`].
+pub fn decode_record(buf: &Bytes, at: usize) -> Result<(MessageRecord, usize), DecodeError> {
+    let (end, _) = read_frame(buf, at)?;
+    Ok((decode_stored(buf, at, end, DEFAULT_MAX_BODY_BYTES)?, end))
+}
+
+/// Decodes the framed record `buf[at..end]`: checks the body CRC when it is
+/// non-zero and inflates a compressed body up to `max_body_bytes`.
+fn decode_stored(
+    buf: &Bytes,
+    at: usize,
+    end: usize,
+    max_body_bytes: usize,
+) -> Result<MessageRecord, DecodeError> {
+    let s = parse_stored(buf, at, end)?;
+    if s.body_crc != 0 && !s.body.is_empty() {
+        let computed = crc32fast::hash(&s.body);
+        // Java stores `crc32 & 0x7FFFFFFF` (UtilAll.crc32); accept the full
+        // value too, in case a writer does not mask.
+        if s.body_crc != computed & 0x7FFF_FFFF && s.body_crc != computed {
+            return Err(DecodeError::BodyCrcMismatch {
+                queue_offset: s.queue_offset,
+                commit_log_offset: s.commit_log_offset,
+                stored: s.body_crc,
+                computed: computed & 0x7FFF_FFFF,
+            });
         }
-        1 => Err(DecodeError::UnsupportedCompression {
+    }
+    let mut sys = s.sys_flag;
+    let body = if sys & sys_flag::COMPRESSED != 0 {
+        let inflated = decompress(&s.body, sys, s.queue_offset, max_body_bytes)?;
+        sys &= !sys_flag::COMPRESSED;
+        inflated
+    } else {
+        s.body
+    };
+    Ok(MessageRecord {
+        topic: String::from_utf8_lossy(&s.topic).into_owned(),
+        queue_id: s.queue_id,
+        queue_offset: s.queue_offset,
+        commit_log_offset: s.commit_log_offset,
+        sys_flag: sys,
+        flag: s.flag,
+        body_crc: s.body_crc,
+        born_timestamp_ms: s.born_timestamp_ms,
+        born_host: s.born_host,
+        store_timestamp_ms: s.store_timestamp_ms,
+        store_host: s.store_host,
+        reconsume_times: s.reconsume_times,
+        prepared_transaction_offset: s.prepared_transaction_offset,
+        body,
+        properties: Properties::decode(&String::from_utf8_lossy(&s.properties)),
+        offset_msg_id: offset_msg_id(s.store_host.ip(), s.store_port, s.commit_log_offset),
+    })
+}
+
+/// A body compression, from bits 8-10 of the sysFlag (Java's
+/// `CompressionType`: 1 LZ4, 2 ZSTD, 3 zlib; 0 is zlib too, as 4.x
+/// producers set no type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zlib,
+    /// The LZ4 frame format (Java writes `LZ4FrameOutputStream`).
+    Lz4,
+    /// Zstandard frames (Java writes `ZstdOutputStream`).
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a compressed record's sysFlag names; `Err` carries
+    /// the type bits when they name none.
+    pub fn of_sys_flag(sys: i32) -> Result<Compression, i32> {
+        match (sys & sys_flag::COMPRESSION_TYPE_MASK) >> 8 {
+            0 | 3 => Ok(Compression::Zlib),
+            1 => Ok(Compression::Lz4),
+            2 => Ok(Compression::Zstd),
+            other => Err(other),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Zlib => "zlib",
+            Compression::Lz4 => "LZ4",
+            Compression::Zstd => "ZSTD",
+        }
+    }
+}
+
+fn decompress(
+    stored: &[u8],
+    sys: i32,
+    queue_offset: i64,
+    max_body_bytes: usize,
+) -> Result<Bytes, DecodeError> {
+    let kind =
+        Compression::of_sys_flag(sys).map_err(|type_bits| DecodeError::UnsupportedCompression {
             queue_offset,
-            kind: "LZ4",
+            type_bits,
+        })?;
+    let mut out = BoundedBody::new(stored.len(), max_body_bytes);
+    let filled = match kind {
+        Compression::Zlib => out.fill_from(&mut flate2::read::ZlibDecoder::new(stored)),
+        Compression::Lz4 => out.fill_from(&mut lz4_flex::frame::FrameDecoder::new(stored)),
+        Compression::Zstd => inflate_zstd(stored, &mut out),
+    };
+    match filled {
+        Ok(()) => Ok(Bytes::from(out.body)),
+        Err(Inflate::TooLarge) => Err(DecodeError::BodyTooLarge {
+            queue_offset,
+            compression: kind.name(),
+            limit: max_body_bytes,
         }),
-        2 => Err(DecodeError::UnsupportedCompression {
+        Err(Inflate::Failed(e)) => Err(DecodeError::Decompress {
             queue_offset,
-            kind: "ZSTD",
-        }),
-        _ => Err(DecodeError::UnsupportedCompression {
-            queue_offset,
-            kind: "an unknown compression type",
+            reason: format!("{}: {e}", kind.name()),
         }),
     }
+}
+
+enum Inflate {
+    /// The body would grow beyond the limit; inflating stopped there.
+    TooLarge,
+    Failed(std::io::Error),
+}
+
+/// An inflated body that never grows beyond its limit: reading stops at the
+/// first byte past it, and no allocation is larger than the limit.
+struct BoundedBody {
+    body: Vec<u8>,
+    limit: usize,
+}
+
+impl BoundedBody {
+    fn new(stored_len: usize, limit: usize) -> Self {
+        let guess = stored_len.saturating_mul(4).clamp(256, 1 << 20).min(limit);
+        BoundedBody {
+            body: Vec::with_capacity(guess),
+            limit,
+        }
+    }
+
+    fn fill_from(&mut self, reader: &mut impl Read) -> Result<(), Inflate> {
+        let mut chunk = [0u8; 8 * 1024];
+        loop {
+            let n = match reader.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Inflate::Failed(e)),
+            };
+            if n > self.limit - self.body.len() {
+                return Err(Inflate::TooLarge);
+            }
+            let free = self.body.capacity() - self.body.len();
+            if free < n {
+                let target = self
+                    .body
+                    .capacity()
+                    .saturating_mul(2)
+                    .max(self.body.len() + n)
+                    .min(self.limit);
+                self.body.reserve_exact(target - self.body.len());
+            }
+            self.body.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Smallest zstd window a decoder should accept (RFC 8878 recommends 8 MiB);
+/// a frame may declare up to this or the body limit, whichever is larger,
+/// so a forged window size cannot make the decoder reserve more.
+const ZSTD_MIN_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Inflates one or more concatenated zstd frames (skippable frames are
+/// skipped, as libzstd does).
+fn inflate_zstd(stored: &[u8], out: &mut BoundedBody) -> Result<(), Inflate> {
+    use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+    use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
+    let failed = |reason: String| Inflate::Failed(std::io::Error::other(reason));
+    let max_window = u64::try_from(out.limit)
+        .unwrap_or(u64::MAX)
+        .max(ZSTD_MIN_WINDOW);
+    let mut src = stored;
+    if src.is_empty() {
+        return Err(failed("empty body".into()));
+    }
+    while !src.is_empty() {
+        let mut frame = FrameDecoder::new();
+        frame.set_max_window_size(max_window);
+        match StreamingDecoder::new_with_decoder(&mut src, frame) {
+            Ok(mut decoder) => out.fill_from(&mut decoder)?,
+            Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                length,
+                ..
+            })) => {
+                let length = usize::try_from(length).unwrap_or(usize::MAX);
+                if length > src.len() {
+                    return Err(failed(format!(
+                        "skippable frame of {length} bytes, {} left in the body",
+                        src.len()
+                    )));
+                }
+                src = &src[length..];
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// Splits a record that wraps a client batch into its messages, as Java's
@@ -619,11 +903,11 @@ mod tests {
             assert_eq!(&d.body[..], &plain[..]);
             assert_eq!(d.sys_flag & sys_flag::COMPRESSED, 0);
         }
-        rec.sys_flag = sys_flag::COMPRESSED | sys_flag::COMPRESSION_ZSTD_TYPE;
+        rec.sys_flag = sys_flag::COMPRESSED | (5 << 8);
         let bytes = encode_record(&rec, false).unwrap();
         assert!(matches!(
             decode_records(&bytes),
-            Err(DecodeError::UnsupportedCompression { kind: "ZSTD", .. })
+            Err(DecodeError::UnsupportedCompression { type_bits: 5, .. })
         ));
         rec.sys_flag = sys_flag::COMPRESSED;
         rec.body = Bytes::from_static(b"not zlib");
@@ -693,6 +977,227 @@ mod tests {
         ));
     }
 
+    /// `sample(b"")` with `stored` as its body, compressed with `kind` bits.
+    fn compressed(stored: Vec<u8>, kind: i32, offset: i64) -> Bytes {
+        let mut rec = sample(b"");
+        rec.queue_offset = offset;
+        rec.body_crc = java_crc(&stored);
+        rec.body = Bytes::from(stored);
+        rec.sys_flag = sys_flag::COMPRESSED | kind;
+        encode_record(&rec, false).unwrap()
+    }
+
+    fn zlib(plain: &[u8]) -> Vec<u8> {
+        let mut enc = ZlibEncoder::new(Vec::new(), flate2::Compression::new(5));
+        enc.write_all(plain).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn lz4(plain: &[u8]) -> Vec<u8> {
+        let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        enc.write_all(plain).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn zstd(plain: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    #[test]
+    fn inflates_lz4_frames_and_zstd_frames() {
+        let plain = b"a 5.x Java producer compressed this ".repeat(40);
+        for (stored, kind) in [
+            (lz4(&plain), sys_flag::COMPRESSION_LZ4_TYPE),
+            (zstd(&plain), sys_flag::COMPRESSION_ZSTD_TYPE),
+        ] {
+            let d = decode_pull_body(&compressed(stored, kind, 7), DEFAULT_MAX_BODY_BYTES);
+            assert!(d.undecodable.is_empty(), "{:?}", d.undecodable);
+            assert_eq!(d.records.len(), 1);
+            assert_eq!(&d.records[0].body[..], &plain[..]);
+            assert_eq!(d.records[0].sys_flag & sys_flag::COMPRESSED, 0);
+            // Type bits stay, as in Java's decoder.
+            assert_eq!(
+                d.records[0].sys_flag & sys_flag::COMPRESSION_TYPE_MASK,
+                kind
+            );
+        }
+    }
+
+    #[test]
+    fn inflates_concatenated_and_skippable_zstd_frames() {
+        let mut stored = zstd(b"first ");
+        // A skippable frame (magic 0x184D2A5x, little-endian length).
+        stored.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        stored.extend_from_slice(&3u32.to_le_bytes());
+        stored.extend_from_slice(b"xyz");
+        stored.extend_from_slice(&zstd(b"second"));
+        let d = decode_pull_body(
+            &compressed(stored, sys_flag::COMPRESSION_ZSTD_TYPE, 7),
+            DEFAULT_MAX_BODY_BYTES,
+        );
+        assert!(d.undecodable.is_empty(), "{:?}", d.undecodable);
+        assert_eq!(&d.records[0].body[..], b"first second");
+    }
+
+    #[test]
+    fn a_body_inflating_beyond_the_limit_is_undecodable_for_every_codec() {
+        let plain = vec![0u8; 300 * 1024];
+        let limit = 64 * 1024;
+        for (stored, kind, name) in [
+            (zlib(&plain), sys_flag::COMPRESSION_ZLIB_TYPE, "zlib"),
+            (zlib(&plain), 0, "zlib"),
+            (lz4(&plain), sys_flag::COMPRESSION_LZ4_TYPE, "LZ4"),
+            (zstd(&plain), sys_flag::COMPRESSION_ZSTD_TYPE, "ZSTD"),
+        ] {
+            let raw = compressed(stored, kind, 9);
+            let d = decode_pull_body(&raw, limit);
+            assert!(d.records.is_empty(), "{name}");
+            assert_eq!(d.undecodable.len(), 1, "{name}");
+            let u = &d.undecodable[0];
+            assert_eq!((u.queue_offset, &u.raw), (9, &raw));
+            assert!(
+                u.reason.contains("inflates beyond 65536 bytes")
+                    && u.reason.contains("the largest the 5.x target accepts")
+                    && u.reason.contains(name),
+                "{}",
+                u.reason
+            );
+            // Exactly at the limit is fine.
+            let d = decode_pull_body(&raw, plain.len());
+            assert_eq!(d.records.len(), 1, "{name}");
+        }
+    }
+
+    /// Yields zeros forever and counts what it handed out.
+    struct Endless(usize);
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(0);
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn inflating_stops_at_the_limit_without_reading_or_allocating_further() {
+        let limit = 1024 * 1024;
+        let mut out = BoundedBody::new(100, limit);
+        let mut endless = Endless(0);
+        assert!(matches!(
+            out.fill_from(&mut endless),
+            Err(Inflate::TooLarge)
+        ));
+        assert!(endless.0 <= limit + 8 * 1024, "read {} bytes", endless.0);
+        assert!(
+            out.body.capacity() <= limit,
+            "allocated {}",
+            out.body.capacity()
+        );
+
+        // A zlib bomb: 64 MiB of zeros in about 64 KiB.
+        let bomb = zlib(&vec![0u8; 64 * 1024 * 1024]);
+        assert!(bomb.len() < 128 * 1024);
+        let d = decode_pull_body(&compressed(bomb, sys_flag::COMPRESSION_ZLIB_TYPE, 3), limit);
+        assert!(d.undecodable[0]
+            .reason
+            .contains("inflates beyond 1048576 bytes"));
+    }
+
+    #[test]
+    fn a_forged_zstd_window_is_refused_before_allocating_it() {
+        // Frame header: magic, descriptor 0 (window descriptor follows, no
+        // checksum), window descriptor for a 1 GiB window.
+        let mut forged = 0xFD2F_B528u32.to_le_bytes().to_vec();
+        forged.extend_from_slice(&[0x00, (30 - 10) << 3]);
+        forged.extend_from_slice(&[0u8; 16]);
+        let d = decode_pull_body(
+            &compressed(forged, sys_flag::COMPRESSION_ZSTD_TYPE, 4),
+            DEFAULT_MAX_BODY_BYTES,
+        );
+        assert_eq!(d.undecodable.len(), 1);
+        assert!(
+            d.undecodable[0].reason.contains("ZSTD"),
+            "{}",
+            d.undecodable[0].reason
+        );
+    }
+
+    #[test]
+    fn bad_records_between_good_ones_are_kept_raw_and_decoding_goes_on() {
+        let good = |offset: i64| {
+            let mut r = sample(b"fine");
+            r.queue_offset = offset;
+            encode_record(&r, false).unwrap()
+        };
+        let mut crc = sample(b"corrupt");
+        crc.queue_offset = 2;
+        crc.body_crc ^= 0x10;
+        let crc = encode_record(&crc, false).unwrap();
+        let not_zlib = {
+            let mut r = sample(b"");
+            r.queue_offset = 4;
+            r.body = Bytes::from_static(b"not zlib");
+            r.body_crc = 0;
+            r.sys_flag = sys_flag::COMPRESSED;
+            encode_record(&r, false).unwrap()
+        };
+        let unknown = compressed(zlib(b"x"), 6 << 8, 5);
+        let mut buf = BytesMut::new();
+        for part in [&good(1), &crc, &good(3), &not_zlib, &unknown, &good(6)] {
+            buf.extend_from_slice(part);
+        }
+        let d = decode_pull_body(&buf.freeze(), DEFAULT_MAX_BODY_BYTES);
+        let offsets: Vec<i64> = d.records.iter().map(|r| r.queue_offset).collect();
+        assert_eq!(offsets, vec![1, 3, 6]);
+        let bad: Vec<i64> = d.undecodable.iter().map(|u| u.queue_offset).collect();
+        assert_eq!(bad, vec![2, 4, 5]);
+        assert_eq!(d.undecodable[0].raw, crc);
+        assert!(d.undecodable[0].reason.contains("CRC mismatch"));
+        assert!(d.undecodable[1].reason.contains("zlib"));
+        assert!(d.undecodable[2].reason.contains("type 6"));
+        assert!(d.broken.is_none());
+    }
+
+    #[test]
+    fn a_broken_frame_ends_the_walk_and_keeps_the_rest() {
+        let rec = sample(b"x");
+        let one = encode_record(&rec, false).unwrap();
+        let mut buf = BytesMut::from(&one[..]);
+        let mut second = BytesMut::from(&one[..]);
+        second[4] ^= 0xFF;
+        buf.extend_from_slice(&second);
+        buf.extend_from_slice(&one);
+        let d = decode_pull_body(&buf.freeze(), DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(d.records.len(), 1);
+        let broken = d.broken.unwrap();
+        assert_eq!(broken.at, one.len());
+        assert_eq!(broken.queue_offset, Some(41));
+        assert_eq!(broken.raw.len(), 2 * one.len());
+        assert!(matches!(broken.error, DecodeError::BadMagic { .. }));
+    }
+
+    #[test]
+    fn a_broken_inner_batch_is_one_undecodable_record() {
+        let mut rec = sample(b"");
+        let inner = Bytes::from_static(&[0, 0, 0, 40, 0, 0]);
+        rec.body_crc = java_crc(&inner);
+        rec.body = inner;
+        rec.sys_flag = sys_flag::INNER_BATCH | sys_flag::NEED_UNWRAP;
+        let d = decode_pull_body(&encode_record(&rec, false).unwrap(), DEFAULT_MAX_BODY_BYTES);
+        assert!(d.records.is_empty());
+        assert_eq!(d.undecodable[0].queue_offset, 41);
+        assert!(d.undecodable[0].reason.contains("batch entry"));
+    }
+
+    #[test]
+    fn stored_tag_reads_the_tag_of_an_undecodable_record() {
+        let mut rec = sample(b"payload");
+        rec.body_crc ^= 1;
+        let raw = encode_record(&rec, false).unwrap();
+        assert_eq!(stored_tag(&raw).as_deref(), Some("tagA"));
+        assert_eq!(stored_tag(&Bytes::from_static(b"junk")), None);
+    }
+
     fn arb_record() -> impl Strategy<Value = (MessageRecord, bool)> {
         (
             proptest::collection::vec(any::<u8>(), 0..64),
@@ -727,6 +1232,11 @@ mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
             let buf = Bytes::from(data);
             let _ = decode_records(&buf);
+            let d = decode_pull_body(&buf, 1024);
+            // Every byte is accounted for: decoded, kept raw, or the broken rest.
+            let kept: usize = d.undecodable.iter().map(|u| u.raw.len()).sum::<usize>()
+                + d.broken.as_ref().map_or(0, |b| b.raw.len());
+            prop_assert!(kept <= buf.len());
         }
 
         #[test]
