@@ -14,19 +14,21 @@
 //! - `pipeline`: wires source, translation, cutover and sink per route; owns
 //!   flow control, in-flight windows and checkpoint advancement.
 //! - `config`, `metrics`, `systemd`, `cli`: the edges.
+//! - `dev` (cargo feature `dev` only): test-peer launcher, test helpers and
+//!   the `demo` quick start; not part of the daemon.
 
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod cutover;
-pub mod demo;
-pub mod devcluster;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod grpc;
 pub mod metrics;
 pub mod pipeline;
 pub mod remoting;
+pub mod reserved;
 pub mod shutdown;
 pub mod source;
 pub mod systemd;
-pub mod testkit;
 pub mod translate;

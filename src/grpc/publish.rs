@@ -41,69 +41,6 @@ pub struct SendReceipt {
     pub queue_id: i32,
 }
 
-/// Names RocketMQ reserves for itself (Java `MessageConst.STRING_HASH_SET`
-/// plus the names newer servers reserve); 5.x rejects them as user
-/// properties.
-const RESERVED_PROPERTIES: &[&str] = &[
-    "TRACE_ON",
-    "MSG_REGION",
-    "KEYS",
-    "TAGS",
-    "WAIT",
-    "DELAY",
-    "RETRY_TOPIC",
-    "ORIGIN_GROUP",
-    "REAL_TOPIC",
-    "REAL_QID",
-    "TRAN_MSG",
-    "PGROUP",
-    "MIN_OFFSET",
-    "MAX_OFFSET",
-    "BUYER_ID",
-    "ORIGIN_MESSAGE_ID",
-    "TRANSFER_FLAG",
-    "CORRECTION_FLAG",
-    "MQ2_FLAG",
-    "RECONSUME_TIME",
-    "UNIQ_KEY",
-    "MAX_RECONSUME_TIMES",
-    "CONSUME_START_TIME",
-    "POP_CK",
-    "POP_CK_OFFSET",
-    "1ST_POP_TIME",
-    "TRAN_PREPARED_QUEUE_OFFSET",
-    "DUP_INFO",
-    "EXTEND_UNIQ_INFO",
-    "INSTANCE_ID",
-    "CORRELATION_ID",
-    "REPLY_TO_CLIENT",
-    "TTL",
-    "ARRIVE_TIME",
-    "PUSH_REPLY_TIME",
-    "CLUSTER",
-    "MSG_TYPE",
-    "INNER_MULTI_QUEUE_OFFSET",
-    "TIMER_DELAY_MS",
-    "TIMER_DELAY_SEC",
-    "TIMER_DELIVER_MS",
-    "TIMER_ENQUEUE_MS",
-    "TIMER_DEQUEUE_MS",
-    "TIMER_ROLL_TIMES",
-    "TIMER_OUT_MS",
-    "TIMER_DEL_UNIQKEY",
-    "TIMER_DELAY_LEVEL",
-    "__BORNHOST",
-    "BORN_TIMESTAMP",
-    "DLQ_ORIGIN_TOPIC",
-    "DLQ_ORIGIN_MESSAGE_ID",
-    "__CRC32#",
-    "__SHARDINGKEY",
-    "TRACE_CONTEXT",
-    "CHECK_IMMUNITY_TIME_IN_SECONDS",
-    "__transactionId__",
-    "TRANSACTION_CHECK_TIMES",
-];
-
 /// Java proxy defaults (`ProxyConfig`): a message group must stay under 64
 /// bytes, at most 128 user properties, and properties + tag + keys at most
 /// 16 KiB.
@@ -112,9 +49,8 @@ const MAX_USER_PROPERTIES: usize = 128;
 const MAX_PROPERTY_BYTES: usize = 16 * 1024;
 
 /// Is `name` reserved by RocketMQ (and so refused as a user property)?
-pub fn is_reserved_property(name: &str) -> bool {
-    RESERVED_PROPERTIES.contains(&name) || name.starts_with("__RMQ.TRANSIENT.")
-}
+/// The same list translation uses (`crate::reserved`).
+pub use crate::reserved::is_reserved_property;
 
 /// Checks, without sending, whether 5.x would accept `message` on a topic
 /// accepting `accepted` types (empty: the server declared none, no type

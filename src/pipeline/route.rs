@@ -23,7 +23,7 @@ use super::quarantine::Quarantine;
 use super::send::Sender;
 use super::worker::{run_queue_worker, QueueContext};
 use super::Shared;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Backoff, Shutdown};
 
 pub use super::rule::{build_rule, RouteRule};
 
@@ -50,17 +50,18 @@ pub fn spawn_route(shared: Shared, cfg: Arc<BridgeConfig>, route: RouteConfig) -
 async fn retry_until<T, F, Fut>(
     what: &str,
     route: &str,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
     mut f: F,
 ) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut stop = Shutdown::new(stop.clone());
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut attempts = 0u32;
     loop {
-        if *stop.borrow() {
+        if stop.is_stopping() {
             return None;
         }
         match f().await {
@@ -70,11 +71,9 @@ where
                 if attempts == 1 || attempts % 10 == 0 {
                     tracing::error!(route, error = %e, "{what} failed; retrying");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return None,
+                if !backoff.wait(&mut stop).await {
+                    return None;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -137,7 +136,7 @@ async fn run_route(
     let Some(target_types) = retry_until(
         "learning the 5.x target topic's message type",
         &name,
-        &mut stop,
+        &stop,
         || {
             let publisher = publisher.clone();
             let target = target.clone();

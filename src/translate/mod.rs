@@ -29,7 +29,6 @@
 //! 4.x consumer saw. That is the right default for a migration.
 
 mod environment;
-mod reserved;
 
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -43,8 +42,8 @@ use std::time::Duration;
 use crate::grpc::{MessageKind, OutgoingMessage, TopicMessageType};
 use crate::remoting::{names, MessageRecord, TransactionType};
 
+pub use crate::reserved::is_reserved_property;
 pub use environment::{environment_name, environment_of};
-pub use reserved::is_reserved_property;
 
 /// Default for [`TranslateOptions::delay_clamp_min_ahead`].
 pub const DEFAULT_DELAY_CLAMP_MIN_AHEAD: Duration = Duration::from_secs(1);

@@ -373,7 +373,9 @@ async fn a_message_refused_while_others_pass_is_quarantined() {
     assert_eq!(entries[0].message_id, "ID-0005");
     assert_eq!(entries[0].offset, 5);
     assert!(
-        entries[0].reason.contains("while other messages to topic `t` were accepted"),
+        entries[0]
+            .reason
+            .contains("while other messages to topic `t` were accepted"),
         "{}",
         entries[0].reason
     );
@@ -393,10 +395,10 @@ async fn an_outage_is_retried_not_quarantined() {
     .await;
     h.fake.st().refuse_all = Some(pb::Code::InternalError);
     h.batches.send(records(4, &[""])).await.expect("feed");
-    // Backoff 50+100+200+400 ms: every message is refused 4+ times (the
-    // threshold is 3) while nothing succeeds.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(h.fake.st().sends.len() >= 4 * 4);
+    // Every message is refused 4+ times (the threshold is 3) while
+    // nothing succeeds.
+    let fake = h.fake.clone();
+    wait_until("outage refusals", || fake.st().sends.len() >= 4 * 4).await;
     assert!(h.store.quarantine_list(Some("r")).expect("list").is_empty());
     assert_eq!(h.progress.done(), 0);
     // The outage ends: everything goes through, nothing was lost.

@@ -1,4 +1,6 @@
-//! The 4.x property names that belong to RocketMQ itself, not to the user.
+//! The property names that belong to RocketMQ itself, not to the user: the
+//! one list shared by translation (never copy them as user properties) and
+//! the 5.x publisher's validation (a server refuses them).
 //!
 //! A 5.x server rejects a message whose user properties use a reserved name
 //! (Java proxy: `MessageConst.STRING_HASH_SET`), and most of these names only
