@@ -457,6 +457,17 @@ impl Client {
     /// Opens the telemetry sessions and heartbeats; waits up to the request
     /// timeout for one endpoint to complete the settings handshake.
     pub(crate) async fn start(self: &Arc<Self>) -> Result<(), PublishError> {
+        self.start_with(true).await
+    }
+
+    /// Starts the telemetry sessions and heartbeats. With `require_answer`,
+    /// fails (and stops them) when no endpoint answers the settings
+    /// handshake within the request timeout; without, keeps them trying in
+    /// the background and returns once one answered or the timeout passed.
+    pub(crate) async fn start_with(
+        self: &Arc<Self>,
+        require_answer: bool,
+    ) -> Result<(), PublishError> {
         let mut handshakes = self.handshakes.subscribe();
         for idx in 0..self.slots.len() {
             let task = tokio::spawn(Arc::clone(self).telemetry_loop(
@@ -475,6 +486,12 @@ impl Client {
         .await
         .unwrap_or(false);
         if answered {
+            return Ok(());
+        }
+        if !require_answer {
+            tracing::warn!(endpoints = %self.config.endpoints.join(","),
+                "5.x target not reachable yet (no settings handshake within {:?}); the bridge keeps trying and its routes wait, lag grows meanwhile",
+                self.config.request_timeout);
             return Ok(());
         }
         self.stop_tasks();

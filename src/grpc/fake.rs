@@ -332,7 +332,12 @@ impl MessagingService for Fake {
 }
 
 pub(crate) async fn start_fake(fake: Fake) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    start_fake_on(fake, "127.0.0.1:0").await
+}
+
+/// Serves `fake` on `addr` (a fixed port: a server that comes up late).
+pub(crate) async fn start_fake_on(fake: Fake, addr: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");

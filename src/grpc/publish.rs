@@ -202,15 +202,22 @@ impl Publisher {
     /// Like [`Publisher::connect`], but every RPC makes exactly one attempt:
     /// the caller owns retries (the pipeline's send layer does, so retries
     /// are never nested and always stop-aware).
+    /// It also does not fail when 5.x is unreachable at start: its session
+    /// keeps trying in the background (a daemon must stay up, serve its
+    /// metrics and say what it waits for).
     pub async fn connect_single_shot(config: GrpcClientConfig) -> Result<Self, PublishError> {
-        Self::connect_with(
-            config,
-            Some(super::client::RetryPolicy {
+        let mut client = Client::new(config)?;
+        if let Some(c) = Arc::get_mut(&mut client) {
+            c.retry = super::client::RetryPolicy {
                 max_attempts: 1,
                 ..Default::default()
-            }),
-        )
-        .await
+            };
+        }
+        client.start_with(false).await?;
+        Ok(Publisher {
+            _stop: Arc::new(StopOnDrop(Arc::clone(&client))),
+            client,
+        })
     }
 
     pub(crate) async fn connect_with(

@@ -339,3 +339,41 @@ async fn receive_and_ack_use_a_consumer_session() {
         .expect("receive call");
     assert_ne!(header(m, "x-mq-client-id"), "test-host@1@0@abc");
 }
+
+#[tokio::test]
+async fn a_single_shot_publisher_starts_while_5x_is_down_and_works_once_it_is_up() {
+    // A port with nothing listening (yet).
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut config = GrpcClientConfig::new(vec![addr.to_string()]);
+    config.client_id = "test-host@1@0@late".into();
+    config.request_timeout = Duration::from_millis(300);
+    // The strict connect fails fast, as `check --online` wants.
+    assert!(Publisher::connect(config.clone()).await.is_err());
+    // The daemon's publisher comes up anyway and keeps trying.
+    let p = tokio::time::timeout(
+        Duration::from_secs(5),
+        Publisher::connect_single_shot(config),
+    )
+    .await
+    .expect("returns within the timeout")
+    .expect("stays up while 5.x is down");
+    assert!(p.accepted_types("t").await.is_err(), "nothing answers yet");
+    let fake = super::fake::Fake::default();
+    fake.st().accept = vec![pb::MessageType::Normal];
+    super::fake::start_fake_on(fake, &addr.to_string()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(types) = p.accepted_types("t").await {
+            assert_eq!(types, vec![TopicMessageType::Normal]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "5.x came up but the publisher never reached it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -131,7 +131,7 @@ impl RouteHealth {
         if changed {
             self.gauge.set(1.0);
             tracing::error!(route = %self.route, reason,
-                "route stalled: its 5.x target refuses every message for a reason that is not the message's; nothing is quarantined, the route retries until it is fixed (other routes are not affected)");
+                "route stalled: nothing is forwarded and nothing is quarantined on this route until its 5.x target works; it resumes by itself (other routes are not affected)");
         }
     }
 

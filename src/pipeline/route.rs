@@ -131,29 +131,10 @@ async fn run_route(
         move || publisher.max_body_size()
     }));
 
-    let publisher = shared.publisher.clone();
-    let target = route.target_topic.clone();
-    let Some(target_types) = retry_until(
-        "learning the 5.x target topic's message type",
-        &name,
-        &stop,
-        || {
-            let publisher = publisher.clone();
-            let target = target.clone();
-            async move {
-                publisher
-                    .accepted_types(&target)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await
-    else {
-        return;
-    };
-    tracing::info!(route = %name, target = %target, types = ?target_types, "target topic accepts");
-
+    // Until the target's accepted types are known (5.x unreachable, topic
+    // missing) the route's queues pull and report lag, but admit nothing:
+    // the route is stalled and says what it waits for.
+    let mut target_types = Vec::new();
     let mut generation = 1u64;
     let rule = build_rule(generation, &cfg, &route, target_types.clone());
     metrics::gauge!(m::CUTOVER_PERCENT, "route" => name.clone()).set(route.cutover_percent as f64);
@@ -163,6 +144,7 @@ async fn run_route(
     let share = shared.shares.route();
     let health = RouteHealth::new(&name);
     spawn_stall_recorder(&shared, &name, &health);
+    let mut types_rx = spawn_type_learner(&shared, &name, &route.target_topic, &health, &stop);
     let sender = Sender {
         route: name.clone(),
         publishers: shared.publishers.clone(),
@@ -198,6 +180,14 @@ async fn run_route(
 
     loop {
         tokio::select! {
+            learned = &mut types_rx, if target_types.is_empty() => {
+                let Ok(types) = learned else { break };
+                tracing::info!(route = %name, target = %route.target_topic, types = ?types, "target topic accepts");
+                target_types = types;
+                generation += 1;
+                let _ = rule_tx.send(Arc::new(build_rule(generation, &cfg, &current_route, target_types.clone())));
+                sender.health.healthy();
+            }
             _ = refresh.tick() => {
                 match source.refresh_route().await {
                     Ok(found) => {
@@ -321,6 +311,56 @@ fn start_queue(
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
     QueueTask { progress, worker }
+}
+
+/// Learns the target topic's accepted message types, retrying until it
+/// succeeds (the route stays stalled meanwhile) or the route stops.
+fn spawn_type_learner(
+    shared: &Shared,
+    route: &str,
+    target: &str,
+    health: &Arc<RouteHealth>,
+    stop: &watch::Receiver<bool>,
+) -> tokio::sync::oneshot::Receiver<Vec<crate::grpc::TopicMessageType>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let publisher = shared.publisher.clone();
+    let (route, target, health, stop) = (
+        route.to_string(),
+        target.to_string(),
+        Arc::clone(health),
+        stop.clone(),
+    );
+    health.stall(&format!(
+        "waiting to learn the message types of 5.x topic `{target}` (is the 5.x proxy reachable and the topic created?)"
+    ));
+    tokio::spawn(async move {
+        let mut first = true;
+        let types = retry_until(
+            "learning the 5.x target topic's message type",
+            &route,
+            &stop,
+            || {
+                let publisher = publisher.clone();
+                let target = target.clone();
+                let health = Arc::clone(&health);
+                let report = std::mem::take(&mut first);
+                async move {
+                    let result = publisher.accepted_types(&target).await;
+                    if let (Err(e), true) = (&result, report) {
+                        health.stall(&format!(
+                            "cannot learn the message types of 5.x topic `{target}`: {e}"
+                        ));
+                    }
+                    result.map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+        if let Some(types) = types {
+            let _ = tx.send(types);
+        }
+    });
+    rx
 }
 
 /// Keeps the route's stall reason in the store (`status` shows it) while
