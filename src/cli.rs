@@ -254,7 +254,8 @@ pub fn quarantine_list(path: &Path, route: Option<&str>) -> anyhow::Result<()> {
             json!({
                 "route": e.route, "broker": e.queue.broker_name, "queue": e.queue.queue_id,
                 "offset": e.offset, "msg_id": e.message_id, "reason": e.reason,
-                "quarantined_at": fmt_ms(e.quarantined_at_ms), "replayable": !e.message_json.is_empty(),
+                "quarantined_at": fmt_ms(e.quarantined_at_ms), "replayable": matches!(quarantine_codec::decode_kept(&e.message_json), Ok(quarantine_codec::Kept::Translated(_))),
+                "raw_record_kept": matches!(quarantine_codec::decode_kept(&e.message_json), Ok(quarantine_codec::Kept::RawRecord(_))),
             })
         )?;
     }

@@ -8,6 +8,7 @@
 //! - `Route`: stall the route (health.rs), retry slowly, quarantine nothing;
 //! - `Suspect`: retry; poison only by the rule in health.rs;
 //! - `Transient`: retry.
+//!
 //! A send gives its permit back while it waits to retry, and a FIFO send
 //! holds its group's turn (order.rs) until it is settled.
 //! Must not touch: the window, cutover decisions, checkpoints.

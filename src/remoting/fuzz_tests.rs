@@ -499,12 +499,11 @@ fn route_body(rng: &mut Rng, broker: &str) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// A response's code, remark, `extFields` and body.
+type Answer = (i32, Option<String>, Vec<(&'static str, String)>, Vec<u8>);
+
 /// The valid answer to `req`: code, `extFields` and body.
-fn valid_answer(
-    req: &RemotingCommand,
-    rng: &mut Rng,
-    broker: &str,
-) -> (i32, Option<String>, Vec<(&'static str, String)>, Vec<u8>) {
+fn valid_answer(req: &RemotingCommand, rng: &mut Rng, broker: &str) -> Answer {
     let offset = req.ext_i64("queueOffset").ok().flatten().unwrap_or(0);
     match req.code {
         request::GET_ROUTEINFO_BY_TOPIC => {
