@@ -1,41 +1,68 @@
 //! The bridge's configuration: parsed once from a TOML file (through the
 //! `config` crate) into typed, validated structs. The running system only ever
-//! sees a `BridgeConfig` that passed `validate`; every problem found is
-//! reported with the file, the key and the remedy.
+//! sees a `BridgeConfig` that passed `validate`. Every problem of a file is
+//! reported at once (unknown keys, wrong types, out-of-range values, invalid
+//! combinations, across all routes), each with the file, the key and the
+//! remedy.
 //!
 //! Secrets never live in this file: they come from the environment or from
 //! files named by the environment (`RMQ_BRIDGE_*_ACCESS_KEY[_FILE]`, ...).
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::cutover::RoutingKeyMode;
 
-/// A configuration problem, naming the file and key and saying what to do.
+/// One problem of a configuration file: the key (dotted path such as
+/// `routes[0].cutover_percent`; empty for the file as a whole) and what is
+/// wrong with it, with the remedy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
+pub struct ConfigProblem {
     pub key: String,
     pub reason: String,
 }
 
+/// Every problem found in a configuration file, so that one run of
+/// `rmq-bridge check` names them all. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl ConfigError {
+    /// The keys named, in the order the problems were found.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.problems.iter().map(|p| p.key.as_str())
+    }
+
+    fn fmt_problem(&self, f: &mut fmt::Formatter<'_>, p: &ConfigProblem) -> fmt::Result {
+        if p.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), p.reason)
+        } else {
+            write!(f, "{}: `{}`: {}", self.file.display(), p.key, p.reason)
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.reason)
-        } else {
-            write!(
-                f,
-                "{}: `{}`: {}",
-                self.file.display(),
-                self.key,
-                self.reason
-            )
+        match self.problems.as_slice() {
+            [one] => self.fmt_problem(f, one),
+            all => {
+                write!(f, "{}: {} problems", self.file.display(), all.len())?;
+                for p in all {
+                    f.write_str("\n  ")?;
+                    self.fmt_problem(f, p)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -222,82 +249,310 @@ impl BridgeConfig {
 }
 
 // ---------------------------------------------------------------------------
-// Raw, file-shaped structs. Unknown keys are errors: a typo such as
-// `cutover_pecent` must not silently keep the old value.
+// Reading, in two passes. The file is parsed into a loose value tree; a
+// `TableReader` per table hands out typed values by key, noting each value
+// of the wrong type and, when the table is finished, each key nobody asked
+// for (a typo such as `cutover_pecent` must not silently keep the old
+// value). The raw structs below are what the file says; `validate_*` turn
+// them into the typed config. Every problem is collected, none stops the
+// others from being found.
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The problems of one file, collected while it is read and validated.
+#[derive(Default)]
+struct Problems(RefCell<Vec<ConfigProblem>>);
+
+impl Problems {
+    fn push(&self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.borrow_mut().push(ConfigProblem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Records a `(key, reason)` error of a validation helper.
+    fn note<T>(&self, result: Result<T, KeyReason>) -> Option<T> {
+        result.map_err(|(key, reason)| self.push(key, reason)).ok()
+    }
+
+    fn into_error(self, file: &Path) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            problems: self.0.into_inner(),
+        }
+    }
+
+    fn into_result<T>(self, file: &Path, value: T) -> Result<T, ConfigError> {
+        if self.0.borrow().is_empty() {
+            Ok(value)
+        } else {
+            Err(self.into_error(file))
+        }
+    }
+}
+
+/// One table of the file being read (`path` is its dotted name, empty for
+/// the top level).
+struct TableReader<'p> {
+    path: String,
+    entries: BTreeMap<String, config::Value>,
+    known: Vec<&'static str>,
+    problems: &'p Problems,
+}
+
+impl<'p> TableReader<'p> {
+    fn new(path: String, value: Option<config::Value>, problems: &'p Problems) -> Self {
+        let entries = match value.map(|v| v.into_table()) {
+            None => BTreeMap::new(),
+            Some(Ok(table)) => table.into_iter().collect(),
+            Some(Err(_)) => {
+                problems.push(
+                    path.clone(),
+                    format!("must be a table: write it as a [{path}] section"),
+                );
+                BTreeMap::new()
+            }
+        };
+        TableReader {
+            path,
+            entries,
+            known: Vec::new(),
+            problems,
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn take(&mut self, key: &'static str) -> Option<config::Value> {
+        self.known.push(key);
+        self.entries.remove(key)
+    }
+
+    /// The value of an optional key; a value of the wrong type is noted.
+    fn opt<T: DeserializeOwned>(&mut self, key: &'static str) -> Option<T> {
+        let value = self.take(key)?;
+        match value.try_deserialize::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problems.push(self.key(key), describe_type_error(e));
+                None
+            }
+        }
+    }
+
+    /// The value of a required key; a missing key is noted with an example.
+    fn req<T: DeserializeOwned>(&mut self, key: &'static str, example: &str) -> Option<T> {
+        if !self.entries.contains_key(key) {
+            self.known.push(key);
+            self.problems.push(
+                self.key(key),
+                format!("missing; it is required, e.g. {key} = {example}"),
+            );
+            return None;
+        }
+        self.opt(key)
+    }
+
+    /// Reads the sub-table `key` (absent: empty) with `read`, then reports
+    /// its unknown keys.
+    fn section<T>(&mut self, key: &'static str, read: impl FnOnce(&mut TableReader<'p>) -> T) -> T {
+        let value = self.take(key);
+        let mut table = TableReader::new(self.key(key), value, self.problems);
+        let out = read(&mut table);
+        table.finish();
+        out
+    }
+
+    /// Reads each table of the array of tables `key` (`[[key]]`) with `read`.
+    fn sections<T>(
+        &mut self,
+        key: &'static str,
+        mut read: impl FnMut(&mut TableReader<'p>) -> T,
+    ) -> Vec<T> {
+        let Some(value) = self.take(key) else {
+            return Vec::new();
+        };
+        let Ok(items) = value.into_array() else {
+            self.problems.push(
+                self.key(key),
+                format!("must be an array of tables: write each one as a [[{key}]] section"),
+            );
+            return Vec::new();
+        };
+        let base = self.key(key);
+        let problems = self.problems;
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let mut table = TableReader::new(format!("{base}[{i}]"), Some(item), problems);
+                let out = read(&mut table);
+                table.finish();
+                out
+            })
+            .collect()
+    }
+
+    /// Notes every key of the table that nothing asked for.
+    fn finish(self) {
+        for key in self.entries.keys() {
+            if SECRET_KEYS.contains(&key.as_str()) {
+                continue; // already refused by `reject_secrets`
+            }
+            let reason = match closest(key, &self.known) {
+                Some(known) => format!("unknown key; did you mean `{known}`? (a misspelt key must not silently keep the old value)"),
+                None => format!(
+                    "unknown key; {} (see config/bridge.example.toml)",
+                    if self.known.is_empty() {
+                        "this table takes no keys".to_string()
+                    } else {
+                        format!("known here: {}", self.known.join(", "))
+                    }
+                ),
+            };
+            self.problems.push(self.key(key), reason);
+        }
+    }
+}
+
+/// The known key within two edits of `key`, if any.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+fn describe_type_error(e: config::ConfigError) -> String {
+    format!("wrong type: {e}")
+}
+
 struct RawConfig {
     source: RawSource,
     target: RawTarget,
-    #[serde(default)]
     checkpoint: RawCheckpoint,
-    #[serde(default)]
     metrics: RawMetrics,
-    #[serde(default)]
     environment: RawEnvironment,
-    #[serde(default)]
     pipeline: RawPipeline,
-    #[serde(default)]
     translate: RawTranslate,
-    #[serde(default)]
     log: RawLog,
-    #[serde(default)]
     routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawConfig {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawConfig {
+            source: t.section("source", RawSource::read),
+            target: t.section("target", RawTarget::read),
+            checkpoint: t.section("checkpoint", RawCheckpoint::read),
+            metrics: t.section("metrics", |t| RawMetrics {
+                listen: t.opt("listen"),
+            }),
+            environment: t.section("environment", |t| RawEnvironment {
+                property: t.opt("property"),
+            }),
+            pipeline: t.section("pipeline", RawPipeline::read),
+            translate: t.section("translate", RawTranslate::read),
+            log: t.section("log", |t| RawLog {
+                format: t.opt("format"),
+                level: t.opt("level"),
+            }),
+            routes: t.sections("routes", RawRoute::read),
+        }
+    }
+}
+
+/// Required keys are `Option` here too: a missing one is already noted.
 struct RawSource {
-    namesrv_addr: String,
-    #[serde(default)]
+    namesrv_addr: Option<String>,
     consumer_group: Option<String>,
-    #[serde(default)]
     pull_batch_size: Option<u32>,
-    #[serde(default)]
     long_poll_ms: Option<u64>,
-    #[serde(default)]
     request_timeout_ms: Option<u64>,
-    #[serde(default)]
     cluster_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawSource {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawSource {
+            namesrv_addr: t.req("namesrv_addr", "\"127.0.0.1:9876\""),
+            consumer_group: t.opt("consumer_group"),
+            pull_batch_size: t.opt("pull_batch_size"),
+            long_poll_ms: t.opt("long_poll_ms"),
+            request_timeout_ms: t.opt("request_timeout_ms"),
+            cluster_name: t.opt("cluster_name"),
+        }
+    }
+}
+
 struct RawTarget {
-    endpoint: String,
-    #[serde(default)]
-    tls: bool,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
+    endpoint: Option<String>,
+    tls: Option<bool>,
+    namespace: Option<String>,
     request_timeout_ms: Option<u64>,
-    #[serde(default)]
     clients: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawTarget {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawTarget {
+            endpoint: t.req("endpoint", "\"127.0.0.1:8081\""),
+            tls: t.opt("tls"),
+            namespace: t.opt("namespace"),
+            request_timeout_ms: t.opt("request_timeout_ms"),
+            clients: t.opt("clients"),
+        }
+    }
+}
+
 struct RawCheckpoint {
     dir: Option<String>,
     flush_interval_ms: Option<u64>,
     sync: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawCheckpoint {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawCheckpoint {
+            dir: t.opt("dir"),
+            flush_interval_ms: t.opt("flush_interval_ms"),
+            sync: t.opt("sync"),
+        }
+    }
+}
+
 struct RawMetrics {
     listen: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEnvironment {
     property: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPipeline {
     inflight_per_queue: Option<usize>,
     send_batch_size: Option<usize>,
@@ -307,8 +562,19 @@ struct RawPipeline {
     max_inflight_mib: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawPipeline {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawPipeline {
+            inflight_per_queue: t.opt("inflight_per_queue"),
+            send_batch_size: t.opt("send_batch_size"),
+            max_concurrent_sends: t.opt("max_concurrent_sends"),
+            shutdown_drain_timeout_ms: t.opt("shutdown_drain_timeout_ms"),
+            quarantine_after_failures: t.opt("quarantine_after_failures"),
+            max_inflight_mib: t.opt("max_inflight_mib"),
+        }
+    }
+}
+
 struct RawTranslate {
     fifo_group: Option<String>,
     delay_min_lead_ms: Option<u64>,
@@ -319,32 +585,51 @@ struct RawTranslate {
     provenance_offset_property: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawTranslate {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawTranslate {
+            fifo_group: t.opt("fifo_group"),
+            delay_min_lead_ms: t.opt("delay_min_lead_ms"),
+            provenance: t.opt("provenance"),
+            provenance_cluster_property: t.opt("provenance_cluster_property"),
+            provenance_broker_property: t.opt("provenance_broker_property"),
+            provenance_queue_property: t.opt("provenance_queue_property"),
+            provenance_offset_property: t.opt("provenance_offset_property"),
+        }
+    }
+}
+
 struct RawLog {
     format: Option<String>,
     level: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
-    name: String,
-    source_topic: String,
-    #[serde(default)]
+    name: Option<String>,
+    source_topic: Option<String>,
     target_topic: Option<String>,
-    #[serde(default)]
     filter: Option<String>,
-    #[serde(default)]
     cutover_percent: Option<i64>,
-    #[serde(default)]
     routing_key: Option<String>,
-    #[serde(default)]
-    environments: Vec<String>,
-    #[serde(default)]
+    environments: Option<Vec<String>>,
     start: Option<String>,
-    #[serde(default)]
     commit_as_group: Option<String>,
+}
+
+impl RawRoute {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        RawRoute {
+            name: t.req("name", "\"orders\""),
+            source_topic: t.req("source_topic", "\"orders\""),
+            target_topic: t.opt("target_topic"),
+            filter: t.opt("filter"),
+            cutover_percent: t.opt("cutover_percent"),
+            routing_key: t.opt("routing_key"),
+            environments: t.opt("environments"),
+            start: t.opt("start"),
+            commit_as_group: t.opt("commit_as_group"),
+        }
+    }
 }
 
 /// Names of keys that look like secrets; they are refused in the file.
@@ -360,33 +645,46 @@ const SECRET_KEYS: &[&str] = &[
 pub fn load(path: &Path) -> Result<BridgeConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
-        key: String::new(),
-        reason: format!("cannot read the file: {e}"),
+        problems: vec![ConfigProblem {
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        }],
     })?;
     parse(path, &text, &std::env::vars().collect::<Vec<_>>())
 }
 
 /// Parses configuration text; `env` supplies the secret variables (tests pass
-/// their own).
+/// their own). The error lists every problem found.
 pub fn parse(
     path: &Path,
     text: &str,
     env: &[(String, String)],
 ) -> Result<BridgeConfig, ConfigError> {
-    let err = |key: &str, reason: String| ConfigError {
-        file: path.to_path_buf(),
-        key: key.to_string(),
-        reason,
-    };
-    reject_secrets(path, text)?;
-    let raw: RawConfig = config::Config::builder()
+    let problems = Problems::default();
+    reject_secrets(text, &problems);
+    let tree = match config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| err("", describe_config_error(e)))?;
+    {
+        Ok(c) => c.cache,
+        Err(e) => {
+            // Not TOML: nothing further can be checked.
+            problems.push("", describe_config_error(e));
+            return Err(problems.into_error(path));
+        }
+    };
+    let mut root = TableReader::new(String::new(), Some(tree), &problems);
+    let raw = RawConfig::read(&mut root);
+    root.finish();
+    let config = validate(path, &raw, env, &problems);
+    problems.into_result(path, config)
+}
 
-    let source = validate_source(&raw.source, env).map_err(|(k, r)| err(&k, r))?;
-    let target = validate_target(&raw.target, env).map_err(|(k, r)| err(&k, r))?;
+/// Turns what the file says into the typed config, noting every problem;
+/// the result only counts when no problem was noted.
+fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems) -> BridgeConfig {
+    let source = validate_source(&raw.source, env, p);
+    let target = validate_target(&raw.target, env, p);
 
     let checkpoint = CheckpointConfig {
         dir: PathBuf::from(
@@ -399,24 +697,31 @@ pub fn parse(
         sync: raw.checkpoint.sync.unwrap_or(true),
     };
     if checkpoint.dir.as_os_str().is_empty() {
-        return Err(err("checkpoint.dir", "must not be empty".into()));
+        p.push("checkpoint.dir", "must not be empty");
     }
     if checkpoint.flush_interval.is_zero() || checkpoint.flush_interval > Duration::from_secs(10) {
-        return Err(err(
+        p.push(
             "checkpoint.flush_interval_ms",
-            "must be between 1 and 10000".into(),
-        ));
+            format!(
+                "{} is out of range; must be between 1 and 10000",
+                checkpoint.flush_interval.as_millis()
+            ),
+        );
     }
 
     let metrics_listen = match raw.metrics.listen.as_deref().map(str::trim) {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         Some("") | Some("off") => None,
-        Some(addr) => Some(addr.parse().map_err(|_| {
-            err(
-                "metrics.listen",
-                format!("`{addr}` is not an address:port such as 127.0.0.1:9464 (or \"off\")"),
-            )
-        })?),
+        Some(addr) => match addr.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push(
+                    "metrics.listen",
+                    format!("`{addr}` is not an address:port such as 127.0.0.1:9464 (or \"off\")"),
+                );
+                None
+            }
+        },
     };
 
     let environment_property = raw
@@ -425,7 +730,7 @@ pub fn parse(
         .clone()
         .unwrap_or_else(|| "__microservice_tag__".into());
     if environment_property.trim().is_empty() {
-        return Err(err("environment.property", "must not be empty".into()));
+        p.push("environment.property", "must not be empty");
     }
 
     let pipeline = PipelineConfig {
@@ -438,41 +743,50 @@ pub fn parse(
             raw.pipeline.shutdown_drain_timeout_ms.unwrap_or(10_000),
         ),
     };
-    if !(1..=65_536).contains(&pipeline.inflight_per_queue) {
-        return Err(err(
-            "pipeline.inflight_per_queue",
-            "must be between 1 and 65536".into(),
-        ));
-    }
-    if !(1..=65_536).contains(&pipeline.max_concurrent_sends) {
-        return Err(err(
-            "pipeline.max_concurrent_sends",
-            "must be between 1 and 65536".into(),
-        ));
-    }
-    if !(1..=4096).contains(&pipeline.max_inflight_mib) {
-        return Err(err(
-            "pipeline.max_inflight_mib",
-            "must be between 1 and 4096".into(),
-        ));
-    }
-    if !(1..=1024).contains(&pipeline.send_batch_size) {
-        return Err(err(
-            "pipeline.send_batch_size",
-            "must be between 1 and 1024".into(),
-        ));
-    }
+    let in_range = |key: &str, value: usize, min: usize, max: usize| {
+        if !(min..=max).contains(&value) {
+            p.push(
+                key,
+                format!("{value} is out of range; must be between {min} and {max}"),
+            );
+        }
+    };
+    in_range(
+        "pipeline.inflight_per_queue",
+        pipeline.inflight_per_queue,
+        1,
+        65_536,
+    );
+    in_range(
+        "pipeline.max_concurrent_sends",
+        pipeline.max_concurrent_sends,
+        1,
+        65_536,
+    );
+    in_range(
+        "pipeline.max_inflight_mib",
+        pipeline.max_inflight_mib as usize,
+        1,
+        4096,
+    );
+    in_range(
+        "pipeline.send_batch_size",
+        pipeline.send_batch_size,
+        1,
+        1024,
+    );
 
-    let translate = validate_translate(&raw.translate, &raw.source).map_err(|(k, r)| err(&k, r))?;
+    let translate = validate_translate(&raw.translate, &raw.source, p);
 
     let log_format = match raw.log.format.as_deref().unwrap_or("human") {
         "human" | "text" => LogFormat::Human,
         "json" => LogFormat::Json,
         other => {
-            return Err(err(
+            p.push(
                 "log.format",
                 format!("`{other}` is not a log format; use \"human\" or \"json\""),
-            ))
+            );
+            LogFormat::Human
         }
     };
     let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
@@ -480,23 +794,25 @@ pub fn parse(
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut names = BTreeSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        let route = validate_route(i, r).map_err(|(k, reason)| err(&k, reason))?;
+        let Some(route) = validate_route(i, r, p) else {
+            continue;
+        };
         if !names.insert(route.name.clone()) {
-            return Err(err(
-                &format!("routes[{i}].name"),
+            p.push(
+                format!("routes[{i}].name"),
                 format!("route name `{}` is used twice; names must be unique because checkpoints are keyed by them", route.name),
-            ));
+            );
         }
         routes.push(route);
     }
-    if routes.is_empty() {
-        return Err(err(
+    if raw.routes.is_empty() {
+        p.push(
             "routes",
-            "no [[routes]] defined; add at least one route (source_topic, target_topic)".into(),
-        ));
+            "no [[routes]] defined; add at least one route (source_topic, target_topic)",
+        );
     }
 
-    Ok(BridgeConfig {
+    BridgeConfig {
         file: path.to_path_buf(),
         source,
         target,
@@ -508,19 +824,15 @@ pub fn parse(
         log_format,
         log_level,
         routes,
-    })
-}
-
-fn describe_config_error(e: config::ConfigError) -> String {
-    let text = e.to_string();
-    if text.contains("unknown field") {
-        format!("{text} (check the spelling against the config reference in README.md)")
-    } else {
-        text
     }
 }
 
-fn reject_secrets(path: &Path, text: &str) -> Result<(), ConfigError> {
+fn describe_config_error(e: config::ConfigError) -> String {
+    format!("not valid TOML: {e}")
+}
+
+/// Notes each line that sets a secret: those come from the environment.
+fn reject_secrets(text: &str, p: &Problems) {
     for (lineno, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.starts_with('#') {
@@ -529,18 +841,16 @@ fn reject_secrets(path: &Path, text: &str) -> Result<(), ConfigError> {
         if let Some((key, _)) = line.split_once('=') {
             let key = key.trim().trim_matches('"');
             if SECRET_KEYS.contains(&key) {
-                return Err(ConfigError {
-                    file: path.to_path_buf(),
-                    key: key.to_string(),
-                    reason: format!(
+                p.push(
+                    key,
+                    format!(
                         "line {}: secrets are not accepted in the config file; set RMQ_BRIDGE_SOURCE_ACCESS_KEY / RMQ_BRIDGE_SOURCE_SECRET_KEY / RMQ_BRIDGE_TARGET_ACCESS_KEY / RMQ_BRIDGE_TARGET_SECRET_KEY (or their _FILE variants) in the environment instead",
                         lineno + 1
                     ),
-                });
+                );
             }
         }
     }
-    Ok(())
 }
 
 type KeyReason = (String, String);
@@ -568,76 +878,85 @@ fn parse_addr_list(key: &str, text: &str, sep: &[char]) -> Result<Vec<String>, K
     Ok(out)
 }
 
-fn validate_source(raw: &RawSource, env: &[(String, String)]) -> Result<SourceConfig, KeyReason> {
-    let namesrv_addrs = parse_addr_list("source.namesrv_addr", &raw.namesrv_addr, &[';'])?;
+fn validate_source(raw: &RawSource, env: &[(String, String)], p: &Problems) -> SourceConfig {
+    let namesrv_addrs = raw
+        .namesrv_addr
+        .as_deref()
+        .and_then(|a| p.note(parse_addr_list("source.namesrv_addr", a, &[';'])))
+        .unwrap_or_default();
     let consumer_group = raw
         .consumer_group
         .clone()
         .unwrap_or_else(|| "rmq_bridge".into());
     if !valid_resource_name(&consumer_group) {
-        return Err((
-            "source.consumer_group".into(),
+        p.push(
+            "source.consumer_group",
             format!("`{consumer_group}` is not a valid RocketMQ group name (letters, digits, %, -, _, | up to 255)"),
-        ));
+        );
     }
     let pull_batch_size = raw.pull_batch_size.unwrap_or(32);
     if !(1..=1024).contains(&pull_batch_size) {
-        return Err((
-            "source.pull_batch_size".into(),
-            "must be between 1 and 1024".into(),
-        ));
+        p.push(
+            "source.pull_batch_size",
+            format!("{pull_batch_size} is out of range; must be between 1 and 1024"),
+        );
     }
     let long_poll = Duration::from_millis(raw.long_poll_ms.unwrap_or(15_000));
     if long_poll < Duration::from_millis(100) || long_poll > Duration::from_secs(60) {
-        return Err((
-            "source.long_poll_ms".into(),
-            "must be between 100 and 60000".into(),
-        ));
+        p.push(
+            "source.long_poll_ms",
+            format!(
+                "{} is out of range; must be between 100 and 60000",
+                long_poll.as_millis()
+            ),
+        );
     }
-    Ok(SourceConfig {
+    SourceConfig {
         namesrv_addrs,
         consumer_group,
         pull_batch_size,
         long_poll,
         request_timeout: Duration::from_millis(raw.request_timeout_ms.unwrap_or(5_000)),
-        credentials: credentials_from_env("SOURCE", env)?,
-    })
+        credentials: p.note(credentials_from_env("SOURCE", env)).flatten(),
+    }
 }
 
-fn validate_target(raw: &RawTarget, env: &[(String, String)]) -> Result<TargetConfig, KeyReason> {
-    let endpoints = parse_addr_list("target.endpoint", &raw.endpoint, &[';', ','])?;
+fn validate_target(raw: &RawTarget, env: &[(String, String)], p: &Problems) -> TargetConfig {
+    let endpoints = raw
+        .endpoint
+        .as_deref()
+        .and_then(|e| p.note(parse_addr_list("target.endpoint", e, &[';', ','])))
+        .unwrap_or_default();
     let clients = raw.clients.unwrap_or(4);
     if !(1..=64).contains(&clients) {
-        return Err((
-            "target.clients".into(),
+        p.push(
+            "target.clients",
             format!("must be between 1 and 64 (got {clients})"),
-        ));
+        );
     }
-    Ok(TargetConfig {
+    TargetConfig {
         endpoints,
-        tls: raw.tls,
-        namespace: raw.namespace.clone(),
+        tls: raw.tls.unwrap_or(false),
+        namespace: raw.namespace.clone().unwrap_or_default(),
         request_timeout: Duration::from_millis(raw.request_timeout_ms.unwrap_or(5_000)),
         clients,
-        credentials: credentials_from_env("TARGET", env)?,
-    })
+        credentials: p.note(credentials_from_env("TARGET", env)).flatten(),
+    }
 }
 
-fn validate_translate(
-    raw: &RawTranslate,
-    source: &RawSource,
-) -> Result<TranslateConfig, KeyReason> {
+fn validate_translate(raw: &RawTranslate, source: &RawSource, p: &Problems) -> TranslateConfig {
     let fifo_group = match raw.fifo_group.as_deref().unwrap_or("sharding_key") {
         "sharding_key" => FifoGroupFrom::ShardingKey,
         "queue" | "source_queue" => FifoGroupFrom::SourceQueue,
         other => {
-            return Err((
-                "translate.fifo_group".into(),
+            p.push(
+                "translate.fifo_group",
                 format!("`{other}` is not valid; use \"sharding_key\" or \"queue\""),
-            ))
+            );
+            FifoGroupFrom::ShardingKey
         }
     };
-    Ok(TranslateConfig {
+    TranslateConfig {
         fifo_group,
         delay_min_lead: Duration::from_millis(raw.delay_min_lead_ms.unwrap_or(1_000)),
         provenance: raw.provenance.unwrap_or(false),
@@ -658,87 +977,142 @@ fn validate_translate(
             .clone()
             .unwrap_or_else(|| "bridge_source_offset".into()),
         source_cluster_name: source.cluster_name.clone().unwrap_or_else(|| "4.x".into()),
-    })
+    }
 }
 
-fn validate_route(i: usize, r: &RawRoute) -> Result<RouteConfig, KeyReason> {
+/// The route, unless its name or source topic is missing (already noted).
+fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
     let key = |k: &str| format!("routes[{i}].{k}");
-    if !valid_resource_name(&r.name) {
-        return Err((
-            key("name"),
-            format!(
-                "`{}` must be 1..=255 chars of letters, digits, %, -, _, |",
-                r.name
-            ),
-        ));
+    if let Some(name) = &r.name {
+        if !valid_resource_name(name) {
+            p.push(
+                key("name"),
+                format!("`{name}` must be 1..=255 chars of letters, digits, %, -, _, |"),
+            );
+        }
     }
-    if !valid_resource_name(&r.source_topic) {
-        return Err((
-            key("source_topic"),
-            format!("`{}` is not a valid RocketMQ topic name", r.source_topic),
-        ));
+    if let Some(topic) = &r.source_topic {
+        if !valid_resource_name(topic) {
+            p.push(
+                key("source_topic"),
+                format!("`{topic}` is not a valid RocketMQ topic name"),
+            );
+        }
     }
-    let target_topic = r
-        .target_topic
-        .clone()
-        .unwrap_or_else(|| r.source_topic.clone());
-    if !valid_resource_name(&target_topic) {
-        return Err((
-            key("target_topic"),
-            format!("`{target_topic}` is not a valid RocketMQ topic name"),
-        ));
+    if let Some(topic) = &r.target_topic {
+        if !valid_resource_name(topic) {
+            p.push(
+                key("target_topic"),
+                format!("`{topic}` is not a valid RocketMQ topic name"),
+            );
+        }
     }
     let filter = r.filter.clone().unwrap_or_else(|| "*".into());
     if filter.trim().is_empty() {
-        return Err((key("filter"), "use \"*\" to take every tag".into()));
+        p.push(key("filter"), "use \"*\" to take every tag");
     }
     let percent = r.cutover_percent.unwrap_or(0);
     if !(0..=100).contains(&percent) {
-        return Err((
+        p.push(
             key("cutover_percent"),
             format!("{percent} is out of range; must be an integer 0..=100"),
-        ));
+        );
     }
     let routing_key = r
         .routing_key
         .as_deref()
         .unwrap_or("auto")
         .parse::<RoutingKeyMode>()
-        .map_err(|e| (key("routing_key"), e.to_string()))?;
+        .map_err(|e| p.push(key("routing_key"), e.to_string()))
+        .unwrap_or(RoutingKeyMode::Auto);
     let mut environments = Vec::new();
-    for env in &r.environments {
+    for env in r.environments.iter().flatten() {
         let env = env.trim();
         if env.is_empty() {
-            return Err((
+            p.push(
                 key("environments"),
-                "empty name; use \"baseline\" for messages without an environment tag".into(),
-            ));
+                "empty name; use \"baseline\" for messages without an environment tag",
+            );
+            continue;
         }
         environments.push(env.to_string());
     }
     let start = StartPosition::parse(r.start.as_deref().unwrap_or("earliest"))
-        .map_err(|reason| (key("start"), reason))?;
+        .map_err(|reason| p.push(key("start"), reason))
+        .unwrap_or(StartPosition::Earliest);
     let commit_as_group = match r.commit_as_group.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(g) if valid_resource_name(g) => Some(g.to_string()),
         Some(g) => {
-            return Err((
+            p.push(
                 key("commit_as_group"),
                 format!("`{g}` is not a valid RocketMQ group name"),
-            ))
+            );
+            None
         }
     };
-    Ok(RouteConfig {
-        name: r.name.clone(),
-        source_topic: r.source_topic.clone(),
-        target_topic,
+    let route = RouteConfig {
+        name: r.name.clone()?,
+        source_topic: r.source_topic.clone()?,
+        target_topic: r.target_topic.clone().or_else(|| r.source_topic.clone())?,
         filter,
-        cutover_percent: percent as u8,
+        cutover_percent: percent.clamp(0, 100) as u8,
         routing_key,
         environments,
         start,
         commit_as_group,
-    })
+    };
+    if (0..=100).contains(&percent) {
+        for reason in commit_as_group_conflicts(&route) {
+            p.push(key("commit_as_group"), reason);
+        }
+    }
+    Some(route)
+}
+
+/// Why `commit_as_group` cannot go with the rest of the route. Write-back
+/// sets the group's offsets to the bridge's checkpoints, and a checkpoint
+/// also passes the messages the route holds on 4.x (buckets at or above the
+/// percent, other environments, other tags): the group's 4.x consumers
+/// would skip them after a write-back, and 5.x never got them either.
+fn commit_as_group_conflicts(route: &RouteConfig) -> Vec<String> {
+    let Some(group) = &route.commit_as_group else {
+        return Vec::new();
+    };
+    let lead = format!(
+        "route `{}` writes its progress back to 4.x group `{group}`, but",
+        route.name
+    );
+    let tail = format!(
+        "stay on 4.x only while the checkpoint moves past them, so 4.x consumers of `{group}` \
+         would skip them after the write-back: progress would be written past messages that \
+         went to neither side"
+    );
+    let mut out = Vec::new();
+    if route.cutover_percent < 100 {
+        out.push(format!(
+            "{lead} `cutover_percent` = {}: messages in buckets {}..=99 {tail}. Write back only \
+             once the route forwards everything (cutover_percent = 100, the group handoff), or \
+             remove commit_as_group",
+            route.cutover_percent, route.cutover_percent
+        ));
+    }
+    if !route.environments.is_empty() {
+        out.push(format!(
+            "{lead} `environments` = {:?} forwards only those environments: messages of the \
+             others {tail}. Remove `environments` (forward every environment), or remove \
+             commit_as_group",
+            route.environments
+        ));
+    }
+    if route.filter.trim() != "*" && !route.filter.trim().is_empty() {
+        out.push(format!(
+            "{lead} `filter` = \"{}\" forwards only those tags: messages with other tags {tail}. \
+             Use filter = \"*\", or remove commit_as_group",
+            route.filter
+        ));
+    }
+    out
 }
 
 /// RocketMQ's topic / group character set.
@@ -846,7 +1220,7 @@ cutover_percent = 30
             (
                 "cutover_percent = 30",
                 "cutover_pecent = 30",
-                "unknown field",
+                "routes[0].cutover_pecent",
             ),
             (
                 "cutover_percent = 30",
@@ -891,11 +1265,129 @@ cutover_percent = 30
         }
     }
 
+    /// `check` names every problem of a file at once, across sections and
+    /// routes, each with the file and its key.
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = MINIMAL
+            .replace(
+                "cutover_percent = 30",
+                "cutover_percent = 150\nrouting_key = \"weird\"\ncutover_pecent = 30",
+            )
+            .replace("[checkpoint]", "[checkpoint]\nflush_interval_ms = 0")
+            + "\n[[routes]]\nname = \"payments\"\nsource_topic = \"pay ments\"\nstart = \"yesterday\"\n";
+        let e = parse_text(&text).expect_err("four bad keys").to_string();
+        for key in [
+            "routes[0].cutover_pecent",
+            "routes[0].cutover_percent",
+            "routes[0].routing_key",
+            "checkpoint.flush_interval_ms",
+            "routes[1].source_topic",
+            "routes[1].start",
+        ] {
+            assert!(e.contains(key), "error should name `{key}`:\n{e}");
+        }
+        assert!(e.contains("150"), "{e}");
+        assert!(e.contains("weird"), "{e}");
+        assert!(e.contains("did you mean `cutover_percent`"), "{e}");
+        for line in e.lines().skip(1) {
+            assert!(
+                line.contains("bridge.toml"),
+                "each problem names the file: {line}"
+            );
+        }
+    }
+
+    /// A wrongly typed value is one problem among the others, named by key.
+    #[test]
+    fn type_errors_are_reported_with_the_others() {
+        let text = MINIMAL
+            .replace("cutover_percent = 30", "cutover_percent = \"lots\"")
+            .replace("[checkpoint]", "[checkpoint]\nsync = \"maybe\"")
+            .replace(
+                "endpoint = \"127.0.0.1:8081\"",
+                "endpoint = \"127.0.0.1:8081\"\nclients = 0",
+            );
+        let e = parse_text(&text).expect_err("bad types").to_string();
+        for key in [
+            "routes[0].cutover_percent",
+            "checkpoint.sync",
+            "target.clients",
+        ] {
+            assert!(e.contains(key), "error should name `{key}`:\n{e}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config/bridge.example.toml");
+        let c = parse(Path::new("bridge.example.toml"), text, &[]).unwrap();
+        assert_eq!(c.routes[0].name, "orders");
+        assert_eq!(c.routes[0].commit_as_group, None);
+    }
+
+    #[test]
+    fn missing_keys_and_misspelt_sections_are_named() {
+        let text = MINIMAL.replace("namesrv_addr = \"127.0.0.1:9876;127.0.0.2:9876\"\n", "")
+            + "[pipelne]\nsend_batch_size = 8\n";
+        let e = parse_text(&text).expect_err("two problems");
+        let keys: Vec<&str> = e.keys().collect();
+        assert_eq!(keys, vec!["source.namesrv_addr", "pipelne"], "{e}");
+        let text = e.to_string();
+        assert!(text.contains("did you mean `pipeline`"), "{text}");
+        assert!(text.contains("e.g. namesrv_addr = "), "{text}");
+    }
+
+    /// Write-back moves the 4.x group's offsets to the bridge's checkpoint;
+    /// a checkpoint also passes messages held on 4.x (bucket above the
+    /// percent, other environments, other tags), which the group's 4.x
+    /// consumers would then skip although 5.x never got them.
+    #[test]
+    fn commit_as_group_only_with_everything_forwarded() {
+        let handoff = MINIMAL.replace(
+            "cutover_percent = 30",
+            "cutover_percent = 100\ncommit_as_group = \"legacy\"",
+        );
+        let ok = parse_text(&handoff).expect("100%, every tag, every environment");
+        assert_eq!(ok.routes[0].commit_as_group.as_deref(), Some("legacy"));
+        let star = handoff.replace(
+            "cutover_percent = 100",
+            "cutover_percent = 100\nfilter = \" * \"",
+        );
+        assert!(parse_text(&star).is_ok());
+
+        let cases: &[(&str, &str)] = &[
+            ("cutover_percent = 30", "cutover_percent"),
+            ("cutover_percent = 0", "cutover_percent"),
+            (
+                "cutover_percent = 100\nenvironments = [\"gray\"]",
+                "environments",
+            ),
+            ("cutover_percent = 100\nfilter = \"TagA || TagB\"", "filter"),
+        ];
+        for (edit, conflicting) in cases {
+            let text = handoff.replace("cutover_percent = 100", edit);
+            let e = parse_text(&text).expect_err(edit).to_string();
+            assert!(e.contains("routes[0].commit_as_group"), "{edit}: {e}");
+            assert!(e.contains("route `orders`"), "{edit}: {e}");
+            assert!(e.contains(&format!("`{conflicting}`")), "{edit}: {e}");
+            assert!(e.contains("skip"), "{edit}: says why: {e}");
+        }
+        let all = handoff.replace(
+            "cutover_percent = 100",
+            "cutover_percent = 50\nenvironments = [\"gray\"]\nfilter = \"TagA\"",
+        );
+        let e = parse_text(&all).expect_err("three conflicts").to_string();
+        for conflicting in ["`cutover_percent`", "`environments`", "`filter`"] {
+            assert!(e.contains(conflicting), "{e}");
+        }
+    }
+
     #[test]
     fn duplicate_route_names_are_rejected() {
         let text = format!("{MINIMAL}\n[[routes]]\nname = \"orders\"\nsource_topic = \"b\"\n");
         let e = parse_text(&text).unwrap_err();
-        assert_eq!(e.key, "routes[1].name");
+        assert_eq!(e.keys().collect::<Vec<_>>(), vec!["routes[1].name"]);
     }
 
     #[test]

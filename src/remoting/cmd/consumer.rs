@@ -1,12 +1,13 @@
 //! Client registration with brokers: HEART_BEAT, UNREGISTER_CLIENT, and
-//! GET_CONSUMER_LIST_BY_GROUP (who else consumes as a group).
+//! GET_CONSUMER_LIST_BY_GROUP (who else consumes as a group, as a typed
+//! [`LiveConsumers`] answer that keeps "none" apart from "unknown").
 //!
 //! The serde structs mirror Java's `HeartbeatData` JSON field names.
 
 use serde::{Deserialize, Serialize};
 
 use crate::remoting::codes::{request, response};
-use crate::remoting::error::{DecodeError, Result};
+use crate::remoting::error::{DecodeError, RemotingError, Result};
 use crate::remoting::header::RemotingCommand;
 use crate::remoting::RemotingClient;
 
@@ -161,18 +162,52 @@ pub fn build_consumer_list(group: &str) -> RemotingCommand {
     RemotingCommand::request(request::GET_CONSUMER_LIST_BY_GROUP).with_ext("consumerGroup", group)
 }
 
-/// Client ids of the group's live consumers. Brokers answer SYSTEM_ERROR
-/// "no consumer for this group" when there are none: that is an empty list.
-pub fn parse_consumer_list(addr: &str, resp: RemotingCommand) -> Result<Vec<String>> {
+/// The remark prefix of Java's `ConsumerManageProcessor.getConsumerListByGroup`
+/// (and of the Rust peer) for a group with no live consumer:
+/// SYSTEM_ERROR "no consumer for this group, GROUP".
+const NO_CONSUMER_REMARK: &str = "no consumer for this group";
+
+/// One broker's answer to "who consumes as this group?". An answer is
+/// either definite (`None`, `Some`) or `Unknown`; callers that act on the
+/// absence of consumers must treat `Unknown` as "maybe", never as "none".
+#[derive(Debug)]
+pub enum LiveConsumers {
+    /// The broker knows no live consumer of the group: SUCCESS with an empty
+    /// list, or SYSTEM_ERROR "no consumer for this group, G" (how Java
+    /// brokers say it).
+    None,
+    /// Client ids of the group's live consumers.
+    Some(Vec<String>),
+    /// No usable answer: timeout, connection error, any other response
+    /// code or remark, an unreadable body.
+    Unknown(RemotingError),
+}
+
+impl LiveConsumers {
+    /// The client ids, or the error when the answer is unknown.
+    pub fn into_result(self) -> Result<Vec<String>> {
+        match self {
+            LiveConsumers::None => Ok(Vec::new()),
+            LiveConsumers::Some(ids) => Ok(ids),
+            LiveConsumers::Unknown(e) => Err(e),
+        }
+    }
+}
+
+/// Reads a GET_CONSUMER_LIST_BY_GROUP response.
+pub fn parse_consumer_list(addr: &str, resp: RemotingCommand) -> LiveConsumers {
     if resp.code == response::SYSTEM_ERROR
         && resp
             .remark
             .as_deref()
-            .is_some_and(|r| r.starts_with("no consumer for this group"))
+            .is_some_and(|r| r.trim_start().starts_with(NO_CONSUMER_REMARK))
     {
-        return Ok(Vec::new());
+        return LiveConsumers::None;
     }
-    let resp = super::expect_success(addr, resp)?;
+    let resp = match super::expect_success(addr, resp) {
+        Ok(resp) => resp,
+        Err(e) => return LiveConsumers::Unknown(e),
+    };
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Body {
@@ -180,13 +215,21 @@ pub fn parse_consumer_list(addr: &str, resp: RemotingCommand) -> Result<Vec<Stri
         consumer_id_list: Option<Vec<String>>,
     }
     if resp.body.is_empty() {
-        return Ok(Vec::new());
+        return LiveConsumers::None;
     }
-    let body: Body = serde_json::from_slice(&resp.body).map_err(|e| DecodeError::InvalidJson {
-        what: "consumer list",
-        reason: e.to_string(),
-    })?;
-    Ok(body.consumer_id_list.unwrap_or_default())
+    match serde_json::from_slice::<Body>(&resp.body) {
+        Ok(body) => match body.consumer_id_list.unwrap_or_default() {
+            ids if ids.is_empty() => LiveConsumers::None,
+            ids => LiveConsumers::Some(ids),
+        },
+        Err(e) => LiveConsumers::Unknown(
+            DecodeError::InvalidJson {
+                what: "consumer list",
+                reason: e.to_string(),
+            }
+            .into(),
+        ),
+    }
 }
 
 impl RemotingClient {
@@ -209,15 +252,26 @@ impl RemotingClient {
         super::expect_success(broker, resp).map(|_| ())
     }
 
+    /// Who consumes as `group` according to `broker`; never an error, an
+    /// answer that is not definite is [`LiveConsumers::Unknown`].
+    pub async fn live_consumers(&self, broker: &str, group: &str) -> LiveConsumers {
+        match self
+            .invoke(broker, build_consumer_list(group), self.request_timeout())
+            .await
+        {
+            Ok(resp) => parse_consumer_list(broker, resp),
+            Err(e) => LiveConsumers::Unknown(e),
+        }
+    }
+
+    /// Client ids of the group's live consumers (empty: none); an error
+    /// when the broker's answer is unknown.
     pub async fn get_consumer_list_by_group(
         &self,
         broker: &str,
         group: &str,
     ) -> Result<Vec<String>> {
-        let resp = self
-            .invoke(broker, build_consumer_list(group), self.request_timeout())
-            .await?;
-        parse_consumer_list(broker, resp)
+        self.live_consumers(broker, group).await.into_result()
     }
 }
 
@@ -281,14 +335,56 @@ mod tests {
     }
 
     #[test]
-    fn consumer_list() {
-        let mut r = RemotingCommand::request(1);
-        r.remark = Some("no consumer for this group, g".into());
-        assert!(parse_consumer_list("b:1", r.clone()).unwrap().is_empty());
-        r.remark = Some("other".into());
-        assert!(parse_consumer_list("b:1", r).is_err());
-        let ok = RemotingCommand::request(0).with_body(&br#"{"consumerIdList":["a@1","b@2"]}"#[..]);
-        assert_eq!(parse_consumer_list("b:1", ok).unwrap(), vec!["a@1", "b@2"]);
+    fn consumer_list_answers_are_typed() {
+        let answer = |code: i32, remark: Option<&str>, body: &[u8]| {
+            let mut r = RemotingCommand::request(code).with_body(body.to_vec());
+            r.remark = remark.map(str::to_string);
+            parse_consumer_list("b:1", r)
+        };
+        // Java's (and the peer's) answer for a group nobody consumes as.
+        assert!(matches!(
+            answer(
+                response::SYSTEM_ERROR,
+                Some("no consumer for this group, g"),
+                b""
+            ),
+            LiveConsumers::None
+        ));
+        assert!(matches!(
+            answer(response::SUCCESS, None, br#"{"consumerIdList":[]}"#),
+            LiveConsumers::None
+        ));
+        match answer(
+            response::SUCCESS,
+            None,
+            br#"{"consumerIdList":["a@1","b@2"]}"#,
+        ) {
+            LiveConsumers::Some(ids) => assert_eq!(ids, vec!["a@1", "b@2"]),
+            other => panic!("{other:?}"),
+        }
+        // Anything else is unknown, not "no consumers".
+        for (code, remark, body) in [
+            (response::SYSTEM_ERROR, Some("store is busy"), &b""[..]),
+            (response::SYSTEM_ERROR, None, &b""[..]),
+            (
+                response::SYSTEM_BUSY,
+                Some("no consumer for this group, g"),
+                &b""[..],
+            ),
+            (response::SUCCESS, None, &b"{not json"[..]),
+        ] {
+            match answer(code, remark, body) {
+                LiveConsumers::Unknown(e) => assert!(!e.to_string().is_empty()),
+                other => panic!("{code} {remark:?}: {other:?} must be unknown"),
+            }
+        }
+        assert_eq!(
+            answer(response::SYSTEM_BUSY, None, b"")
+                .into_result()
+                .unwrap_err()
+                .response_code(),
+            Some(response::SYSTEM_BUSY)
+        );
         let unregister = build_unregister("id", None, Some("g"));
         assert_eq!(unregister.ext("clientID"), Some("id"));
         assert_eq!(unregister.ext("producerGroup"), None);
