@@ -64,13 +64,13 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use rmq_bridge::devcluster::{free_port, LocalCluster, Peer};
+use rmq_bridge::dev::cluster::{free_port, LocalCluster, Peer};
+use rmq_bridge::dev::testkit::{self, env_num, env_pairs, metric, RouteSpec};
 use rmq_bridge::grpc::{GrpcClientConfig, MessageKind, OutgoingMessage, Publisher};
 use rmq_bridge::remoting::{
     names, BatchEntry, NameServers, Properties, RemotingClient, SendBatchRequest, SendRequest,
 };
 use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
-use rmq_bridge::testkit::{self, env_num, env_pairs, metric, RouteSpec};
 
 const QUEUES: i32 = 8;
 /// Body size of every message (`RMQ_BENCH_BODY_BYTES`, default 1 KiB).

@@ -48,12 +48,12 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use rmq_bridge::devcluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::cluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::testkit::{self, env_num, env_pairs};
 use rmq_bridge::remoting::{
     names, BatchEntry, NameServers, Properties, RemotingClient, SendBatchRequest,
 };
 use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
-use rmq_bridge::testkit::{self, env_num, env_pairs};
 
 const TOPIC: &str = "pull_rate";
 const QUEUES: i32 = 8;

@@ -34,9 +34,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
 
-use rmq_bridge::devcluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::cluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::testkit::{self, env_num};
 use rmq_bridge::grpc::{GrpcClientConfig, MessageKind, OutgoingMessage, PublishError, Publisher};
-use rmq_bridge::testkit::{self, env_num};
 
 const QUEUES: i32 = 8;
 const BODY_BYTES: usize = 1024;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real RocketMQ test peers on fixed loopback ports, for manual use and the
 # README quick start (SPEC.md section 7). The same settings as the Rust
-# launcher in src/devcluster (a unit test there keeps the two in step);
+# launcher in src/dev/cluster (a unit test there keeps the two in step);
 # docs/peers.md explains every one.
 #
 #   scripts/peers.sh start     start a 4.x cluster and a 5.x cluster with gRPC proxy

@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/install-peers.sh
 export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
-cargo build --release --bin rmq-bridge
+# `demo` is developer tooling behind the `dev` cargo feature (the daemon's own
+# `cargo build --release` leaves it out).
+cargo build --release --features dev --bin rmq-bridge
 exec target/release/rmq-bridge demo "$@"

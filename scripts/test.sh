@@ -14,8 +14,13 @@ scripts/install-peers.sh
 export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 phase "cargo fmt --check"
 cargo fmt --check
+# Tests, benches and doctests build with the `dev` feature (rmq_bridge::dev:
+# test peers, test helpers, demo) through Cargo.toml's dev-dependency on this
+# crate; the daemon's own build (lib + bin) is linted once without it.
 phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+phase "cargo clippy --lib --bins -- -D warnings (daemon build, without the dev feature)"
+cargo clippy --lib --bins -- -D warnings
 phase "cargo test (unit, property and peer integration tests)"
 # Peer tests each start real clusters; two at a time fit a 2-core machine.
 # Benchmarks are compiled by clippy above but not run here (scripts/bench.sh).

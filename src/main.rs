@@ -76,7 +76,8 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// Quick start: local 4.x and 5.x peers, sample traffic, the bridge, progress.
+    /// Quick start: local 4.x and 5.x peers, sample traffic, the bridge, progress
+    /// (needs a build with `--features dev`).
     Demo {
         /// Messages per message type to produce.
         #[arg(long, default_value_t = 200)]
@@ -113,6 +114,21 @@ enum QuarantineAction {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// The quick start lives in `rmq_bridge::dev`, compiled only with the `dev`
+/// feature; the daemon's own build keeps the subcommand to say how to get it.
+#[cfg(feature = "dev")]
+async fn demo(messages: usize) -> anyhow::Result<()> {
+    rmq_bridge::dev::demo::run(messages).await
+}
+
+#[cfg(not(feature = "dev"))]
+async fn demo(_messages: usize) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "built without the dev feature: rebuild with --features dev \
+         (e.g. `cargo run --release --features dev -- demo`, or scripts/quickstart.sh)"
+    )
 }
 
 fn main() -> ExitCode {
@@ -174,7 +190,7 @@ fn main() -> ExitCode {
             }
             Command::Demo { messages } => {
                 cli::init_logging("info", args.log_json);
-                rmq_bridge::demo::run(messages).await
+                demo(messages).await
             }
         }
     });

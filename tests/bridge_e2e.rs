@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rmq_bridge::devcluster::{free_port, LocalCluster};
+use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::testkit::{self, metric, RouteSpec, Sample};
 use rmq_bridge::remoting::{HeartbeatData, MessageRecord, RemotingClient};
-use rmq_bridge::testkit::{self, metric, RouteSpec, Sample};
 
 const ENV_TAG: &str = "__microservice_tag__";
 

@@ -21,14 +21,14 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use rmq_bridge::checkpoint::SourceQueue;
-use rmq_bridge::devcluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::cluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::testkit::{self, Sample};
 use rmq_bridge::remoting::message::sys_flag;
 use rmq_bridge::remoting::{
     names, BatchEntry, MessageRecord, NameServers, Properties, RemotingClient, RemotingError,
     SendBatchRequest, SendRequest, SendResult,
 };
 use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
-use rmq_bridge::testkit::{self, Sample};
 
 /// Consumer group of every pull in these tests.
 const GROUP: &str = "source_peers_test";

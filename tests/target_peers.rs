@@ -25,13 +25,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use rmq_bridge::devcluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::cluster::{ClusterOptions, LocalCluster, Peer};
+use rmq_bridge::dev::testkit;
 use rmq_bridge::grpc::{
     is_reserved_property, pb, validate, GrpcClientConfig, MessageKind, OutgoingMessage,
     PublishError, Publisher, TopicMessageType,
 };
 use rmq_bridge::remoting::{names, MessageRecord, RemotingClient, TransactionType};
-use rmq_bridge::testkit;
 
 /// Properties the peer stores that RocketMQ does not reserve by name:
 /// rocketmq-broker 1.0.0 replaces the Java timer properties of a due DELAY

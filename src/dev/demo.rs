@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config;
-use crate::devcluster::LocalCluster;
+use crate::dev::cluster::LocalCluster;
+use crate::dev::testkit::{self, RouteSpec, Sample};
 use crate::pipeline::Bridge;
 use crate::remoting::RemotingClient;
-use crate::testkit::{self, RouteSpec, Sample};
 
 /// (4.x topic, 5.x topic, 5.x message type)
 const TOPICS: [(&str, &str, &str); 4] = [

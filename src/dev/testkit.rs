@@ -1,4 +1,4 @@
-//! Helpers on top of `devcluster` shared by the integration tests, the quick
+//! Helpers on top of `dev::cluster` shared by the integration tests, the quick
 //! start (`rmq-bridge demo`) and the end-to-end benchmark: typed topics,
 //! producing sample 4.x traffic, reading a topic back over Remoting (the
 //! ground truth of what landed, SPEC section 7), and writing bridge configs.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 
-use crate::devcluster::{ClusterOptions, LocalCluster};
+use crate::dev::cluster::{ClusterOptions, LocalCluster};
 use crate::remoting::{
     MessageRecord, NameServers, PullRequest, PullStatus, RemotingClient, RemotingClientConfig,
     SendRequest, SendResult, TopicConfig,

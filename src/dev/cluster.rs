@@ -10,11 +10,11 @@
 //! [`LocalCluster`] does that with the project's Remoting client).
 //!
 //! ```no_run
-//! use rmq_bridge::devcluster::{ClusterOptions, LocalCluster};
+//! use rmq_bridge::dev::cluster::{ClusterOptions, LocalCluster};
 //! let source = LocalCluster::start(ClusterOptions::new("src"))?;
 //! let target = LocalCluster::start(ClusterOptions::new("dst").with_proxy(true))?;
 //! println!("4.x name server {}, 5.x gRPC {:?}", source.namesrv_addr, target.proxy_endpoint);
-//! # Ok::<(), rmq_bridge::devcluster::DevClusterError>(())
+//! # Ok::<(), rmq_bridge::dev::cluster::DevClusterError>(())
 //! ```
 
 mod binaries;
