@@ -145,7 +145,7 @@ async fn run_route(
     let health = RouteHealth::new(&name);
     spawn_stall_recorder(&shared, &name, &health);
     let mut types_rx = spawn_type_learner(&shared, &name, &route.target_topic, &health, &stop);
-    let sender = Sender {
+    let sender = Arc::new(Sender {
         route: name.clone(),
         publishers: shared.publishers.clone(),
         order: shared.order.clone(),
@@ -157,7 +157,7 @@ async fn run_route(
         delay_min_lead: cfg.translate.delay_min_lead,
         poison_threshold: cfg.pipeline.quarantine_after_failures,
         stop: Shutdown::new(worker_stop_rx.clone()),
-    };
+    });
     let admitter = Admitter {
         route: name.clone(),
         target_topic: route.target_topic.clone(),
@@ -289,7 +289,7 @@ fn start_queue(
     offset: i64,
     rule_rx: watch::Receiver<Arc<RouteRule>>,
     stop_rx: watch::Receiver<bool>,
-    sender: &Sender,
+    sender: &Arc<Sender>,
     admitter: &Admitter,
 ) -> QueueTask {
     let progress = QueueProgress::new(&route.name, queue.clone(), offset);

@@ -32,7 +32,8 @@ use super::window::Window;
 /// Everything a queue worker needs that is shared by its route.
 #[derive(Clone)]
 pub struct QueueContext {
-    pub sender: Sender,
+    /// Shared by the route's workers and their send tasks (one clone per send).
+    pub sender: Arc<Sender>,
     pub admitter: Admitter,
     pub store: CheckpointStore,
     pub flusher: Arc<CheckpointFlusher>,

@@ -143,7 +143,7 @@ async fn start_on(
     let counters = crate::metrics::RouteMessages::new(route);
     let share = shares.route();
     let health = RouteHealth::new(route);
-    let sender = Sender {
+    let sender = Arc::new(Sender {
         route: route.into(),
         publishers: pool.clone(),
         order,
@@ -155,7 +155,7 @@ async fn start_on(
         delay_min_lead: Duration::from_secs(1),
         poison_threshold: 3,
         stop: Shutdown::new(stop_rx),
-    };
+    });
     let ctx = QueueContext {
         sender,
         admitter: Admitter {
@@ -197,7 +197,11 @@ fn big_records(n: i64, groups: &[&str], body_kib: usize) -> PulledBatch {
 }
 
 fn records_of(n: i64, groups: &[&str], body: Option<Vec<u8>>) -> PulledBatch {
-    let records = (0..n)
+    records_range(0, n, groups, body)
+}
+
+fn records_range(from: i64, n: i64, groups: &[&str], body: Option<Vec<u8>>) -> PulledBatch {
+    let records = (from..n)
         .map(|i| {
             let builder = RecordBuilder::new()
                 .queue_offset(i)
@@ -219,6 +223,26 @@ fn records_of(n: i64, groups: &[&str], body: Option<Vec<u8>>) -> PulledBatch {
             max_offset: n,
         },
     }
+}
+
+/// Keeps NORMAL traffic flowing (20 messages every 10 ms from offset `from`)
+/// until something is quarantined: poison is only judged while neighbours
+/// to the same topic are accepted. Returns the next offset not fed.
+async fn feed_until_quarantined(h: &Harness, mut from: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.store.quarantine_list(Some("r")).expect("list").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing quarantined"
+        );
+        h.batches
+            .send(records_range(from, from + 20, &[""], None))
+            .await
+            .expect("feed");
+        from += 20;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    from
 }
 
 async fn wait_durable(progress: &QueueProgress, offset: i64) {
@@ -363,11 +387,10 @@ async fn a_message_refused_while_others_pass_is_quarantined() {
         .st()
         .refuse
         .insert("ID-0005".into(), pb::Code::InternalError);
-    // 100 messages over 3 free permits at 10 ms each: the others keep
-    // succeeding for ~300 ms while ID-0005 is refused 3 times (3 attempts
-    // inside the publisher each, then 50 and 100 ms of backoff).
-    h.batches.send(records(100, &[""])).await.expect("feed");
-    wait_durable(&h.progress, 100).await;
+    // Traffic keeps flowing while ID-0005 is refused again and again:
+    // neighbours pass between its refusals, so it is poison.
+    let fed = feed_until_quarantined(&h, 0).await;
+    wait_durable(&h.progress, fed).await;
     let entries = h.store.quarantine_list(Some("r")).expect("list");
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0].message_id, "ID-0005");
@@ -744,8 +767,8 @@ async fn a_refused_packed_batch_meets_the_poison_rule_message_by_message() {
         .st()
         .refuse
         .insert("ID-0005".into(), pb::Code::InternalError);
-    h.batches.send(records(200, &[""])).await.expect("feed");
-    wait_durable(&h.progress, 200).await;
+    let fed = feed_until_quarantined(&h, 0).await;
+    wait_durable(&h.progress, fed).await;
     let entries = h.store.quarantine_list(Some("r")).expect("list");
     assert_eq!(
         entries.iter().map(|e| e.offset).collect::<Vec<_>>(),
