@@ -235,7 +235,9 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
         println!("  quarantined: {quarantined}");
         if let Ok(Some(reason)) = store.meta_get(&pipeline::stall_meta_key(&r.name)) {
             if !reason.is_empty() {
-                println!("  STALLED (the daemon forwards nothing on this route until fixed): {reason}");
+                println!(
+                    "  STALLED (the daemon forwards nothing on this route until fixed): {reason}"
+                );
             }
         }
     }
@@ -295,7 +297,9 @@ pub async fn quarantine_replay(
             failed += 1;
             continue;
         }
-        let msg = match quarantine_codec::decode_kept(&e.message_json).map_err(anyhow::Error::msg)? {
+        let msg = match quarantine_codec::decode_kept(&e.message_json)
+            .map_err(anyhow::Error::msg)?
+        {
             quarantine_codec::Kept::Translated(msg) => msg,
             quarantine_codec::Kept::RawRecord(raw) => {
                 println!(
@@ -596,7 +600,10 @@ mod reset_route_tests {
             assert!(store.bind_route_topic("orders", "orders_v2").is_err());
             // While the daemon holds the store, reset is refused and says why.
             let err = reset_route(&path, "orders").unwrap_err().to_string();
-            assert!(err.contains("locked") && err.contains("daemon stopped"), "{err}");
+            assert!(
+                err.contains("locked") && err.contains("daemon stopped"),
+                "{err}"
+            );
         }
         reset_route(&path, "orders").unwrap();
         let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
