@@ -153,7 +153,7 @@ pub async fn commit_back(
             if now - *logged_at >= REFUSAL_LOG_INTERVAL_MS {
                 *logged_at = now;
                 tracing::error!(route, group, reason = %why,
-                    "refusing to write progress back to 4.x group `{group}` (commit_as_group of route `{route}`): {why}");
+                    "refusing to commit progress as 4.x group `{group}` (commit_as_group of route `{route}`): {why}");
             }
         }
         WriteBackDecision::Commit => {
