@@ -64,6 +64,14 @@ pub struct Outgoing {
     pub held: Held,
 }
 
+/// An `Outgoing` of a packed batch without its message.
+struct Slot {
+    queue: SourceQueue,
+    offset: i64,
+    store_ms: i64,
+    held: Held,
+}
+
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -179,7 +187,22 @@ impl Sender {
         let mut stop = self.stop.clone();
         let mut permit = Some(permit);
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-        let messages: Vec<OutgoingMessage> = batch.iter().map(|o| o.message.clone()).collect();
+        // The messages travel as the request as they are (no copy per
+        // message); the rest of each `Outgoing` waits beside them.
+        let (messages, batch): (Vec<OutgoingMessage>, Vec<Slot>) = batch
+            .into_iter()
+            .map(|o| {
+                (
+                    o.message,
+                    Slot {
+                        queue: o.queue,
+                        offset: o.offset,
+                        store_ms: o.store_ms,
+                        held: o.held,
+                    },
+                )
+            })
+            .unzip();
         loop {
             let p = match permit.take() {
                 Some(p) => p,
@@ -213,8 +236,15 @@ impl Sender {
                 Disposition::Message | Disposition::Suspect => {
                     tracing::warn!(route = %self.route, messages = batch.len(), error = %e,
                         "packed send refused; sending its messages one by one");
-                    for out in batch {
-                        let offset = out.offset;
+                    for (slot, message) in batch.into_iter().zip(messages) {
+                        let offset = slot.offset;
+                        let out = Outgoing {
+                            queue: slot.queue,
+                            offset,
+                            store_ms: slot.store_ms,
+                            message,
+                            held: slot.held,
+                        };
                         let outcome = self.deliver(out, None).await;
                         settled(offset, outcome);
                     }

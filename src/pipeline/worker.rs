@@ -66,6 +66,15 @@ struct Completion {
 
 type Done = mpsc::UnboundedSender<Completion>;
 
+/// Reports one offset settled to the worker.
+fn complete(done: &Done, offset: i64, outcome: SendOutcome, group: Option<String>) {
+    let _ = done.send(Completion {
+        offset,
+        outcome,
+        group,
+    });
+}
+
 struct Worker {
     ctx: QueueContext,
     queue: SourceQueue,
@@ -293,11 +302,7 @@ impl Worker {
     async fn start_send(&mut self, out: Outgoing, group: Option<String>) -> bool {
         let mut stop = self.stop.clone();
         let Some(permit) = self.ctx.admitter.share.send_permit(&mut stop).await else {
-            let _ = self.done_tx.send(Completion {
-                offset: out.offset,
-                outcome: SendOutcome::Abandoned,
-                group: None,
-            });
+            complete(&self.done_tx, out.offset, SendOutcome::Abandoned, None);
             return false;
         };
         let sender = self.ctx.sender.clone();
@@ -305,11 +310,7 @@ impl Worker {
         tokio::spawn(async move {
             let offset = out.offset;
             let outcome = sender.deliver(out, Some(permit)).await;
-            let _ = done_tx.send(Completion {
-                offset,
-                outcome,
-                group,
-            });
+            complete(&done_tx, offset, outcome, group);
         });
         true
     }
@@ -320,11 +321,7 @@ impl Worker {
         let mut stop = self.stop.clone();
         let Some(permit) = self.ctx.admitter.share.send_permit(&mut stop).await else {
             for out in &batch {
-                let _ = self.done_tx.send(Completion {
-                    offset: out.offset,
-                    outcome: SendOutcome::Abandoned,
-                    group: None,
-                });
+                complete(&self.done_tx, out.offset, SendOutcome::Abandoned, None);
             }
             return false;
         };
@@ -333,11 +330,7 @@ impl Worker {
         tokio::spawn(async move {
             sender
                 .deliver_batch(batch, permit, |offset, outcome| {
-                    let _ = done_tx.send(Completion {
-                        offset,
-                        outcome,
-                        group: None,
-                    });
+                    complete(&done_tx, offset, outcome, None)
                 })
                 .await;
         });
@@ -367,15 +360,12 @@ impl Worker {
                     &mut stop,
                 )
                 .await;
-            let _ = done_tx.send(Completion {
-                offset,
-                outcome: if kept {
-                    SendOutcome::Quarantined
-                } else {
-                    SendOutcome::Abandoned
-                },
-                group: None,
-            });
+            let outcome = if kept {
+                SendOutcome::Quarantined
+            } else {
+                SendOutcome::Abandoned
+            };
+            complete(&done_tx, offset, outcome, None);
         });
     }
 
