@@ -173,6 +173,9 @@ pub struct TargetConfig {
     /// source queues are spread over them.
     pub clients: usize,
     pub credentials: Option<Credentials>,
+    /// The 5.x cluster's name servers (`[target] namesrv_addr`), for
+    /// Remoting reads of the 5.x brokers by `verify`; empty when unset.
+    pub namesrv_addrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -515,6 +518,7 @@ struct RawTarget {
     namespace: Option<String>,
     request_timeout_ms: Option<u64>,
     clients: Option<usize>,
+    namesrv_addr: Option<String>,
 }
 
 impl RawTarget {
@@ -525,6 +529,7 @@ impl RawTarget {
             namespace: t.opt("namespace"),
             request_timeout_ms: t.opt("request_timeout_ms"),
             clients: t.opt("clients"),
+            namesrv_addr: t.opt("namesrv_addr"),
         }
     }
 }
@@ -941,6 +946,12 @@ fn validate_target(raw: &RawTarget, env: &[(String, String)], p: &Problems) -> T
         request_timeout: Duration::from_millis(raw.request_timeout_ms.unwrap_or(5_000)),
         clients,
         credentials: p.note(credentials_from_env("TARGET", env)).flatten(),
+        namesrv_addrs: raw
+            .namesrv_addr
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
+            .and_then(|a| p.note(parse_addr_list("target.namesrv_addr", a, &[';'])))
+            .unwrap_or_default(),
     }
 }
 
@@ -1205,6 +1216,7 @@ cutover_percent = 30
         assert_eq!(c.environment_property, "__microservice_tag__");
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.target.clients, 4);
+        assert!(c.target.namesrv_addrs.is_empty());
         assert_eq!(c.pipeline.max_inflight_mib, 8);
         assert_eq!(c.pipeline.quarantine_after_failures, 10);
     }
@@ -1243,6 +1255,11 @@ cutover_percent = 30
                 "secret",
             ),
             ("name = \"orders\"", "name = \"or ders\"", "routes[0].name"),
+            (
+                "endpoint = \"127.0.0.1:8081\"",
+                "endpoint = \"127.0.0.1:8081\"\nnamesrv_addr = \"localhost\"",
+                "target.namesrv_addr",
+            ),
             (
                 "endpoint = \"127.0.0.1:8081\"",
                 "endpoint = \"127.0.0.1:8081\"\nclients = 0",
