@@ -29,6 +29,7 @@
 //! 4.x consumer saw. That is the right default for a migration.
 
 mod environment;
+pub mod scheduled;
 
 #[cfg(test)]
 pub(crate) mod test_support;
