@@ -7,7 +7,12 @@
 //! - `cluster`: launches real RocketMQ test peers on loopback.
 //! - `testkit`: helpers on top of `cluster` for tests, the demo and benchmarks.
 //! - `demo`: the quick start behind `rmq-bridge demo`.
+//! - `blackhole`: a fast 5.x endpoint that counts what it receives, for
+//!   benchmarks of the bridge's own ceiling (`examples/blackhole.rs`).
+//! - `chaos`: fault injection through the whole bridge (chaos tests, soak).
 
+pub mod blackhole;
+pub mod chaos;
 pub mod cluster;
 pub mod demo;
 pub mod testkit;

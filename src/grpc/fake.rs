@@ -2,7 +2,8 @@
 //! proto on 127.0.0.1:0) for tests of the publisher and of the pipeline. It
 //! records every request with its metadata and can be scripted to fail,
 //! hold sends, or declare topic types. Tests against the real peers live in
-//! `tests/`.
+//! `tests/`. Routes and the settings answer are the blackhole's
+//! (`crate::dev::blackhole`), so the two fakes answer a producer alike.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -71,12 +72,9 @@ impl Fake {
     }
 }
 
-pub(crate) fn ok() -> Option<pb::Status> {
-    Some(pb::Status {
-        code: pb::Code::Ok as i32,
-        message: "OK".into(),
-    })
-}
+// The protocol answers shared with the benchmark blackhole (`dev` feature,
+// which every test build has through the crate's dev-dependency on itself).
+pub(crate) use crate::dev::blackhole::ok;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -90,19 +88,12 @@ impl MessagingService for Fake {
         st.calls.push(("QueryRoute", request.metadata().clone()));
         st.route_queries += 1;
         let req = request.into_inner();
-        let queues = (0..4)
-            .map(|id| pb::MessageQueue {
-                topic: req.topic.clone(),
-                id,
-                permission: pb::Permission::ReadWrite as i32,
-                broker: Some(pb::Broker {
-                    name: "broker-a".into(),
-                    id: 0,
-                    endpoints: req.endpoints.clone(),
-                }),
-                accept_message_types: st.accept.iter().map(|t| *t as i32).collect(),
-            })
-            .collect();
+        let queues = crate::dev::blackhole::route_queues(
+            &req.topic.unwrap_or_default(),
+            req.endpoints,
+            &st.accept,
+            4,
+        );
         Ok(Response::new(pb::QueryRouteResponse {
             status: ok(),
             message_queues: queues,
@@ -303,14 +294,7 @@ impl MessagingService for Fake {
                         st.settings.push(s.clone());
                         st.max_body_size
                     };
-                    let mut reply = s;
-                    if let Some(pb::settings::PubSub::Publishing(p)) = &mut reply.pub_sub {
-                        p.max_body_size = max;
-                    }
-                    let frame = pb::TelemetryCommand {
-                        status: ok(),
-                        command: Some(pb::telemetry_command::Command::Settings(reply)),
-                    };
+                    let frame = crate::dev::blackhole::settings_reply(s, max);
                     if tx.send(Ok(frame)).await.is_err() {
                         break;
                     }
