@@ -4,7 +4,9 @@
 //!   which it took effect;
 //! - `quarantine`: messages 5.x permanently rejected, with the reason;
 //! - `meta`: small named values, among them the 4.x topic each route's
-//!   checkpoints belong to (`route_topic/<route>`, see `bind_route_topics`).
+//!   checkpoints belong to (`route_topic/<route>`, see `bind_route_topics`);
+//! - `scheduled`: ids of pending scheduled messages forwarded early, until
+//!   their deadline has passed (`scheduled.rs`).
 //!
 //! This module never talks to a cluster; the pipeline calls it. Writes are
 //! batched (one `WriteBatch` per flush) and, when configured, fsynced, so a
@@ -24,7 +26,17 @@ const CF_CHECKPOINTS: &str = "checkpoints";
 const CF_JOURNAL: &str = "journal";
 const CF_QUARANTINE: &str = "quarantine";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 4] = [CF_CHECKPOINTS, CF_JOURNAL, CF_QUARANTINE, CF_META];
+/// Pending scheduled messages forwarded early, see [`scheduled`].
+const CF_SCHEDULED: &str = "scheduled";
+const ALL_CFS: [&str; 5] = [
+    CF_CHECKPOINTS,
+    CF_JOURNAL,
+    CF_QUARANTINE,
+    CF_META,
+    CF_SCHEDULED,
+];
+
+mod scheduled;
 
 /// A 4.x source queue: positions are per (broker name, queue id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -290,7 +302,13 @@ impl CheckpointStore {
             });
         }
         let opts = Options::default();
-        let db = DB::open_cf_for_read_only(&opts, dir, ALL_CFS, false).map_err(|e| {
+        // A store written by an older bridge lacks the newer column
+        // families: open those it has (reads of the others find nothing).
+        let existing = DB::list_cf(&opts, dir).unwrap_or_default();
+        let cfs = ALL_CFS
+            .iter()
+            .filter(|cf| existing.is_empty() || existing.iter().any(|e| e == *cf));
+        let db = DB::open_cf_for_read_only(&opts, dir, cfs, false).map_err(|e| {
             StoreError::Open {
                 dir: dir.to_path_buf(),
                 reason: e.to_string(),
