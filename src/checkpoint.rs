@@ -308,12 +308,11 @@ impl CheckpointStore {
         let cfs = ALL_CFS
             .iter()
             .filter(|cf| existing.is_empty() || existing.iter().any(|e| e == *cf));
-        let db = DB::open_cf_for_read_only(&opts, dir, cfs, false).map_err(|e| {
-            StoreError::Open {
+        let db =
+            DB::open_cf_for_read_only(&opts, dir, cfs, false).map_err(|e| StoreError::Open {
                 dir: dir.to_path_buf(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(CheckpointStore {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
