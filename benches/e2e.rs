@@ -16,6 +16,14 @@
 //! 5. restart: SIGTERM, more messages, start again; spawn to first forward;
 //! 6. backlog: a fresh bridge drains a preloaded backlog (default 1M) while
 //!    its VmHWM / VmRSS are sampled every 200 ms.
+//! 7. the bridge's own ceiling, against a blackhole 5.x endpoint
+//!    (`rmq_bridge::dev::blackhole`, served in this process on its own
+//!    threads): raw send into the blackhole (our `Publisher` alone), single
+//!    and packed; then the bridge drains the preloaded 4.x topic into the
+//!    blackhole, with `send_batch_size = 1` and with packed batches. Each
+//!    leg reports msg/s, CPU µs per message (publisher or bridge), the
+//!    bridge's peak RSS, the blackhole's tally (lost / duplicated ids) and
+//!    bridged / min(raw pull, raw send into the blackhole).
 //!
 //! It prints one table (also written to `target/bench-e2e.txt`) with the
 //! ratios and the targets of the issue: bridged >= 0.9 x min(raw pull, raw
@@ -45,6 +53,11 @@
 //! | `RMQ_BENCH_BODY_BYTES` | 1024 | body size of every message (the issue's targets are for 1 KiB) |
 //! | `RMQ_BENCH_CLIENTS` | 4 (bridge default) | 5.x producer clients of the raw send and of the bridge (`target.clients`) |
 //! | `RMQ_BENCH_ONLY_BACKLOG` | 0 | 1 runs only the backlog leg (6), for iterating on memory |
+//! | `RMQ_BENCH_BLACKHOLE` | 1 | 0 skips the blackhole legs (7) |
+//! | `RMQ_BENCH_ONLY_BLACKHOLE` | 0 | 1 runs only preload, raw pull (1) and the blackhole legs (7), for iterating on CPU |
+//! | `RMQ_BENCH_BH_SERVICE_US` | 0 | fixed service time of the blackhole per send, µs |
+//! | `RMQ_BENCH_PERF` | none | a directory: `perf record` the bridge during each blackhole leg into `<dir>/<leg>.data` |
+//! | `RMQ_BENCH_PERF_ARGS` | `-e cpu-clock -F 499 --call-graph dwarf,16384` | the `perf record` options of `RMQ_BENCH_PERF` |
 //!
 //! Everything runs on the same cores: the peers (4.x broker, 5.x proxy and
 //! broker), the bridge and this driver compete for CPU, so the table shows
@@ -64,9 +77,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use rmq_bridge::dev::blackhole::{Blackhole, BlackholeConfig, TopicTally};
 use rmq_bridge::dev::cluster::{free_port, LocalCluster, Peer};
 use rmq_bridge::dev::testkit::{self, env_num, env_pairs, metric, RouteSpec};
-use rmq_bridge::grpc::{GrpcClientConfig, MessageKind, OutgoingMessage, Publisher};
+use rmq_bridge::grpc::{
+    GrpcClientConfig, MessageKind, OutgoingMessage, Publisher, TopicMessageType,
+};
 use rmq_bridge::remoting::{
     names, BatchEntry, NameServers, Properties, RemotingClient, SendBatchRequest, SendRequest,
 };
@@ -96,6 +112,14 @@ const RAW_TOPIC: &str = "bench_raw";
 const BATCH_TOPIC: &str = "bench_raw_batch";
 const LAT_TOPIC: &str = "bench_lat";
 const BACKLOG_TOPIC: &str = "bench_backlog";
+/// Blackhole topics: raw single sends, raw packed sends, bridged single,
+/// bridged packed.
+const BH_RAW: &str = "bh_raw";
+const BH_RAW_BATCH: &str = "bh_raw_batch";
+const BH_BRIDGED: &str = "bh_bridged";
+const BH_BRIDGED_BATCH: &str = "bh_bridged_batch";
+/// Name prefix of the blackhole's threads (their CPU is counted apart).
+const BH_THREADS: &str = "blackhole";
 const FORWARDED: &str = "rmq_bridge_messages_total";
 const LATENCY: &str = "rmq_bridge_forward_latency_seconds";
 const MIB: f64 = 1024.0 * 1024.0;
@@ -122,6 +146,11 @@ struct Params {
     only_backlog: bool,
     /// Producer clients of the raw send and of the bridge (`target.clients`).
     clients: usize,
+    blackhole: bool,
+    only_blackhole: bool,
+    bh_service: Duration,
+    perf_dir: Option<PathBuf>,
+    perf_args: String,
 }
 
 /// `a,b,c`: a non-empty list of positive numbers.
@@ -171,6 +200,12 @@ impl Params {
             backlog_cap: Duration::from_secs(env_num("RMQ_BENCH_BACKLOG_CAP_SECS")?.unwrap_or(600)),
             only_backlog: env_num::<u8>("RMQ_BENCH_ONLY_BACKLOG")?.unwrap_or(0) == 1,
             clients: env_num("RMQ_BENCH_CLIENTS")?.unwrap_or(4usize).max(1),
+            blackhole: env_num::<u8>("RMQ_BENCH_BLACKHOLE")?.unwrap_or(1) == 1,
+            only_blackhole: env_num::<u8>("RMQ_BENCH_ONLY_BLACKHOLE")?.unwrap_or(0) == 1,
+            bh_service: Duration::from_micros(env_num("RMQ_BENCH_BH_SERVICE_US")?.unwrap_or(0)),
+            perf_dir: std::env::var_os("RMQ_BENCH_PERF").map(PathBuf::from),
+            perf_args: std::env::var("RMQ_BENCH_PERF_ARGS")
+                .unwrap_or_else(|_| "-e cpu-clock -F 499 --call-graph dwarf,16384".into()),
         })
     }
 
@@ -178,7 +213,7 @@ impl Params {
         format!(
             "N={} messages of {} B over {QUEUES} queues (preload: send_batch {}/call, {QUEUES} queues at once); \
              raw send {} messages, {:?} single sends in flight{}; pull_batch_size {}; inflight_per_queue {}; other [pipeline] keys {}; \
-             latency run {} s at {}; restart adds {} messages; backlog {} (cap {} s); drain cap {} s; {} 5.x producer clients",
+             latency run {} s at {}; restart adds {} messages; backlog {} (cap {} s); drain cap {} s; {} 5.x producer clients; blackhole legs {}",
             self.messages,
             body_bytes(),
             preload_batch(),
@@ -213,6 +248,15 @@ impl Params {
             self.backlog_cap.as_secs(),
             self.drain_cap.as_secs(),
             self.clients,
+            match (self.blackhole, self.only_blackhole) {
+                (false, _) => "off".to_string(),
+                (true, only) => format!(
+                    "on{} (service time {} µs{})",
+                    if only { ", ONLY these" } else { "" },
+                    self.bh_service.as_micros(),
+                    if self.perf_dir.is_some() { ", bridge under perf record" } else { "" }
+                ),
+            },
         )
     }
 }
@@ -275,6 +319,30 @@ fn threads(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU seconds used so far by this process's threads named `prefix...`.
+fn threads_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut sum = 0.0;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        sum += (tick(11) + tick(12)) / 100.0;
+    }
+    sum
 }
 
 /// (VmHWM, VmRSS) in bytes.
@@ -1121,6 +1189,8 @@ struct Env {
     /// A private copy of the release binary: a rebuild of `target/release`
     /// during the run (other work on the machine) cannot mix two versions.
     bridge_bin: PathBuf,
+    /// The blackhole 5.x endpoint and its address (legs 7), when enabled.
+    blackhole: Option<(Blackhole, String)>,
 }
 
 impl Env {
@@ -1131,11 +1201,29 @@ impl Env {
         params: &Params,
         routes: &[RouteSpec],
     ) -> anyhow::Result<String> {
+        self.config_with(checkpoints, metrics, params, routes, &[])
+    }
+
+    /// Like `config`, with `[pipeline]` keys in `overrides` replacing the
+    /// same keys of `RMQ_BENCH_PIPELINE`.
+    fn config_with(
+        &self,
+        checkpoints: &str,
+        metrics: &str,
+        params: &Params,
+        routes: &[RouteSpec],
+        overrides: &[(&str, String)],
+    ) -> anyhow::Result<String> {
         let mut extra = String::from("[pipeline]\n");
         if let Some(w) = params.inflight {
             extra.push_str(&format!("inflight_per_queue = {w}\n"));
         }
         for (k, v) in &params.pipeline_extra {
+            if overrides.iter().all(|(o, _)| o != k) {
+                extra.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        for (k, v) in overrides {
             extra.push_str(&format!("{k} = {v}\n"));
         }
         let text = testkit::render_config(
@@ -1220,6 +1308,14 @@ async fn run(
         ),
         "    CPU during raw pull",
     );
+
+    // ---- (7) the bridge's own ceiling, into the blackhole
+    if let Some((bh, addr)) = &env.blackhole {
+        blackhole_legs(env, params, bh, addr, &pull, table, notes).await?;
+    }
+    if params.only_blackhole {
+        return Ok(());
+    }
 
     // ---- (2) raw send
     let mut publishers = Vec::new();
@@ -1636,6 +1732,302 @@ async fn run(
     backlog_leg(env, params, table).await
 }
 
+/// `perf record` attached to a running bridge (RMQ_BENCH_PERF).
+struct Perf(Option<Child>);
+
+impl Perf {
+    fn attach(params: &Params, pid: u32, leg: &str) -> Perf {
+        let Some(dir) = &params.perf_dir else {
+            return Perf(None);
+        };
+        let _ = std::fs::create_dir_all(dir);
+        let out = dir.join(format!("{leg}.data"));
+        let child = Command::new("perf")
+            .arg("record")
+            .args(params.perf_args.split_whitespace())
+            .arg("-o")
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => {
+                println!("  perf record of the bridge into {}", out.display());
+                Perf(Some(c))
+            }
+            Err(e) => {
+                eprintln!("  perf record could not start: {e}");
+                Perf(None)
+            }
+        }
+    }
+
+    /// Stops the recording (SIGINT) and waits for perf to write its file.
+    fn finish(mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `2 cores (1.50 bridge ...)` style CPU of the blackhole's threads.
+fn bh_cores(before: f64, wall: f64) -> f64 {
+    (threads_cpu_seconds(BH_THREADS) - before) / wall.max(1e-3)
+}
+
+fn tally_verdict(t: &TopicTally, expected: u64) -> String {
+    format!(
+        "blackhole: {t}; {}",
+        if t.intact(expected) {
+            "intact (none lost, none duplicated)"
+        } else {
+            "NOT INTACT"
+        }
+    )
+}
+
+/// Legs (7): raw send into the blackhole (single, packed), then the bridge
+/// draining the preloaded 4.x topic into it (single, packed).
+async fn blackhole_legs(
+    env: &Env,
+    params: &Params,
+    bh: &Blackhole,
+    addr: &str,
+    pull: &Leg,
+    table: &mut Table,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let (src, dst) = (&env.src, &env.dst);
+    let watched = Watched::new(src, dst, None);
+    let mut publishers = Vec::new();
+    for _ in 0..params.clients {
+        let grpc = GrpcClientConfig::new(vec![addr.to_string()]);
+        publishers.push(
+            Publisher::connect(grpc)
+                .await
+                .map_err(|e| anyhow!("connecting to the blackhole {addr}: {e}"))?,
+        );
+    }
+    let concurrency = params.send_concurrency.first().copied().unwrap_or(256);
+    let batch = params.send_batch.max(1);
+    let mut raw = Vec::new();
+    for (topic, per_call, in_flight, label) in [
+        (BH_RAW, 1, concurrency, "single"),
+        (BH_RAW_BATCH, batch, params.send_batch_concurrency, "packed"),
+    ] {
+        if per_call == 1 && label == "packed" {
+            continue;
+        }
+        println!(
+            "raw send of {} messages into the blackhole `{topic}`, {per_call} per call, {in_flight} in flight ...",
+            params.send_messages
+        );
+        let bh_before = threads_cpu_seconds(BH_THREADS);
+        let leg = raw_send(
+            &publishers,
+            &watched,
+            topic,
+            if per_call == 1 { "BHRS" } else { "BHRB" },
+            params.send_messages,
+            per_call,
+            in_flight,
+        )
+        .await?;
+        let wall = leg.cpu.wall;
+        let bh_load = bh_cores(bh_before, wall);
+        let driver = leg.cpu.get("bench driver").unwrap_or(0.0);
+        let publisher_us = (driver - bh_load).max(0.0) * wall / leg.messages.max(1) as f64 * 1e6;
+        let bh_us = bh_load * wall / leg.messages.max(1) as f64 * 1e6;
+        leg.report(
+            table,
+            &format!(
+                "(7{}) raw send into the blackhole, our Publisher alone, {}",
+                if per_call == 1 { "a" } else { "b" },
+                if per_call == 1 {
+                    "send() per message".to_string()
+                } else {
+                    format!("send_batch() of {per_call}")
+                }
+            ),
+            "    CPU during raw send into the blackhole",
+        );
+        let tally = bh.tally(topic);
+        table.row(
+            "    publisher CPU per message (driver minus blackhole threads)",
+            format!("{publisher_us:.1} µs"),
+            "info",
+            format!("blackhole threads {bh_us:.1} µs per message ({bh_load:.2} cores)"),
+        );
+        table.row(
+            "    what arrived",
+            tally_verdict(&tally, leg.messages),
+            "",
+            String::new(),
+        );
+        if !tally.intact(leg.messages) {
+            notes.push(format!("raw send into the blackhole `{topic}`: {tally}"));
+        }
+        raw.push(leg.rate());
+    }
+    for p in &publishers {
+        p.shutdown().await;
+    }
+    drop(publishers);
+
+    for (topic, send_batch, label) in [
+        (BH_BRIDGED, 1, "single"),
+        (BH_BRIDGED_BATCH, batch, "packed"),
+    ] {
+        if send_batch == 1 && label == "packed" {
+            continue;
+        }
+        let raw_send_rate = if send_batch == 1 {
+            raw[0]
+        } else {
+            *raw.last().unwrap_or(&raw[0])
+        };
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let name = format!("bh_{label}");
+        let config = env.dir.path().join(format!("{name}.toml"));
+        let text = env.config_with(
+            &format!("checkpoints-{name}"),
+            &metrics_addr,
+            params,
+            &[RouteSpec::new(&name, TOPIC, topic, 100).with("start", "\"earliest\"")],
+            &[("send_batch_size", send_batch.to_string())],
+        )?;
+        let proxy = dst.proxy_endpoint.clone().unwrap_or_default();
+        let text = text.replacen(
+            &format!("endpoint = \"{proxy}\""),
+            &format!("endpoint = \"{addr}\""),
+            1,
+        );
+        testkit::write_config(&config, &text)?;
+        println!(
+            "bridged drain of {} messages 4.x `{TOPIC}` -> blackhole `{topic}`, send_batch_size {send_batch} ...",
+            params.messages
+        );
+        let log = env.dir.path().join(format!("{name}.log"));
+        let mut bridge = Bridge::start(&env.bridge_bin, &config, &log, &metrics_addr)?;
+        let perf = Perf::attach(params, bridge.pid, &name);
+        let watched = Watched::new(src, dst, Some(bridge.pid));
+        let bh_before = threads_cpu_seconds(BH_THREADS);
+        let drain = watch_drain(
+            &mut bridge,
+            &watched,
+            &name,
+            params.messages as u64,
+            params.drain_cap,
+            Duration::from_millis(100),
+            "bridged drain into the blackhole",
+        )
+        .await;
+        perf.finish();
+        let drain = drain?;
+        let bh_load = bh_cores(bh_before, drain.cpu.wall);
+        let (stop, clean) = bridge.terminate().await;
+        if !clean {
+            notes.push(format!(
+                "the bridge of leg {name} did not exit cleanly on SIGTERM ({})",
+                ms(stop)
+            ));
+        }
+        let tally = bh.tally(topic);
+        let bridge_us = drain.cpu.get("bridge").unwrap_or(0.0) * drain.cpu.wall
+            / drain.forwarded.max(1) as f64
+            * 1e6;
+        let raw_min = pull.rate().min(raw_send_rate);
+        let ratio = drain.rate() / raw_min;
+        println!(
+            "  {} forwarded in {:.2} s: {}; bridge {bridge_us:.1} µs/msg; CPU {}",
+            drain.forwarded,
+            drain.elapsed.as_secs_f64(),
+            rate(drain.rate()),
+            drain.cpu.summary()
+        );
+        let letter = if send_batch == 1 { "c" } else { "d" };
+        table.row(
+            &format!(
+                "(7{letter}) bridged 4.x `{TOPIC}` -> blackhole, send_batch_size {send_batch}, spawn to all N"
+            ),
+            format!(
+                "{} in {:.2} s: {}{}",
+                drain.forwarded,
+                drain.elapsed.as_secs_f64(),
+                rate(drain.rate()),
+                if drain.capped { " (CAPPED, partial)" } else { "" }
+            ),
+            "",
+            format!(
+                "{} send errors [{}], {} not forwarded",
+                drain.errors, drain.codes, drain.other
+            ),
+        );
+        if let Some(steady) = drain.steady_rate() {
+            table.row(
+                "    first forward to last (startup excluded)",
+                rate(steady),
+                "info",
+                format!(
+                    "first forward {} after spawn",
+                    ms(drain.first_forward.unwrap_or_default())
+                ),
+            );
+        }
+        let target_us = if send_batch == 1 { 30.0 } else { 4.0 };
+        table.row(
+            "    bridge CPU per forwarded message",
+            format!("{bridge_us:.1} µs"),
+            &format!("<= {target_us:.0} µs"),
+            format!(
+                "{} (bridge {:.2} cores, blackhole threads {bh_load:.2} cores)",
+                pass(bridge_us <= target_us),
+                drain.cpu.get("bridge").unwrap_or(0.0)
+            ),
+        );
+        table.row(
+            "    bridged / min(raw pull, raw send into the blackhole)",
+            format!(
+                "{ratio:.2} (min = {} of {})",
+                rate(raw_min),
+                if pull.rate() <= raw_send_rate {
+                    "raw pull"
+                } else {
+                    "raw send into the blackhole"
+                }
+            ),
+            ">= 0.90",
+            pass(ratio >= 0.9 && !drain.capped).to_string(),
+        );
+        table.row(
+            "    CPU during the drain",
+            drain.cpu.summary(),
+            "",
+            String::new(),
+        );
+        table.row(
+            "    bridge peak RSS (VmHWM) during this drain",
+            format!("{:.1} MiB", drain.peak_hwm as f64 / MIB),
+            "info",
+            format!("{} threads", drain.max_threads),
+        );
+        table.row(
+            "    what arrived",
+            tally_verdict(&tally, params.messages as u64),
+            "",
+            String::new(),
+        );
+        if !tally.intact(params.messages as u64) {
+            notes.push(format!("bridged into the blackhole `{topic}`: {tally}"));
+        }
+    }
+    Ok(())
+}
+
 /// Leg (6): a fresh bridge drains a preloaded backlog while its memory is sampled.
 async fn backlog_leg(env: &Env, params: &Params, table: &mut Table) -> anyhow::Result<()> {
     let (client, src, dst) = (&env.client, &env.src, &env.dst);
@@ -1832,7 +2224,16 @@ fn keep_logs(env: &Env, table: &Path) {
         return;
     };
     let _ = std::fs::create_dir_all(&dir);
-    for name in ["bridge.log", "backlog.log", "bridge.toml", "backlog.toml"] {
+    for name in [
+        "bridge.log",
+        "backlog.log",
+        "bridge.toml",
+        "backlog.toml",
+        "bh_single.log",
+        "bh_single.toml",
+        "bh_packed.log",
+        "bh_packed.toml",
+    ] {
         let from = env.dir.path().join(name);
         if from.exists() {
             let _ = std::fs::copy(&from, dir.join(name));
@@ -1897,12 +2298,36 @@ fn main() -> anyhow::Result<()> {
     let bridge_bin = dir.path().join("rmq-bridge");
     std::fs::copy(env!("CARGO_BIN_EXE_rmq-bridge"), &bridge_bin)
         .context("copying the rmq-bridge binary")?;
+    // The blackhole gets its own threads (named, so their CPU is counted
+    // apart from the driver's) and outlives the driver's runtime.
+    let bh_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(BH_THREADS)
+        .enable_all()
+        .build()?;
+    let blackhole = if params.blackhole {
+        let bh = Blackhole::new(BlackholeConfig {
+            queues: QUEUES,
+            service_time: params.bh_service,
+            ..Default::default()
+        });
+        for t in [BH_RAW, BH_RAW_BATCH, BH_BRIDGED, BH_BRIDGED_BATCH] {
+            bh.add_topic(t, &[TopicMessageType::Normal]);
+        }
+        let addr = bh_runtime
+            .block_on(bh.start("127.0.0.1:0"))
+            .context("starting the blackhole")?;
+        Some((bh, addr.to_string()))
+    } else {
+        None
+    };
     let env = Env {
         src,
         dst,
         client: testkit::client(),
         dir,
         bridge_bin,
+        blackhole,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1944,5 +2369,6 @@ fn main() -> anyhow::Result<()> {
     keep_logs(&env, &path);
     drop(runtime);
     drop(env);
+    drop(bh_runtime);
     result
 }

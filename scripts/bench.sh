@@ -5,12 +5,16 @@
 #
 # Measures in one run: raw 4.x pull rate, raw 5.x send rate, the bridge's
 # forwarding rate, p50/p99 added latency at half that rate, restart to first
-# forward, and the bridge's peak RSS while draining a 1M-message backlog;
+# forward, the bridge's peak RSS while draining a 1M-message backlog, and the
+# bridge's own ceiling against a blackhole 5.x endpoint (raw send into it, and
+# bridged 4.x -> blackhole, single sends and packed batches: msg/s, bridge CPU
+# per message, peak RSS, ratio);
 # prints one table with the ratios and targets, also written to
 # target/bench-e2e.txt (bridge logs in target/bench-e2e-logs/).
 #
 # Every RMQ_BENCH_* variable is passed through, e.g.
 #   RMQ_BENCH_MESSAGES=50000 RMQ_BENCH_BACKLOG=0 scripts/bench.sh
+#   RMQ_BENCH_ONLY_BLACKHOLE=1 RMQ_BENCH_PERF=target/perf scripts/bench.sh
 # (the table of variables is at the top of benches/e2e.rs and in README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
