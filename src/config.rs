@@ -161,6 +161,9 @@ pub struct SourceConfig {
     pub long_poll: Duration,
     pub request_timeout: Duration,
     pub credentials: Option<Credentials>,
+    /// The 4.x brokers' delay level table (`[source] delay_levels`, the
+    /// brokers' `messageDelayLevel`): deadlines of pending scheduled messages.
+    pub delay_levels: crate::translate::scheduled::DelayLevels,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,6 +231,30 @@ pub struct RouteConfig {
     pub environments: Vec<String>,
     pub start: StartPosition,
     pub commit_as_group: Option<String>,
+    /// Pending delay-level messages in the 4.x schedule topic (issue 11).
+    pub scheduled: ScheduledMode,
+}
+
+/// What a route does with its source topic's messages still pending in the
+/// 4.x schedule topic (`routes[].scheduled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScheduledMode {
+    /// Leave them on 4.x; the route forwards each when the broker moves it
+    /// into the source topic (lost if 4.x is switched off first).
+    #[default]
+    Ignore,
+    /// Also read the schedule topic and forward them at once as DELAY with
+    /// their original deadline; the target must be a DELAY topic.
+    Forward,
+}
+
+impl std::fmt::Display for ScheduledMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScheduledMode::Ignore => "ignore",
+            ScheduledMode::Forward => "forward",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -497,6 +524,7 @@ struct RawSource {
     long_poll_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     cluster_name: Option<String>,
+    delay_levels: Option<String>,
 }
 
 impl RawSource {
@@ -508,6 +536,7 @@ impl RawSource {
             long_poll_ms: t.opt("long_poll_ms"),
             request_timeout_ms: t.opt("request_timeout_ms"),
             cluster_name: t.opt("cluster_name"),
+            delay_levels: t.opt("delay_levels"),
         }
     }
 }
@@ -619,6 +648,7 @@ struct RawRoute {
     environments: Option<Vec<String>>,
     start: Option<String>,
     commit_as_group: Option<String>,
+    scheduled: Option<String>,
 }
 
 impl RawRoute {
@@ -633,6 +663,7 @@ impl RawRoute {
             environments: t.opt("environments"),
             start: t.opt("start"),
             commit_as_group: t.opt("commit_as_group"),
+            scheduled: t.opt("scheduled"),
         }
     }
 }
@@ -923,6 +954,23 @@ fn validate_source(raw: &RawSource, env: &[(String, String)], p: &Problems) -> S
         long_poll,
         request_timeout: Duration::from_millis(raw.request_timeout_ms.unwrap_or(5_000)),
         credentials: p.note(credentials_from_env("SOURCE", env)).flatten(),
+        delay_levels: match raw.delay_levels.as_deref() {
+            None => Default::default(),
+            Some(text) => {
+                crate::translate::scheduled::DelayLevels::parse(text).unwrap_or_else(|bad| {
+                    for b in bad {
+                        p.push(
+                            "source.delay_levels",
+                            format!(
+                                "{b}; the 4.x brokers' messageDelayLevel, e.g. \"{}\"",
+                                crate::translate::scheduled::DEFAULT_DELAY_LEVELS
+                            ),
+                        );
+                    }
+                    Default::default()
+                })
+            }
+        },
     }
 }
 
@@ -1062,6 +1110,17 @@ fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
             None
         }
     };
+    let scheduled = match r.scheduled.as_deref().map(str::trim) {
+        None | Some("ignore") => ScheduledMode::Ignore,
+        Some("forward") => ScheduledMode::Forward,
+        Some(other) => {
+            p.push(
+                key("scheduled"),
+                format!("`{other}` is not \"ignore\" (the default) or \"forward\" (forward messages pending in the 4.x schedule topic as DELAY; the target must be a DELAY topic)"),
+            );
+            ScheduledMode::Ignore
+        }
+    };
     let route = RouteConfig {
         name: r.name.clone()?,
         source_topic: r.source_topic.clone()?,
@@ -1072,6 +1131,7 @@ fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
         environments,
         start,
         commit_as_group,
+        scheduled,
     };
     if (0..=100).contains(&percent) {
         for reason in commit_as_group_conflicts(&route) {
@@ -1197,6 +1257,38 @@ cutover_percent = 30
 
     fn parse_text(text: &str) -> Result<BridgeConfig, ConfigError> {
         parse(Path::new("bridge.toml"), text, &[])
+    }
+
+    #[test]
+    fn scheduled_forwarding_and_level_table() {
+        let c = parse_text(MINIMAL).unwrap();
+        assert_eq!(c.routes[0].scheduled, ScheduledMode::Ignore);
+        assert_eq!(c.source.delay_levels.len(), 18);
+        let text = MINIMAL
+            .replace("[target]", "delay_levels = \"1s 5s 20s\"\n[target]")
+            .replace(
+                "cutover_percent = 30",
+                "cutover_percent = 30\nscheduled = \"forward\"",
+            );
+        let c = parse_text(&text).unwrap();
+        assert_eq!(c.routes[0].scheduled, ScheduledMode::Forward);
+        assert_eq!(c.source.delay_levels.to_string(), "1s 5s 20s");
+        let text = MINIMAL
+            .replace("[target]", "delay_levels = \"1s 5 20x\"\n[target]")
+            .replace(
+                "cutover_percent = 30",
+                "cutover_percent = 30\nscheduled = \"later\"",
+            );
+        let err = parse_text(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("source.delay_levels") && err.contains("level 2 `5`"),
+            "{err}"
+        );
+        assert!(err.contains("level 3 `20x`"), "{err}");
+        assert!(
+            err.contains("routes[0].scheduled") && err.contains("`later`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -150,6 +150,7 @@ fn hot_fields_only(old: &RouteConfig, new: &RouteConfig) -> bool {
         && old.filter == new.filter
         && old.start == new.start
         && old.commit_as_group == new.commit_as_group
+        && old.scheduled == new.scheduled
 }
 
 pub struct Bridge {
@@ -488,6 +489,7 @@ mod tests {
             environments: vec![],
             start: StartPosition::Earliest,
             commit_as_group: None,
+            scheduled: Default::default(),
         }
     }
 
