@@ -19,6 +19,7 @@ use crate::remoting::MessageRecord;
 use crate::translate::{self, SourceContext};
 
 use super::route::RouteRule;
+use super::scheduled::ScheduledRole;
 use super::share::{Held, RouteShare};
 
 /// What became of a record.
@@ -46,10 +47,18 @@ pub struct Admitter {
     pub counters: m::RouteMessages,
     /// The largest body the 5.x target accepts (for the dry run).
     pub max_body_size: usize,
+    /// Pending scheduled messages (scheduled.rs): the topic path skips
+    /// copies of messages forwarded early; the schedule side admits its own.
+    pub scheduled: Option<ScheduledRole>,
 }
 
 impl Admitter {
     pub fn admit(&self, rule: &RouteRule, queue: &SourceQueue, record: MessageRecord) -> Admission {
+        match &self.scheduled {
+            Some(ScheduledRole::Schedule(side)) => return side.admit(self, rule, queue, record),
+            Some(ScheduledRole::Topic(ids)) if ids.skip_copy(&record) => return Admission::Done,
+            _ => {}
+        }
         let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
         let source_ctx = SourceContext {
             broker_name: &queue.broker_name,
@@ -76,21 +85,31 @@ impl Admitter {
                     &source_ctx,
                     &rule.translate,
                 );
-                let message = match translated {
-                    Ok(message) => message,
-                    Err(reason) => {
-                        return Admission::Untranslatable {
-                            message_id: record.message_id().to_string(),
-                            reason: reason.to_string(),
-                            raw: raw_record(&record),
-                        }
-                    }
-                };
-                match self.share.try_budget(held_kib(&message)) {
-                    Some(held) => Admission::Send(message, held),
-                    None => Admission::Deferred(Box::new(record)),
+                self.hold(record, translated)
+            }
+        }
+    }
+
+    /// A translation's admission: quarantine what could not be translated,
+    /// hold budget for the rest (or hand the record back).
+    pub fn hold(
+        &self,
+        record: MessageRecord,
+        translated: Result<OutgoingMessage, translate::Untranslatable>,
+    ) -> Admission {
+        let message = match translated {
+            Ok(message) => message,
+            Err(reason) => {
+                return Admission::Untranslatable {
+                    message_id: record.message_id().to_string(),
+                    reason: reason.to_string(),
+                    raw: raw_record(&record),
                 }
             }
+        };
+        match self.share.try_budget(held_kib(&message)) {
+            Some(held) => Admission::Send(message, held),
+            None => Admission::Deferred(Box::new(record)),
         }
     }
 

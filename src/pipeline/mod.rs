@@ -21,6 +21,7 @@ pub mod publishers;
 pub mod quarantine;
 pub mod route;
 pub mod rule;
+pub mod scheduled;
 pub mod send;
 pub mod share;
 pub mod window;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::{now_ms, JournalEntry, SourceQueue};
-use crate::config::{BridgeConfig, RouteConfig, StartPosition};
+use crate::config::{BridgeConfig, RouteConfig, ScheduledMode, StartPosition};
 use crate::metrics as m;
 use crate::source::{SourceError, SourceSettings, TopicSource};
 
@@ -20,6 +20,7 @@ use super::admit::Admitter;
 use super::health::RouteHealth;
 use super::progress::{CheckpointFlusher, QueueProgress};
 use super::quarantine::Quarantine;
+use super::scheduled::{spawn_schedule_side, ForwardedIds, ScheduledRole};
 use super::send::Sender;
 use super::worker::{run_queue_worker, QueueContext};
 use super::Shared;
@@ -157,6 +158,7 @@ async fn run_route(
         delay_min_lead: cfg.translate.delay_min_lead,
         poison_threshold: cfg.pipeline.quarantine_after_failures,
         stop: Shutdown::new(worker_stop_rx.clone()),
+        scheduled: None,
     });
     let admitter = Admitter {
         route: name.clone(),
@@ -164,7 +166,23 @@ async fn run_route(
         share,
         counters,
         max_body_size: shared.publishers.first().max_body_size(),
+        scheduled: Some(ScheduledRole::Topic(ForwardedIds::new(
+            shared.store.clone(),
+            &name,
+        ))),
     };
+    // scheduled = "forward": also the messages pending in the schedule topic.
+    let schedule_side = (route.scheduled == ScheduledMode::Forward).then(|| {
+        spawn_schedule_side(
+            &shared,
+            &cfg,
+            &route,
+            rule_rx.clone(),
+            worker_stop_rx.clone(),
+            &sender,
+            &admitter,
+        )
+    });
 
     let mut queues: BTreeMap<SourceQueue, QueueTask> = BTreeMap::new();
     let mut current_route = route.clone();
@@ -235,6 +253,8 @@ async fn run_route(
             }
             _ = housekeeping.tick() => {
                 publish_route_gauges(&name, &queues, &shared.flusher);
+                let watermark = super::scheduled::topic_watermark(queues.values().map(|t| &t.progress), now_ms());
+                super::scheduled::prune(&shared.store, &name, watermark);
                 if let Some(group) = current_route.commit_as_group.clone() {
                     commit_back(&source, &name, &group, &queues, &mut commit_refusal_logged_at).await;
                 }
@@ -276,6 +296,9 @@ async fn run_route(
     let _ = worker_stop_tx.send(true);
     for (_, task) in queues {
         let _ = task.worker.await;
+    }
+    if let Some(side) = schedule_side {
+        let _ = side.await;
     }
 }
 

@@ -26,6 +26,7 @@ use super::health::{Refusals, RouteHealth, TopicHealth};
 use super::order::OrderLocks;
 use super::publishers::PublisherPool;
 use super::quarantine::{Payload, Quarantine};
+use super::scheduled::ScheduleSide;
 use super::share::{Held, RouteShare, SendPermit};
 
 /// How a send ended for the window.
@@ -53,6 +54,9 @@ pub struct Sender {
     /// Counted refusals after which a message is poison; 0 = never.
     pub poison_threshold: u32,
     pub stop: Shutdown,
+    /// The schedule side of a route: "forwarded early" is made durable
+    /// before each send (scheduled.rs).
+    pub scheduled: Option<Arc<ScheduleSide>>,
 }
 
 /// One translated message on its way, with what it holds.
@@ -99,6 +103,11 @@ impl Sender {
             }
             _ => None,
         };
+        if let Some(side) = &self.scheduled {
+            if !side.remember(&out, &mut stop).await {
+                return SendOutcome::Abandoned;
+            }
+        }
         let mut message = out.message;
         let mut refusals = Refusals::default();
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);

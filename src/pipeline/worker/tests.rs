@@ -154,6 +154,7 @@ async fn start_on(
         counters: counters.clone(),
         delay_min_lead: Duration::from_secs(1),
         poison_threshold: 3,
+        scheduled: None,
         stop: Shutdown::new(stop_rx),
     });
     let ctx = QueueContext {
@@ -164,6 +165,7 @@ async fn start_on(
             share,
             counters,
             max_body_size: 1 << 20,
+            scheduled: None,
         },
         store,
         flusher,
