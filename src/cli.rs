@@ -129,6 +129,15 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `verify`: reconciliation of 4.x against 5.x (see `crate::verify`); an
+/// error when anything is missing or damaged, so the exit code says it.
+pub async fn verify(path: &Path, opts: crate::verify::VerifyOptions) -> anyhow::Result<()> {
+    if !crate::verify::run(path, opts).await? {
+        bail!("verification failed: messages are missing or damaged in 5.x (see the table above)");
+    }
+    Ok(())
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC); 0 (unset) as `-`.
 /// Anything RFC 3339 cannot spell — before 1970 or after 9999-12-31, which
 /// a producer can put in the born timestamp — is printed as the raw number

@@ -32,3 +32,4 @@ pub mod shutdown;
 pub mod source;
 pub mod systemd;
 pub mod translate;
+pub mod verify;

@@ -1,5 +1,5 @@
-//! `rmq-bridge` command line: run, check, status, quarantine, reset-route,
-//! peek, demo.
+//! `rmq-bridge` command line: run, check, verify, status, quarantine,
+//! reset-route, peek, demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,34 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         online: bool,
+    },
+    /// Reconcile what the bridge forwarded with what 5.x holds (needs
+    /// `[target] namesrv_addr`); non-zero exit on any missing or damaged message.
+    Verify {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Start at this time (RFC 3339) or this long ago (2h) instead of the
+        /// route's start position.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep verifying as new checkpoints land (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// --follow: seconds between passes.
+        #[arg(long, default_value_t = 30)]
+        interval_secs: u64,
+        /// --follow: serve rmq_bridge_verify_* metrics here.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Parent directory of the temporary on-disk index (default: $TMPDIR).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
     },
     /// Per route: checkpoints, lag, cutover percent and journal, quarantine count.
     Status {
@@ -149,6 +177,28 @@ fn main() -> ExitCode {
             Command::Check { config, online } => {
                 cli::init_logging("warn", args.log_json);
                 cli::check(&config, online).await
+            }
+            Command::Verify {
+                config,
+                route,
+                since,
+                follow,
+                json,
+                interval_secs,
+                metrics_listen,
+                work_dir,
+            } => {
+                cli::init_logging("warn", args.log_json);
+                let opts = rmq_bridge::verify::VerifyOptions {
+                    route,
+                    since,
+                    follow,
+                    json,
+                    interval: std::time::Duration::from_secs(interval_secs.max(1)),
+                    metrics_listen,
+                    work_dir,
+                };
+                cli::verify(&config, opts).await
             }
             Command::Status { config, offline } => {
                 cli::init_logging("warn", args.log_json);

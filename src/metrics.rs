@@ -23,6 +23,20 @@ pub const ROUTE_STALLED: &str = "rmq_bridge_route_stalled";
 /// (`commit_as_group`): live or unconfirmed 4.x consumers; the log says which.
 pub const COMMIT_REFUSED: &str = "rmq_bridge_commit_refused";
 
+// `rmq-bridge verify --follow` (its own endpoint, `--metrics-listen`).
+/// Messages of the verified range per route and `state`: expected, found,
+/// missing, damaged, duplicated, quarantined.
+pub const VERIFY_MESSAGES: &str = "rmq_bridge_verify_messages";
+/// 1 while the last verification found nothing missing or damaged.
+pub const VERIFY_CLEAN: &str = "rmq_bridge_verify_clean";
+/// When the last verification pass finished (unix seconds).
+pub const VERIFY_LAST_RUN_TIMESTAMP_SECONDS: &str = "rmq_bridge_verify_last_run_timestamp_seconds";
+/// Sum over a route's source queues of the offset verified up to (grows
+/// as checkpoints are verified).
+pub const VERIFY_VERIFIED_OFFSET_SUM: &str = "rmq_bridge_verify_verified_offset_sum";
+/// Verification passes that could not complete (a cluster unreachable).
+pub const VERIFY_ERRORS_TOTAL: &str = "rmq_bridge_verify_errors_total";
+
 /// Values of the `outcome` label of `rmq_bridge_messages_total`.
 pub mod outcome {
     pub const FORWARDED: &str = "forwarded";

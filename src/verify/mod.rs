@@ -1,0 +1,618 @@
+//! `rmq-bridge verify`: proof that what the bridge forwarded is in 5.x,
+//! intact (SPEC section 8, issue 11).
+//!
+//! For each route: the durable checkpoints are read first (everything below
+//! them was acknowledged by 5.x before this run began), then the 5.x target
+//! topic is read back over Remoting from the 5.x brokers (`[target]
+//! namesrv_addr`) into a temporary on-disk index keyed by message id, then
+//! each source queue's range, from the route's start position (or `--since`)
+//! up to its checkpoint, is read from 4.x and every record judged: the
+//! cutover and environment rule in force at its offset (the cutover
+//! journal, see `history`), quarantine, translation as the pipeline does it,
+//! and the 5.x copies under its message id (`matching`). The 5.x index is
+//! spilled to RocksDB and the 4.x side is streamed, so memory does not grow
+//! with the topic.
+//!
+//! `--follow` keeps one index and one matcher per queue and verifies each
+//! new stretch of checkpoints as it lands, re-checking what was missing,
+//! and serves `rmq_bridge_verify_*` gauges.
+//!
+//! Owns: the verification passes. Must not touch: the checkpoint store's
+//! contents (opened read-only; the verdict is a file next to it).
+
+pub mod fingerprint;
+pub mod history;
+pub mod index;
+pub mod matching;
+pub mod read;
+pub mod report;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::checkpoint::{CheckpointStore, SourceQueue};
+use crate::config::{self, BridgeConfig, RouteConfig, StartPosition};
+use crate::grpc::Publisher;
+use crate::pipeline;
+use crate::remoting::{AclCredentials, NameServers, RemotingClient, RemotingClientConfig};
+use crate::source::TopicSource;
+
+use fingerprint::Fingerprint;
+use history::QueueHistory;
+use index::{StoredCopy, TargetIndex, TargetPosition};
+use matching::{QueueMatcher, RouteJudge};
+use read::{read_range, topic_reader, Piece};
+use report::{Report, RouteReport, StoredVerdict};
+
+/// The command line of `verify`.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    pub route: Option<String>,
+    /// RFC 3339 time, or a duration ago (`2h`, `30m`).
+    pub since: Option<String>,
+    pub follow: bool,
+    pub json: Option<PathBuf>,
+    /// `--follow`: seconds between passes.
+    pub interval: Duration,
+    /// `--follow`: where to serve the `rmq_bridge_verify_*` metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Parent of the temporary index (default: the system temp dir).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Reader consumer group: never committed, only named in pull requests.
+const READER_GROUP: &str = "rmq_bridge_verify";
+
+/// Parses `--since`: an RFC 3339 time or a duration before now.
+pub fn parse_since(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    let text = text.trim();
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        return Ok(ms);
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(now_ms - ago.as_millis() as i64);
+    }
+    bail!("--since `{text}` is neither an RFC 3339 time (2026-11-28T10:00:00Z) nor a duration ago (2h, 30m)")
+}
+
+fn target_client(cfg: &BridgeConfig) -> RemotingClient {
+    RemotingClient::new(RemotingClientConfig {
+        request_timeout: cfg.target.request_timeout,
+        connect_timeout: Duration::from_secs(3),
+        credentials: cfg.target.credentials.as_ref().map(|c| AclCredentials {
+            access_key: c.access_key.clone(),
+            secret_key: c.secret_key.clone(),
+            security_token: None,
+        }),
+        client_id: format!("rmq-bridge-verify@{}", std::process::id()),
+    })
+}
+
+/// Progress on stderr every few seconds of a long pass.
+struct Progress {
+    last: Instant,
+    every: Duration,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            last: Instant::now(),
+            every: Duration::from_secs(5),
+        }
+    }
+
+    fn tick(&mut self, what: impl FnOnce() -> String) {
+        if self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            eprintln!("verify: {}", what());
+        }
+    }
+}
+
+/// One route's verification state, kept across `--follow` passes.
+struct RouteVerifier {
+    route: RouteConfig,
+    source: TopicSource,
+    target: TopicSource,
+    index: TargetIndex,
+    /// 5.x queue -> next offset to read into the index.
+    target_read: BTreeMap<SourceQueue, i64>,
+    queues: BTreeMap<SourceQueue, QueueMatcher>,
+    judge: RouteJudge,
+    notes: Vec<String>,
+}
+
+struct Verifier {
+    cfg: BridgeConfig,
+    opts: VerifyOptions,
+    since_ms: Option<i64>,
+    routes: Vec<RouteVerifier>,
+}
+
+impl Verifier {
+    async fn new(cfg: BridgeConfig, opts: VerifyOptions) -> anyhow::Result<Self> {
+        if cfg.target.namesrv_addrs.is_empty() {
+            bail!(
+                "verify reads 5.x back over Remoting from the 5.x brokers and needs the 5.x cluster's \
+                 name server: add `namesrv_addr = \"HOST:PORT\"` under [target] in {} (the name server \
+                 of the cluster behind the proxy {})",
+                cfg.file.display(),
+                cfg.target.endpoints.join(",")
+            );
+        }
+        let target_ns = NameServers::parse(&cfg.target.namesrv_addrs.join(";"))
+            .map_err(|e| anyhow!("[target] namesrv_addr: {e}"))?;
+        let source_ns = pipeline::name_servers(&cfg).map_err(anyhow::Error::msg)?;
+        let since_ms = opts
+            .since
+            .as_deref()
+            .map(|s| parse_since(s, crate::checkpoint::now_ms()))
+            .transpose()?;
+        let selected: Vec<RouteConfig> = match &opts.route {
+            Some(name) => vec![cfg.route(name).cloned().ok_or_else(|| {
+                anyhow!(
+                    "no route `{name}` in {}; routes: {}",
+                    cfg.file.display(),
+                    cfg.routes
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?],
+            None => cfg.routes.clone(),
+        };
+        // The 5.x topic's accepted types, as the bridge learns them (gRPC).
+        let publisher = match tokio::time::timeout(
+            Duration::from_secs(10),
+            Publisher::connect(pipeline::grpc_config(&cfg)),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                eprintln!(
+                    "verify: 5.x endpoint {}: {e}; message types will not be compared",
+                    cfg.target.endpoints.join(",")
+                );
+                None
+            }
+            Err(_) => {
+                eprintln!("verify: 5.x endpoint {} did not answer in 10 s; message types will not be compared", cfg.target.endpoints.join(","));
+                None
+            }
+        };
+        let source_client = pipeline::remoting_client(&cfg);
+        let target_client = target_client(&cfg);
+        let work = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let mut routes = Vec::new();
+        for route in selected {
+            let mut notes = Vec::new();
+            let target_types = match &publisher {
+                Some(p) => match p.accepted_types(&route.target_topic).await {
+                    Ok(t) if !t.is_empty() => Some(t),
+                    Ok(_) => {
+                        notes.push(format!(
+                            "5.x topic {} reports no message type; types not compared",
+                            route.target_topic
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        notes.push(format!(
+                            "5.x topic {}: {e}; types not compared",
+                            route.target_topic
+                        ));
+                        None
+                    }
+                },
+                None => {
+                    notes.push("5.x gRPC endpoint unreachable: message types, FIFO groups and delivery times not compared".into());
+                    None
+                }
+            };
+            let source = topic_reader(
+                source_client.clone(),
+                source_ns.clone(),
+                &route.source_topic,
+                &route.filter,
+                READER_GROUP,
+                cfg.source.pull_batch_size,
+            );
+            let target = topic_reader(
+                target_client.clone(),
+                target_ns.clone(),
+                &route.target_topic,
+                "*",
+                READER_GROUP,
+                cfg.source.pull_batch_size,
+            );
+            match tokio::time::timeout(Duration::from_secs(15), target.refresh_route()).await {
+                Err(_) => bail!(
+                    "5.x name server {target_ns} ([target] namesrv_addr) did not answer in 15 s; \
+                     check the address and that it is the 5.x cluster's name server"
+                ),
+                Ok(Err(crate::source::SourceError::TopicNotFound { .. })) => bail!(
+                    "5.x topic `{}` (route {}) is not known to name server {target_ns}: is [target] \
+                     namesrv_addr the name server of the 5.x cluster behind {}?",
+                    route.target_topic,
+                    route.name,
+                    cfg.target.endpoints.join(",")
+                ),
+                Ok(Err(crate::source::SourceError::Remoting(e))) => bail!(
+                    "5.x name server {target_ns} ([target] namesrv_addr) unreachable: {e}"
+                ),
+                Ok(Err(e)) => bail!(
+                    "5.x name server {target_ns} ([target] namesrv_addr): {e}; check the address"
+                ),
+                Ok(Ok(_)) => {}
+            }
+            source
+                .refresh_route()
+                .await
+                .map_err(|e| anyhow!("route {}: {e}", route.name))?;
+            let translate = pipeline::rule::build_rule(1, &cfg, &route, Vec::new()).translate;
+            routes.push(RouteVerifier {
+                judge: RouteJudge {
+                    target_topic: route.target_topic.clone(),
+                    target_types,
+                    translate,
+                },
+                source,
+                target,
+                index: TargetIndex::create(&work)?,
+                target_read: BTreeMap::new(),
+                queues: BTreeMap::new(),
+                notes,
+                route,
+            });
+        }
+        if let Some(p) = publisher {
+            p.shutdown().await;
+        }
+        Ok(Verifier {
+            cfg,
+            opts,
+            since_ms,
+            routes,
+        })
+    }
+
+    /// One pass over every route: the stretch between what was verified
+    /// and the checkpoints now.
+    async fn pass(&mut self) -> anyhow::Result<Report> {
+        // Checkpoints first: everything below them was acknowledged by 5.x
+        // before the 5.x read below starts.
+        let store = CheckpointStore::open_read_only(&self.cfg.checkpoint.dir)
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut reports = Vec::new();
+        let mut progress = Progress::new();
+        for rv in &mut self.routes {
+            reports.push(
+                rv.pass(&store, &self.cfg, self.since_ms, &mut progress)
+                    .await?,
+            );
+        }
+        drop(store);
+        Ok(Report::new(&self.cfg.file, reports))
+    }
+}
+
+impl RouteVerifier {
+    async fn pass(
+        &mut self,
+        store: &CheckpointStore,
+        cfg: &BridgeConfig,
+        since_ms: Option<i64>,
+        progress: &mut Progress,
+    ) -> anyhow::Result<RouteReport> {
+        let name = self.route.name.clone();
+        let checkpoints = store.route_checkpoints(&name).map_err(|e| anyhow!("{e}"))?;
+        let journal = store.journal(&name).map_err(|e| anyhow!("{e}"))?;
+        let mut quarantined: BTreeMap<SourceQueue, HashSet<i64>> = BTreeMap::new();
+        for e in store
+            .quarantine_list(Some(&name))
+            .map_err(|e| anyhow!("{e}"))?
+        {
+            quarantined
+                .entry(e.queue.clone())
+                .or_default()
+                .insert(e.offset);
+        }
+        let current_rule = pipeline::rule::build_rule(1, cfg, &self.route, Vec::new()).cutover;
+
+        // 5.x: everything new since the last pass, into the index.
+        let target_queues = self
+            .target
+            .refresh_route()
+            .await
+            .map_err(|e| anyhow!("5.x topic {}: {e}", self.route.target_topic))?;
+        for tq in target_queues {
+            let max = self
+                .target
+                .max_offset(&tq)
+                .await
+                .map_err(|e| anyhow!("5.x topic {} {tq}: {e}", self.route.target_topic))?;
+            let from = match self.target_read.get(&tq) {
+                Some(o) => *o,
+                None => self
+                    .target
+                    .min_offset(&tq)
+                    .await
+                    .map_err(|e| anyhow!("5.x topic {} {tq}: {e}", self.route.target_topic))?,
+            };
+            let mut rx = read_range(&self.target, &tq, from, max, cfg.source.pull_batch_size);
+            while let Some(piece) = rx.recv().await {
+                if let Piece::Records { records, .. } = piece? {
+                    let copies: Vec<StoredCopy> = records
+                        .iter()
+                        .map(|r| StoredCopy {
+                            at: TargetPosition {
+                                queue: tq.to_string(),
+                                offset: r.queue_offset,
+                            },
+                            fingerprint: Fingerprint::stored(r),
+                        })
+                        .collect();
+                    self.index.add(&copies)?;
+                }
+                let read = self.index.records();
+                progress.tick(|| {
+                    format!(
+                        "route {name}: read {read} record(s) of 5.x topic {}",
+                        self.route.target_topic
+                    )
+                });
+            }
+            self.target_read.insert(tq, max);
+        }
+
+        // 4.x: each queue from where it was verified to its checkpoint.
+        if checkpoints.is_empty() {
+            self.notes
+                .push("no checkpoints yet: the bridge has forwarded nothing on this route".into());
+        }
+        for (queue, cp) in &checkpoints {
+            let history = QueueHistory::build(&journal, queue, &current_rule);
+            if !self.queues.contains_key(queue) {
+                let from = self.start_offset(queue, since_ms).await?;
+                self.queues.insert(
+                    queue.clone(),
+                    QueueMatcher::new(queue.clone(), from, history.clone()),
+                );
+            }
+            let matcher = self
+                .queues
+                .get_mut(queue)
+                .ok_or_else(|| anyhow!("queue state lost"))?;
+            matcher.refresh(history, quarantined.remove(queue).unwrap_or_default());
+            let from = matcher.report.to;
+            let to = cp.offset;
+            if to <= from {
+                continue;
+            }
+            let mut rx = read_range(&self.source, queue, from, to, cfg.source.pull_batch_size);
+            while let Some(piece) = rx.recv().await {
+                match piece? {
+                    Piece::Records {
+                        records,
+                        undecodable,
+                    } => {
+                        for rec in &records {
+                            matcher.record(rec, &self.judge, &self.index)?;
+                        }
+                        for u in &undecodable {
+                            matcher.undecodable(u);
+                        }
+                    }
+                    Piece::Expired { from, to } => {
+                        self.notes.push(format!(
+                            "{queue}: offsets {from}..{to} are no longer stored on 4.x (retention); not verified"
+                        ));
+                    }
+                }
+                let read = matcher.report.counts.read;
+                progress.tick(|| {
+                    format!(
+                        "route {name}: 4.x {queue}: {read} read, range {}..{to}",
+                        matcher.report.from
+                    )
+                });
+            }
+            matcher.report.to = to;
+        }
+        let compare_types = self.judge.target_types.is_some();
+        for matcher in self.queues.values_mut() {
+            matcher.recheck_missing(&self.index, compare_types)?;
+        }
+
+        let last_percent = self
+            .queues
+            .keys()
+            .map(|q| {
+                QueueHistory::build(&journal, q, &current_rule)
+                    .last()
+                    .percent
+            })
+            .max();
+        if let Some(p) = last_percent {
+            if p != current_rule.percent && self.queues.len() == checkpoints.len() {
+                let note = format!(
+                    "the cutover journal's last percent ({p}%) differs from the config's ({}%): edited while \
+                     the bridge was stopped, or not yet applied? Offsets after the last journal entry were \
+                     judged by the journal",
+                    current_rule.percent
+                );
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+            }
+        }
+        let mut report = RouteReport {
+            route: name.clone(),
+            source_topic: self.route.source_topic.clone(),
+            target_topic: self.route.target_topic.clone(),
+            target_records: self.index.records(),
+            notes: self.notes.clone(),
+            ..Default::default()
+        };
+        for m in self.queues.values() {
+            report.totals.add(&m.report.counts);
+            report.queues.push(m.report.clone());
+        }
+        if report.totals.unexpected_found > 0 {
+            report.notes.push(format!(
+                "{} message(s) held on 4.x by the rule history were found in 5.x anyway: the journal \
+                 does not tell the whole story (a percent edited while the bridge was stopped?)",
+                report.totals.unexpected_found
+            ));
+        }
+        Ok(report)
+    }
+
+    /// Where a queue's verification starts: `--since`, else the route's
+    /// start position when it can be recomputed.
+    async fn start_offset(
+        &self,
+        queue: &SourceQueue,
+        since_ms: Option<i64>,
+    ) -> anyhow::Result<i64> {
+        let min = self
+            .source
+            .min_offset(queue)
+            .await
+            .map_err(|e| anyhow!("route {} {queue}: {e}", self.route.name))?;
+        let at = |ms: i64| async move {
+            self.source
+                .offset_at(queue, ms)
+                .await
+                .map_err(|e| anyhow!("route {} {queue}: {e}", self.route.name))
+        };
+        Ok(match (since_ms, &self.route.start) {
+            (Some(ms), _) => at(ms).await?.max(min),
+            (None, StartPosition::Earliest) => min,
+            (None, StartPosition::Timestamp(ms)) => at(*ms).await?.max(min),
+            (None, start) => bail!(
+                "route {} started at `{start}`: the offset it started from is not recorded, so verify \
+                 cannot tell what it should have forwarded; pass --since TIME (the time the route first \
+                 started, RFC 3339, or a duration ago such as 2h)",
+                self.route.name
+            ),
+        })
+    }
+}
+
+fn install_metrics(listen: SocketAddr) -> anyhow::Result<()> {
+    // Not `metrics::install`: that one also serves `rmq_bridge_up`, which
+    // would hide a stopped daemon from the RmqBridgeDown alert.
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .install()
+        .map_err(|e| {
+            anyhow!("cannot serve verify metrics on {listen}: {e}; pass another --metrics-listen")
+        })
+}
+
+fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
+    let text = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, text)
+        .with_context(|| format!("cannot write the JSON report to {}", path.display()))
+}
+
+fn finish_pass(cfg: &BridgeConfig, opts: &VerifyOptions, report: &Report) -> anyhow::Result<()> {
+    if let Some(path) = &opts.json {
+        write_json(path, report)?;
+    }
+    if let Err(e) = StoredVerdict::of(report).save(&cfg.checkpoint.dir) {
+        eprintln!("verify: {e:#} (check --decommission will not see this verdict)");
+    }
+    report::export_metrics(report);
+    Ok(())
+}
+
+/// Runs `verify`; `Ok(true)` when clean.
+pub async fn run(config_path: &Path, opts: VerifyOptions) -> anyhow::Result<bool> {
+    let cfg = config::load(config_path).map_err(|e| anyhow!("{e}"))?;
+    if opts.follow {
+        if let Some(listen) = opts.metrics_listen {
+            install_metrics(listen)?;
+            eprintln!("verify: serving rmq_bridge_verify_* metrics on http://{listen}/metrics");
+        }
+    }
+    let started = Instant::now();
+    let mut verifier = Verifier::new(cfg, opts).await?;
+    if !verifier.opts.follow {
+        let report = verifier.pass().await?;
+        print!("{}", report.table());
+        finish_pass(&verifier.cfg, &verifier.opts, &report)?;
+        eprintln!(
+            "verify: finished in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(report.is_clean());
+    }
+    let mut last_clean = true;
+    let mut printed_failure = false;
+    loop {
+        match verifier.pass().await {
+            Ok(report) => {
+                let t = &report.totals;
+                println!(
+                    "{} verify: {} expected, {} found, {} missing, {} damaged, {} duplicated — {}",
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                    t.expected,
+                    t.found,
+                    t.missing,
+                    t.damaged,
+                    t.duplicated,
+                    report.verdict.to_uppercase()
+                );
+                if !report.is_clean() && !printed_failure {
+                    print!("{}", report.table());
+                    printed_failure = true;
+                }
+                if report.is_clean() {
+                    printed_failure = false;
+                }
+                last_clean = report.is_clean();
+                finish_pass(&verifier.cfg, &verifier.opts, &report)?;
+            }
+            Err(e) => {
+                eprintln!(
+                    "verify: pass failed: {e:#}; retrying in {:?}",
+                    verifier.opts.interval
+                );
+                metrics::counter!(crate::metrics::VERIFY_ERRORS_TOTAL).increment(1);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(verifier.opts.interval) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(last_clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_a_duration_ago() {
+        assert_eq!(parse_since("1970-01-01T00:00:10Z", 0).unwrap(), 10_000);
+        assert_eq!(
+            parse_since("2h", 10_000_000).unwrap(),
+            10_000_000 - 7_200_000
+        );
+        assert!(parse_since("yesterday", 0).is_err());
+    }
+}

@@ -1,0 +1,542 @@
+//! `rmq-bridge verify` and `check --decommission` against the real peers
+//! (SPEC section 7): a 4.x cluster, a 5.x cluster with its gRPC proxy, the
+//! bridge binary in between.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+
+use rmq_bridge::dev::testkit;
+use rmq_bridge::remoting::{names, BatchEntry, Properties, SendBatchRequest, TopicConfig};
+
+/// Not a test: fills a 4.x topic with a large backlog for the measurement in
+/// the issue-11 note (verify over >= 1M messages), against peers started by
+/// `scripts/peers.sh start`. Run by hand:
+///
+/// ```text
+/// RMQ_VERIFY_BIG_V4_BROKER=127.0.0.1:21911 RMQ_VERIFY_BIG_V5_BROKER=127.0.0.1:31911 \
+/// RMQ_VERIFY_BIG_MESSAGES=1000000 cargo test --test verify_peers backlog_for_measurement -- --ignored --nocapture
+/// ```
+#[tokio::test]
+#[ignore = "manual: produces a large backlog into peers named by the environment"]
+async fn backlog_for_measurement() -> anyhow::Result<()> {
+    let v4 = std::env::var("RMQ_VERIFY_BIG_V4_BROKER").context("RMQ_VERIFY_BIG_V4_BROKER")?;
+    let v5 = std::env::var("RMQ_VERIFY_BIG_V5_BROKER").context("RMQ_VERIFY_BIG_V5_BROKER")?;
+    let total: usize = testkit::env_num("RMQ_VERIFY_BIG_MESSAGES")?.unwrap_or(1_000_000);
+    let topic = std::env::var("RMQ_VERIFY_BIG_TOPIC").unwrap_or_else(|_| "big".into());
+    const QUEUES: usize = 8;
+    const BATCH: usize = 64;
+    let client = testkit::client();
+    client
+        .create_topic(&v4, &TopicConfig::new(&topic, QUEUES as i32))
+        .await?;
+    let mut typed = TopicConfig::new(&topic, QUEUES as i32);
+    typed
+        .attributes
+        .insert("message.type".into(), "NORMAL".into());
+    client.create_topic(&v5, &typed).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for q in 0..QUEUES {
+        let client = client.clone();
+        let v4 = v4.clone();
+        let topic = topic.clone();
+        let count = total / QUEUES + usize::from(q < total % QUEUES);
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < count {
+                let n = BATCH.min(count - sent);
+                let entries = (sent..sent + n)
+                    .map(|i| {
+                        let mut properties = Properties::new();
+                        properties.insert(names::TAGS, "big");
+                        properties.insert(names::KEYS, format!("key-{q}-{i}"));
+                        properties.insert(names::UNIQ_KEY, format!("BIG{q:02}{i:010}"));
+                        properties.insert("env", if i % 3 == 0 { "gray" } else { "base" });
+                        BatchEntry {
+                            body: Bytes::from(vec![b'a' + (i % 26) as u8; 1024]),
+                            properties,
+                            flag: 0,
+                        }
+                    })
+                    .collect();
+                let request = SendBatchRequest {
+                    producer_group: "verify_big".into(),
+                    topic: topic.clone(),
+                    queue_id: q as i32,
+                    entries,
+                    born_timestamp_ms: rmq_bridge::checkpoint::now_ms(),
+                };
+                client
+                    .send_batch(&v4, &request)
+                    .await
+                    .with_context(|| format!("queue {q} after {sent}"))?;
+                sent += n;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    println!(
+        "produced {total} into 4.x {topic} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- helpers
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::testkit::{metric, RouteSpec, Sample};
+use rmq_bridge::remoting::{MessageRecord, RemotingClient, SendRequest};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rmq-bridge");
+
+/// The bridge daemon as a child process (killed on drop).
+struct Bridge {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Bridge {
+    fn start(config: &Path, log: &Path) -> Bridge {
+        let out = std::fs::File::create(log).expect("bridge log");
+        let err = out.try_clone().expect("log handle");
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn rmq-bridge run");
+        Bridge {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGTERM (drains and writes checkpoints), then waits.
+    fn stop(&mut self) {
+        self.signal("-TERM");
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "--- bridge log tail ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+async fn wait_metric(addr: &str, what: &str, f: impl Fn(&str) -> bool) {
+    let addr = addr.to_string();
+    testkit::eventually(what, Duration::from_secs(90), || {
+        let ok = f(&scrape(&addr));
+        async move { ok.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nlast metrics:\n{}", scrape(&addr)));
+}
+
+fn outcome(text: &str, route: &str, outcome: &str) -> f64 {
+    metric(
+        text,
+        "rmq_bridge_messages_total",
+        &[("route", route), ("outcome", outcome)],
+    )
+}
+
+/// Runs a `rmq-bridge` verb to completion (bounded).
+fn run_cli(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rmq-bridge");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("rmq-bridge output");
+    eprintln!(
+        "$ rmq-bridge {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rmq-verify-test-{name}-{}-{}",
+        std::process::id(),
+        rmq_bridge::checkpoint::now_ms()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A bridge config for the two clusters, with `[target] namesrv_addr`.
+fn config(
+    src: &LocalCluster,
+    dst: &LocalCluster,
+    checkpoints: &Path,
+    metrics: &str,
+    routes: &[RouteSpec],
+) -> String {
+    let text = testkit::render_config(
+        src,
+        dst,
+        checkpoints,
+        metrics,
+        "[environment]\nproperty = \"env\"\n",
+        routes,
+    )
+    .expect("config");
+    text.replacen(
+        "[target]\n",
+        &format!("[target]\nnamesrv_addr = \"{}\"\n", dst.namesrv_addr),
+        1,
+    )
+}
+
+/// Copies 5.x records into another 5.x topic over Remoting, straight to the
+/// 5.x broker ("behind the bridge's back"), keeping every property and the
+/// message id; `edit` may change or drop each one.
+async fn copy_into(
+    client: &RemotingClient,
+    dst: &LocalCluster,
+    records: &[MessageRecord],
+    topic: &str,
+    mut edit: impl FnMut(&MessageRecord, &mut SendRequest) -> bool,
+) {
+    for r in records {
+        let mut req = SendRequest::new("verify_test", topic, r.queue_id, r.body.clone());
+        for (k, v) in r.properties.iter() {
+            req.properties.insert(k, v);
+        }
+        if !edit(r, &mut req) {
+            continue;
+        }
+        client
+            .send_message(&dst.broker_addr, &req)
+            .await
+            .unwrap_or_else(|e| panic!("copying {} into {topic}: {e}", r.message_id()));
+    }
+}
+
+fn json_ids(report: &serde_json::Value, list: &str) -> BTreeSet<String> {
+    report["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["queues"].as_array().cloned().unwrap_or_default())
+        .flat_map(|q| q[list].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["message_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+// ---------------------------------------------------------------- verify
+
+/// verify passes on a clean bridged topic whose route changed its cutover
+/// percent midway (the journal says where), and names exactly the messages
+/// missing from or altered in a copy of the target topic made behind the
+/// bridge's back, in the table and in the JSON report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
+    let src = testkit::start_source_cluster("verify-src").expect("4.x peers");
+    let dst = testkit::start_target_cluster("verify-dst").expect("5.x peers");
+    let client = testkit::client();
+    testkit::create_topic(&client, &src, "orders", 2, None)
+        .await
+        .expect("4.x topic");
+    for t in ["orders", "orders_copy"] {
+        testkit::create_topic(&client, &dst, t, 2, Some("NORMAL"))
+            .await
+            .expect("5.x topic");
+    }
+    let dir = scratch("verify");
+    let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
+    let checkpoints = dir.join("checkpoints");
+    let route = |percent: u8, target: &str| RouteSpec::new("orders", "orders", target, percent);
+    let cfg_path = dir.join("bridge.toml");
+    testkit::write_config(
+        &cfg_path,
+        &config(&src, &dst, &checkpoints, &metrics, &[route(0, "orders")]),
+    )
+    .expect("config");
+
+    let produce = |range: std::ops::Range<usize>| {
+        let client = client.clone();
+        let src = &src;
+        async move {
+            for i in range {
+                let sample = Sample {
+                    queue_id: (i % 2) as i32,
+                    body: format!("order {i} body").into_bytes(),
+                    tag: Some(format!("t{}", i % 3)),
+                    keys: vec![format!("order-{i}"), format!("k{i}")],
+                    uniq_key: Some(format!("VERIFY{i:04}")),
+                    properties: vec![
+                        (
+                            "env".into(),
+                            if i % 4 == 0 { "gray" } else { "base" }.into(),
+                        ),
+                        ("seq".into(), i.to_string()),
+                    ],
+                    ..Default::default()
+                };
+                testkit::produce(&client, src, "orders", &sample)
+                    .await
+                    .expect("produce");
+            }
+        }
+    };
+
+    // 20 messages decided at 0% (dry run: held on 4.x), then 100%: the
+    // journal records per queue where 100% took effect.
+    let mut bridge = Bridge::start(&cfg_path, &dir.join("bridge.log"));
+    produce(0..20).await;
+    wait_metric(&metrics, "20 messages decided at 0%", |t| {
+        outcome(t, "orders", "skipped") >= 20.0
+    })
+    .await;
+    testkit::write_config(
+        &cfg_path,
+        &config(&src, &dst, &checkpoints, &metrics, &[route(100, "orders")]),
+    )
+    .expect("config");
+    bridge.signal("-HUP");
+    wait_metric(&metrics, "cutover 100%", |t| {
+        metric(t, "rmq_bridge_cutover_percent", &[("route", "orders")]) == 100.0
+    })
+    .await;
+    produce(20..60).await;
+    wait_metric(&metrics, "40 messages forwarded", |t| {
+        outcome(t, "orders", "forwarded") >= 40.0
+    })
+    .await;
+    bridge.stop();
+
+    // Clean: everything forwarded is in 5.x, intact; the 20 decided at 0%
+    // are not expected.
+    let cfg = cfg_path.to_string_lossy().to_string();
+    let json_path = dir.join("clean.json");
+    let out = run_cli(&["verify", "-c", &cfg, "--json", &json_path.to_string_lossy()]);
+    let shown = text(&out);
+    assert!(
+        out.status.success(),
+        "verify of a clean topic failed:\n{shown}"
+    );
+    assert!(shown.contains("VERDICT: CLEAN"), "{shown}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("json report")).expect("json");
+    assert_eq!(report["verdict"], "clean");
+    assert_eq!(report["totals"]["read"], 60, "{report:#}");
+    assert_eq!(report["totals"]["expected"], 40, "{report:#}");
+    assert_eq!(report["totals"]["found"], 40);
+    assert_eq!(report["totals"]["skipped"], 20);
+    assert_eq!(report["totals"]["missing"], 0);
+    assert_eq!(report["totals"]["damaged"], 0);
+
+    // A copy of the target topic made behind the bridge's back: two
+    // messages left out, one body and one user property altered, one tag.
+    let landed = testkit::read_back(&client, &dst, "orders")
+        .await
+        .expect("read back 5.x");
+    assert_eq!(landed.len(), 40);
+    let ids: Vec<String> = landed.iter().map(|r| r.message_id().to_string()).collect();
+    let removed: BTreeSet<String> = [ids[3].clone(), ids[17].clone()].into();
+    let body_changed = ids[5].clone();
+    let property_changed = ids[11].clone();
+    let tag_changed = ids[30].clone();
+    copy_into(&client, &dst, &landed, "orders_copy", |r, req| {
+        let id = r.message_id().to_string();
+        if removed.contains(&id) {
+            return false;
+        }
+        if id == body_changed {
+            req.body = Bytes::from(format!("{} (edited)", String::from_utf8_lossy(&r.body)));
+        }
+        if id == property_changed {
+            req.properties.insert("seq", "tampered");
+        }
+        if id == tag_changed {
+            req.properties.insert("TAGS", "other");
+        }
+        true
+    })
+    .await;
+    let copy_cfg = dir.join("copy.toml");
+    testkit::write_config(
+        &copy_cfg,
+        &config(
+            &src,
+            &dst,
+            &checkpoints,
+            &metrics,
+            &[route(100, "orders_copy")],
+        ),
+    )
+    .expect("config");
+    let json_path = dir.join("damaged.json");
+    let out = run_cli(&[
+        "verify",
+        "-c",
+        &copy_cfg.to_string_lossy(),
+        "--json",
+        &json_path.to_string_lossy(),
+    ]);
+    let shown = text(&out);
+    assert!(
+        !out.status.success(),
+        "verify passed a damaged copy:\n{shown}"
+    );
+    assert!(
+        shown.contains("VERDICT: FAILED — 2 missing, 3 damaged"),
+        "{shown}"
+    );
+    let missing_lines: BTreeSet<String> = shown
+        .lines()
+        .filter(|l| l.starts_with("MISSING"))
+        .filter_map(|l| l.split(" id ").nth(1).map(str::to_string))
+        .collect();
+    assert_eq!(
+        missing_lines, removed,
+        "table names exactly the removed messages"
+    );
+    let damaged_lines: Vec<&str> = shown.lines().filter(|l| l.starts_with("DAMAGED")).collect();
+    assert_eq!(damaged_lines.len(), 3, "{shown}");
+    let line_of = |id: &str| {
+        damaged_lines
+            .iter()
+            .find(|l| l.contains(&format!(" id {id} ")))
+            .unwrap_or_else(|| panic!("{id} not named as damaged:\n{shown}"))
+            .to_string()
+    };
+    assert!(line_of(&body_changed).contains("body: sha1"));
+    assert!(
+        line_of(&property_changed).contains("seq: Some(\"")
+            && line_of(&property_changed).contains("tampered")
+    );
+    assert!(line_of(&tag_changed).contains("tag: Some(\""));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("json report")).expect("json");
+    assert_eq!(report["verdict"], "failed");
+    assert_eq!(json_ids(&report, "missing"), removed);
+    assert_eq!(
+        json_ids(&report, "damaged"),
+        BTreeSet::from([body_changed, property_changed, tag_changed])
+    );
+    assert_eq!(report["totals"]["found"], 38);
+
+    // Without [target] namesrv_addr, or with one nobody answers at, verify
+    // says what is wrong.
+    let plain = dir.join("plain.toml");
+    testkit::write_config(
+        &plain,
+        &testkit::render_config(
+            &src,
+            &dst,
+            &checkpoints,
+            &metrics,
+            "",
+            &[route(100, "orders")],
+        )
+        .expect("config"),
+    )
+    .expect("config");
+    let out = run_cli(&["verify", "-c", &plain.to_string_lossy()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("needs the 5.x cluster's name server: add `namesrv_addr"),
+        "{}",
+        text(&out)
+    );
+    let dead = dir.join("dead.toml");
+    let dead_port = free_port().expect("port");
+    testkit::write_config(
+        &dead,
+        &config(&src, &dst, &checkpoints, &metrics, &[route(100, "orders")])
+            .replace(&dst.namesrv_addr, &format!("127.0.0.1:{dead_port}")),
+    )
+    .expect("config");
+    let out = run_cli(&["verify", "-c", &dead.to_string_lossy()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("([target] namesrv_addr)"),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
