@@ -54,6 +54,11 @@ pub async fn run(path: &Path, log_json: bool) -> anyhow::Result<()> {
 
 pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
     let cfg = load(path)?;
+    if cfg.target.namesrv_addrs.is_empty() {
+        println!(
+            "  note: no [target] namesrv_addr: `rmq-bridge verify` cannot read 5.x back until it is set"
+        );
+    }
     println!("{}: valid, {} route(s)", path.display(), cfg.routes.len());
     for r in &cfg.routes {
         println!(
@@ -126,6 +131,18 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
         bail!("{problems} problem(s) found");
     }
     println!("online check passed");
+    Ok(())
+}
+
+/// `check --decommission`: the readiness report (see `crate::decommission`);
+/// an error when any line is red, so the exit code says it.
+pub async fn check_decommission(path: &Path) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let report = crate::decommission::run(&cfg).await?;
+    print!("{}", report.render());
+    if report.reds() > 0 {
+        bail!("not ready to decommission 4.x: {} red line(s)", report.reds());
+    }
     Ok(())
 }
 

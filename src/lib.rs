@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod cutover;
+pub mod decommission;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod grpc;

@@ -35,6 +35,11 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         online: bool,
+        /// Report what switching 4.x off now would lose: lag, pending
+        /// scheduled messages, retries, dead letters, half transactions,
+        /// quarantine, live 4.x consumers, the last verify verdict.
+        #[arg(long)]
+        decommission: bool,
     },
     /// Reconcile what the bridge forwarded with what 5.x holds (needs
     /// `[target] namesrv_addr`); non-zero exit on any missing or damaged message.
@@ -174,9 +179,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Run { config } => cli::run(&config, args.log_json).await,
-            Command::Check { config, online } => {
+            Command::Check {
+                config,
+                online,
+                decommission,
+            } => {
                 cli::init_logging("warn", args.log_json);
-                cli::check(&config, online).await
+                if decommission {
+                    cli::check_decommission(&config).await
+                } else {
+                    cli::check(&config, online).await
+                }
             }
             Command::Verify {
                 config,

@@ -1,0 +1,168 @@
+//! Reads of a 4.x broker that `check --decommission` needs beyond what the
+//! bridge itself uses: whole system-topic queues (the schedule topic, the
+//! transaction half and op topics) read straight from a broker, the
+//! consumer groups of a topic, and the oldest message of a queue range.
+//!
+//! Owns: these requests and their pull loops. Must not touch: judging
+//! (green / red), the checkpoint store.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use crate::remoting::{MessageRecord, PullRequest, PullStatus, RemotingClient, RemotingCommand};
+
+/// Java `RequestCode.QUERY_TOPIC_CONSUME_BY_WHO`: the groups online on a
+/// topic or holding committed offsets for it.
+const QUERY_TOPIC_CONSUME_BY_WHO: i32 = 300;
+
+/// Pulls bodies up to this size; larger records are counted all the same.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+const READER_GROUP: &str = "rmq_bridge_decommission";
+
+/// `[min, max)` of a queue on a broker; a topic the broker does not have
+/// answers 0..0 (Java) or an error (taken as empty, with the reason).
+pub async fn queue_range(
+    client: &RemotingClient,
+    broker: &str,
+    topic: &str,
+    queue_id: i32,
+) -> anyhow::Result<(i64, i64)> {
+    let max = client
+        .get_max_offset(broker, topic, queue_id)
+        .await
+        .map_err(|e| anyhow!("{topic} queue {queue_id} on {broker}: {e}"))?;
+    if max <= 0 {
+        return Ok((0, 0));
+    }
+    let min = client
+        .get_min_offset(broker, topic, queue_id)
+        .await
+        .map_err(|e| anyhow!("{topic} queue {queue_id} on {broker}: {e}"))?;
+    Ok((min.clamp(0, max), max))
+}
+
+/// Calls `f` with every record of `topic` queue `queue_id` on `broker` in
+/// `[from, to)`, in offset order. Returns how many offsets were skipped
+/// (removed by retention while reading).
+pub async fn scan_queue(
+    client: &RemotingClient,
+    broker: &str,
+    topic: &str,
+    queue_id: i32,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&MessageRecord),
+) -> anyhow::Result<i64> {
+    let mut offset = from;
+    let mut skipped = 0;
+    while offset < to {
+        let request = PullRequest {
+            consumer_group: READER_GROUP.into(),
+            topic: topic.into(),
+            queue_id,
+            queue_offset: offset,
+            max_msg_nums: 32,
+            sub_expression: "*".into(),
+            expression_type: "TAG".into(),
+            sub_version: 0,
+            suspend_timeout: Duration::from_millis(0),
+            commit_offset: None,
+        };
+        let result = client
+            .pull_message_bounded(broker, &request, MAX_BODY)
+            .await
+            .map_err(|e| {
+                anyhow!("reading {topic} queue {queue_id} on {broker} at {offset}: {e}")
+            })?;
+        let next = result.next_begin_offset;
+        match result.status {
+            PullStatus::Found => {
+                for r in result.messages.iter().filter(|r| r.queue_offset < to) {
+                    f(r);
+                }
+            }
+            PullStatus::NoNewMsg => break,
+            PullStatus::OffsetMoved | PullStatus::NoMatchedMsg | PullStatus::RetryImmediately => {
+                if next > offset {
+                    skipped += next.min(to) - offset;
+                }
+            }
+        }
+        if next <= offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(skipped)
+}
+
+/// Store time of the record at `offset` (the oldest of a backlog).
+pub async fn store_time_at(
+    client: &RemotingClient,
+    broker: &str,
+    topic: &str,
+    queue_id: i32,
+    offset: i64,
+) -> Option<i64> {
+    let mut found = None;
+    let _ = scan_queue(client, broker, topic, queue_id, offset, offset + 1, |r| {
+        found = Some(r.store_timestamp_ms)
+    })
+    .await;
+    found
+}
+
+/// The consumer groups a broker knows for `topic` (online, or holding
+/// committed offsets).
+pub async fn groups_of_topic(
+    client: &RemotingClient,
+    broker: &str,
+    topic: &str,
+) -> anyhow::Result<Vec<String>> {
+    let cmd = RemotingCommand::request(QUERY_TOPIC_CONSUME_BY_WHO).with_ext("topic", topic);
+    let resp = client
+        .invoke(broker, cmd, Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow!("asking {broker} who consumes {topic}: {e}"))?;
+    if resp.code != 0 {
+        return Err(anyhow!(
+            "asking {broker} who consumes {topic}: code {} {}",
+            resp.code,
+            resp.remark.clone().unwrap_or_default()
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&resp.body)
+        .map_err(|e| anyhow!("asking {broker} who consumes {topic}: unreadable answer: {e}"))?;
+    Ok(value["groupList"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Offsets a transaction op-topic record resolves: its body lists half
+/// queue offsets separated by `,` (Java 4.x writes one offset, 5.x and
+/// rocketmq-rust a list ending in `,`).
+pub fn op_offsets(body: &[u8]) -> impl Iterator<Item = i64> + '_ {
+    std::str::from_utf8(body)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|s| s.trim().parse::<i64>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::op_offsets;
+
+    #[test]
+    fn op_bodies_list_half_offsets() {
+        assert_eq!(op_offsets(b"17").collect::<Vec<_>>(), vec![17]);
+        assert_eq!(op_offsets(b"3,4,9,").collect::<Vec<_>>(), vec![3, 4, 9]);
+        assert_eq!(op_offsets(b"").count(), 0);
+    }
+}
