@@ -306,7 +306,10 @@ fn grpc_retriable(code: tonic::Code) -> bool {
 /// The route of one topic as the producer needs it.
 #[derive(Debug, Clone)]
 pub(crate) struct TopicRoute {
-    /// Writable queues of leader brokers, in server order.
+    /// Writable queues of leader brokers, sorted by (broker name, queue id):
+    /// a FIFO group's queue is an index into this list, so it must not
+    /// depend on the order a server lists queues in (the rocketmq-rust
+    /// proxy lists them from a hash set, in a new order at every query).
     pub writable: Vec<pb::MessageQueue>,
     /// Readable queues (for receive).
     pub readable: Vec<pb::MessageQueue>,
@@ -330,6 +333,11 @@ impl TopicRoute {
             }
         }
         let leader = |q: &pb::MessageQueue| q.broker.as_ref().map_or(true, |b| b.id == 0);
+        let mut queues = queues;
+        queues.sort_by(|a, b| {
+            let name = |q: &pb::MessageQueue| q.broker.as_ref().map(|b| b.name.clone());
+            (name(a), a.id).cmp(&(name(b), b.id))
+        });
         TopicRoute {
             writable: queues
                 .iter()
@@ -1173,6 +1181,35 @@ mod tests {
         let id = default_client_id();
         assert_eq!(id.split('@').count(), 4);
         assert_ne!(id, default_client_id());
+    }
+
+    #[test]
+    fn a_fifo_group_keeps_its_queue_whatever_order_the_server_lists_queues_in() {
+        let queue = |broker: &str, id: i32| pb::MessageQueue {
+            id,
+            permission: pb::Permission::ReadWrite as i32,
+            broker: Some(pb::Broker {
+                name: broker.into(),
+                id: 0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let listed = vec![queue("b", 1), queue("a", 3), queue("a", 0), queue("b", 0)];
+        let mut reversed = listed.clone();
+        reversed.reverse();
+        let pick = |queues: Vec<pb::MessageQueue>, group: &str| {
+            let route = TopicRoute::from_queues(queues);
+            let q = &route.writable[fifo_queue_index(group, route.writable.len())];
+            (q.broker.as_ref().map(|b| b.name.clone()), q.id)
+        };
+        for g in ["g1", "g13", "order-7", "x"] {
+            assert_eq!(
+                pick(listed.clone(), g),
+                pick(reversed.clone(), g),
+                "group {g}"
+            );
+        }
     }
 
     #[test]
