@@ -356,7 +356,7 @@ fn raw_message(topic: &str, message_type: pb::MessageType, group: Option<&str>) 
             body_encoding: pb::Encoding::Identity as i32,
             ..Default::default()
         }),
-        body: b"raw probe".to_vec(),
+        body: b"raw probe".to_vec().into(),
     }
 }
 

@@ -438,11 +438,11 @@ impl Client {
                 client,
             });
         }
-        let headers = CallHeaders {
-            client_id: config.client_id.clone(),
-            namespace: config.namespace.clone(),
-            credentials: config.credentials.clone(),
-        };
+        let headers = CallHeaders::new(
+            &config.client_id,
+            &config.namespace,
+            config.credentials.clone(),
+        );
         let n = slots.len();
         Ok(Arc::new(Client {
             config,
@@ -572,8 +572,8 @@ impl Client {
         message: T,
         timeout: Option<Duration>,
     ) -> Request<T> {
-        let mut req = Request::new(message);
-        headers.apply(req.metadata_mut());
+        let mut req =
+            Request::from_parts(headers.metadata(), tonic::Extensions::default(), message);
         if let Some(t) = timeout {
             req.set_timeout(t);
         }
@@ -805,8 +805,13 @@ impl Client {
     /// new settings are pushed on every open session and a heartbeat is sent
     /// so proxies register the producer for the topic.
     pub(crate) fn ensure_topic(self: &Arc<Self>, topic: &str) {
-        if !lock(&self.topics).insert(topic.to_owned()) {
-            return;
+        {
+            // Every send passes here: no allocation once the topic is known.
+            let mut topics = lock(&self.topics);
+            if topics.contains(topic) {
+                return;
+            }
+            topics.insert(topic.to_owned());
         }
         let command = self.settings_command(&SessionRole::Producer);
         let senders: Vec<_> = lock(&self.sessions).iter().flatten().cloned().collect();
@@ -1088,11 +1093,15 @@ impl Client {
         if let Some(h) = lock(&self.consumer_sessions).get(&key) {
             return h.clone();
         }
-        let mut headers = self.headers.clone();
-        headers.client_id = format!("{}-consumer-{group}-{topic}", self.config.client_id)
+        let client_id: String = format!("{}-consumer-{group}-{topic}", self.config.client_id)
             .chars()
             .filter(|c| c.is_ascii_graphic())
             .collect();
+        let headers = CallHeaders::new(
+            &client_id,
+            &self.config.namespace,
+            self.config.credentials.clone(),
+        );
         lock(&self.consumer_sessions).insert(key, headers.clone());
         let role = SessionRole::SimpleConsumer {
             group: group.to_owned(),

@@ -237,7 +237,7 @@ impl MessagingService for Fake {
                 }),
                 ..Default::default()
             }),
-            body: b"hello".to_vec(),
+            body: bytes::Bytes::from_static(b"hello"),
         };
         let items = vec![
             Ok(pb::ReceiveMessageResponse {

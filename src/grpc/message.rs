@@ -113,7 +113,13 @@ pub(crate) const ORPHANED_TRANSACTION_RECOVERY: Duration = Duration::from_secs(3
 /// `Long.toHexString(crc).toUpperCase()`, i.e. upper-case hex without
 /// leading zeros.
 pub(crate) fn body_crc32(body: &[u8]) -> String {
-    format!("{:X}", crc32fast::hash(body))
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let crc = crc32fast::hash(body);
+    let digits = (8 - crc.leading_zeros() as usize / 4).max(1);
+    (0..digits)
+        .rev()
+        .map(|i| char::from(HEX[((crc >> (i * 4)) & 0xF) as usize]))
+        .collect()
 }
 
 pub(crate) fn timestamp_from_millis(ms: i64) -> prost_types::Timestamp {
@@ -170,13 +176,9 @@ impl OutgoingMessage {
                 resource_namespace: namespace.to_owned(),
                 name: self.topic.clone(),
             }),
-            user_properties: self
-                .user_properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            user_properties: self.user_properties.clone(),
             system_properties: Some(sys),
-            body: self.body.to_vec(),
+            body: self.body.clone(),
         }
     }
 }
@@ -210,7 +212,7 @@ impl ReceivedMessage {
         ReceivedMessage {
             topic: message.topic.map(|t| t.name).unwrap_or_default(),
             message_id: sys.message_id,
-            body: Bytes::from(message.body),
+            body: message.body,
             tag: sys.tag,
             keys: sys.keys,
             user_properties: message.user_properties.into_iter().collect(),
@@ -256,6 +258,10 @@ mod tests {
         assert_eq!(body_crc32(b"hello"), "3610A686");
         // No zero padding, like Long.toHexString.
         assert_eq!(body_crc32(b""), "0");
+        // Leading zero nibbles are dropped, inner zeros kept, as Java prints.
+        for body in [&b"a"[..], b"abc", b"123456789", b"\x00\x01"] {
+            assert_eq!(body_crc32(body), format!("{:X}", crc32fast::hash(body)));
+        }
     }
 
     #[test]
@@ -316,7 +322,7 @@ mod tests {
                 w.user_properties.get("gray").map(String::as_str),
                 Some("true")
             );
-            assert_eq!(w.body, b"hello");
+            assert_eq!(&w.body[..], b"hello");
             match kind {
                 MessageKind::Normal => {
                     assert!(sys.message_group.is_none() && sys.delivery_timestamp.is_none());

@@ -22,6 +22,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -115,79 +116,190 @@ pub fn authorization(access_key: &str, secret_key: &str, date_time: &str) -> Str
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A random (version 4 layout) UUID string, from std's randomly seeded
-/// SipHash keys mixed with a process-wide counter and the clock.
-pub fn request_id() -> String {
-    let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let word = |salt: u64| {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u64(nanos);
-        h.write_u64(salt);
-        h.finish()
-    };
-    let hi = (word(1) & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
-    let lo = (word(2) & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
+/// SplitMix64: a cheap, well-mixed permutation of a counter.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
-/// Headers for one call, made at call time (fresh date-time and request id).
-#[derive(Debug, Clone)]
+/// A random 128-bit seed for this process, from std's randomly keyed
+/// SipHash and the clock (taken once).
+fn process_seed() -> (u64, u64) {
+    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let word = |salt: u64| {
+            let mut h = RandomState::new().build_hasher();
+            h.write_u64(nanos);
+            h.write_u64(u64::from(std::process::id()));
+            h.write_u64(salt);
+            h.finish()
+        };
+        (word(1), word(2))
+    })
+}
+
+/// A random (version 4 layout) UUID string: the process's random seed mixed
+/// with a process-wide counter, so ids never repeat within a process and
+/// differ between processes. One allocation (the string).
+pub fn request_id() -> String {
+    let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (a, b) = process_seed();
+    let hi = (mix64(a ^ n) & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
+    let lo = (mix64(b ^ n.rotate_left(32)) & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut pos = 0;
+    for (value, digits) in [
+        (hi >> 32, 8u32),
+        ((hi >> 16) & 0xFFFF, 4),
+        (hi & 0xFFFF, 4),
+        (lo >> 48, 4),
+        (lo & 0xFFFF_FFFF_FFFF, 12),
+    ] {
+        if pos > 0 {
+            out[pos] = b'-';
+            pos += 1;
+        }
+        for i in (0..digits).rev() {
+            out[pos] = HEX[((value >> (i * 4)) & 0xF) as usize];
+            pos += 1;
+        }
+    }
+    // Only ASCII hex digits and dashes were written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `x-mq-date-time` of the current second and, with credentials, its
+/// `authorization`: computed once per second per session, not per call.
+struct DatedValues {
+    epoch_secs: i64,
+    date_time: AsciiMetadataValue,
+    authorization: Option<AsciiMetadataValue>,
+}
+
+/// Headers of one client session (producer, or a simple consumer). The
+/// values that never change (client id, language, protocol, version,
+/// namespace, session token) are validated once, when the session is made;
+/// the date-time (and the signature over it) once per second; only the
+/// request id is new per call.
+#[derive(Clone)]
 pub(crate) struct CallHeaders {
-    pub client_id: String,
-    pub namespace: String,
-    pub credentials: Option<GrpcCredentials>,
+    client_id: String,
+    credentials: Option<GrpcCredentials>,
+    fixed: Arc<MetadataMap>,
+    dated: Arc<Mutex<Option<Arc<DatedValues>>>>,
+}
+
+impl std::fmt::Debug for CallHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallHeaders")
+            .field("client_id", &self.client_id)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
 }
 
 impl CallHeaders {
-    /// Fills `map` for a call made now.
-    pub fn apply(&self, map: &mut MetadataMap) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.apply_at(map, &format_date_time(now), &request_id());
-    }
-
-    pub fn apply_at(&self, map: &mut MetadataMap, date_time: &str, request_id: &str) {
+    pub fn new(client_id: &str, namespace: &str, credentials: Option<GrpcCredentials>) -> Self {
+        let mut fixed = MetadataMap::with_capacity(10);
         let mut put = |key: &'static str, value: &str| {
             // Values that are not visible ASCII cannot travel as gRPC
             // metadata; config validation rejects such ids and keys, so a
             // failure here only drops that header.
             if let Ok(v) = AsciiMetadataValue::try_from(value) {
-                map.insert(key, v);
+                fixed.insert(key, v);
             }
         };
-        put(CLIENT_ID, &self.client_id);
+        put(CLIENT_ID, client_id);
         put(LANGUAGE, LANGUAGE_VALUE);
         put(PROTOCOL, PROTOCOL_VALUE);
         put(CLIENT_VERSION, CLIENT_VERSION_VALUE);
-        put(DATE_TIME, date_time);
-        put(REQUEST_ID, request_id);
-        if !self.namespace.is_empty() {
-            put(NAMESPACE, &self.namespace);
+        if !namespace.is_empty() {
+            put(NAMESPACE, namespace);
         }
-        if let Some(c) = &self.credentials {
-            if let Some(token) = &c.security_token {
-                put(SESSION_TOKEN, token);
+        if let Some(token) = credentials.as_ref().and_then(|c| c.security_token.as_ref()) {
+            put(SESSION_TOKEN, token);
+        }
+        CallHeaders {
+            client_id: client_id.to_owned(),
+            credentials,
+            fixed: Arc::new(fixed),
+            dated: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The metadata of a call made now.
+    pub fn metadata(&self) -> MetadataMap {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let dated = {
+            let mut slot = self.dated.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(d) if d.epoch_secs == now => Arc::clone(d),
+                _ => {
+                    let d = Arc::new(self.dated_values(now, &format_date_time(now)));
+                    *slot = Some(Arc::clone(&d));
+                    d
+                }
             }
-            if !c.access_key.trim().is_empty() && !c.secret_key.trim().is_empty() {
-                put(
-                    AUTHORIZATION,
-                    &authorization(&c.access_key, &c.secret_key, date_time),
-                );
+        };
+        let mut map = (*self.fixed).clone();
+        map.insert(DATE_TIME, dated.date_time.clone());
+        if let Some(a) = &dated.authorization {
+            map.insert(AUTHORIZATION, a.clone());
+        }
+        if let Ok(v) = AsciiMetadataValue::try_from(request_id()) {
+            map.insert(REQUEST_ID, v);
+        }
+        map
+    }
+
+    fn dated_values(&self, epoch_secs: i64, date_time: &str) -> DatedValues {
+        let authorization = self.credentials.as_ref().and_then(|c| {
+            (!c.access_key.trim().is_empty() && !c.secret_key.trim().is_empty())
+                .then(|| authorization(&c.access_key, &c.secret_key, date_time))
+                .and_then(|a| AsciiMetadataValue::try_from(a).ok())
+        });
+        DatedValues {
+            epoch_secs,
+            date_time: AsciiMetadataValue::try_from(date_time)
+                .unwrap_or_else(|_| AsciiMetadataValue::from_static("19700101T000000Z")),
+            authorization,
+        }
+    }
+
+    /// Fills `map` for a call made now.
+    pub fn apply(&self, map: &mut MetadataMap) {
+        for kv in self.metadata().iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                map.insert(k.clone(), v.clone());
             }
+        }
+    }
+
+    /// The metadata for a call at `date_time` with `request_id` (tests).
+    #[cfg(test)]
+    pub fn apply_at(&self, map: &mut MetadataMap, date_time: &str, request_id: &str) {
+        for kv in self.fixed.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        let dated = self.dated_values(0, date_time);
+        map.insert(DATE_TIME, dated.date_time);
+        if let Some(a) = dated.authorization {
+            map.insert(AUTHORIZATION, a);
+        }
+        if let Ok(v) = AsciiMetadataValue::try_from(request_id) {
+            map.insert(REQUEST_ID, v);
         }
     }
 }
@@ -232,11 +344,7 @@ mod tests {
 
     #[test]
     fn headers_without_and_with_credentials() {
-        let mut h = CallHeaders {
-            client_id: "host@1@0".into(),
-            namespace: String::new(),
-            credentials: None,
-        };
+        let h = CallHeaders::new("host@1@0", "", None);
         let mut map = MetadataMap::new();
         h.apply_at(&mut map, "20240101T000000Z", "rid");
         assert_eq!(
@@ -251,12 +359,15 @@ mod tests {
         assert!(map.get(NAMESPACE).is_none());
         assert!(map.get(AUTHORIZATION).is_none());
 
-        h.namespace = "ns1".into();
-        h.credentials = Some(GrpcCredentials {
-            access_key: "ak".into(),
-            secret_key: "sk".into(),
-            security_token: Some("tok".into()),
-        });
+        let h = CallHeaders::new(
+            "host@1@0",
+            "ns1",
+            Some(GrpcCredentials {
+                access_key: "ak".into(),
+                secret_key: "sk".into(),
+                security_token: Some("tok".into()),
+            }),
+        );
         let mut map = MetadataMap::new();
         h.apply_at(&mut map, "20240101T000000Z", "rid");
         assert_eq!(

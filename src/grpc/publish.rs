@@ -21,7 +21,8 @@
 //! (and without sending a message of the wrong type, which some servers
 //! accept silently).
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::client::{fifo_queue_index, Client, FailureContext, GrpcClientConfig, RpcFailure};
@@ -335,13 +336,14 @@ impl Publisher {
         message: &OutgoingMessage,
         route: &super::client::TopicRoute,
     ) -> Result<SendReceipt, PublishError> {
-        let namespace = self.client.config().namespace.clone();
-        let queue_ids: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+        let namespace = &self.client.config().namespace;
+        // The queue of the last attempt.
+        let queue_id = AtomicI32::new(0);
         let build = |attempt: u32| {
             let q = self.queue_for(message, route, attempt);
-            lock_map(&queue_ids).push(q);
+            queue_id.store(q, Ordering::Relaxed);
             pb::SendMessageRequest {
-                messages: vec![message.to_wire(&namespace, q)],
+                messages: vec![message.to_wire(namespace, q)],
             }
         };
         let ctx = |rpc| FailureContext {
@@ -369,7 +371,7 @@ impl Publisher {
                 return Err(f.into_publish_error(ctx("SendMessage")));
             }
         };
-        let queue_id = lock_map(&queue_ids).last().copied().unwrap_or(0);
+        let queue_id = queue_id.load(Ordering::Relaxed);
         let entry = match resp.entries.into_iter().next() {
             Some(e) => e,
             None => {
@@ -494,13 +496,13 @@ impl Publisher {
                 topic: topic.clone(),
             });
         }
-        let namespace = self.client.config().namespace.clone();
-        let queue_ids: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+        let namespace = &self.client.config().namespace;
+        let queue_id = AtomicI32::new(0);
         let build = |attempt: u32| {
             let q = self.queue_for(first, &route, attempt);
-            lock_map(&queue_ids).push(q);
+            queue_id.store(q, Ordering::Relaxed);
             pb::SendMessageRequest {
-                messages: messages.iter().map(|m| m.to_wire(&namespace, q)).collect(),
+                messages: messages.iter().map(|m| m.to_wire(namespace, q)).collect(),
             }
         };
         let total: usize = messages.iter().map(|m| m.body.len()).sum();
@@ -540,7 +542,7 @@ impl Publisher {
                 attempts: 1,
             });
         }
-        let queue_id = lock_map(&queue_ids).last().copied().unwrap_or(0);
+        let queue_id = queue_id.load(Ordering::Relaxed);
         Ok(resp
             .entries
             .into_iter()
@@ -731,10 +733,6 @@ fn send_status(r: &pb::SendMessageResponse) -> Option<pb::Status> {
         .filter_map(|e| e.status.clone())
         .find(|s| s.code != pb::Code::Ok as i32)
         .or_else(|| r.status.clone())
-}
-
-fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ async fn each_kind_maps_to_the_right_wire_fields() {
         assert_eq!(req.messages.len(), 1);
         let m = &req.messages[0];
         let sys = m.system_properties.clone().unwrap_or_default();
-        assert_eq!(m.body, b"hello");
+        assert_eq!(&m.body[..], b"hello");
         assert_eq!(sys.tag.as_deref(), Some("TagA"));
         assert_eq!(sys.keys, vec!["k1".to_string()]);
         assert_eq!(sys.born_host, "10.1.2.3");

@@ -62,7 +62,9 @@ impl Properties {
     /// Parses the wire form the way Java does: segments without a name or
     /// without a value are skipped; a repeated name keeps the last value.
     pub fn decode(text: &str) -> Properties {
-        let mut props = Properties::new();
+        // One allocation for the list (a record carries a handful).
+        let count = text.matches(PROPERTY_SEPARATOR).count() + 1;
+        let mut props = Properties(Vec::with_capacity(count));
         for segment in text.split(PROPERTY_SEPARATOR) {
             if let Some((name, value)) = segment.split_once(NAME_VALUE_SEPARATOR) {
                 if !name.is_empty() && !value.is_empty() {
