@@ -326,18 +326,6 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
         );
         assert_eq!(copy.message_id(), p.message_id, "UNIQ_KEY kept on the copy");
     }
-    // The restarted bridge reads them and skips each.
-    testkit::eventually(
-        "the copies skipped as already forwarded",
-        Duration::from_secs(60),
-        || async {
-            let text = scrape(&metrics_addr);
-            (messages(&text, "sched", "scheduled_copy_skipped") >= 5.0).then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
-
     // ---- 5.x holds each exactly once, as DELAY at its original deadline.
     let want = pending.len() + 1;
     let landed = testkit::eventually(
@@ -395,6 +383,18 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
             );
         }
     }
+    // The restarted bridge read them and skipped each.
+    testkit::eventually(
+        "the copies skipped as already forwarded",
+        Duration::from_secs(60),
+        || async {
+            let text = scrape(&metrics_addr);
+            (messages(&text, "sched", "scheduled_copy_skipped") >= 5.0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
     let due_id = due_now.uniq_key.clone().unwrap_or_default();
     assert!(
         ids.contains_key(&due_id),
