@@ -76,6 +76,12 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
                 .map(|g| format!("  commit_as_group {g}"))
                 .unwrap_or_default()
         );
+        if r.scheduled == crate::config::ScheduledMode::Forward {
+            println!(
+                "    scheduled forward: pending 4.x delay-level messages go to 5.x early (levels {}); the target must be a DELAY topic",
+                cfg.source.delay_levels
+            );
+        }
     }
     if !online {
         return Ok(());
@@ -113,10 +119,22 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
         }
         if let Some(p) = &publisher {
             match p.accepted_types(&r.target_topic).await {
-                Ok(types) => println!(
-                    "  {}: 5.x topic {} accepts {:?}",
-                    r.name, r.target_topic, types
-                ),
+                Ok(types) => {
+                    println!(
+                        "  {}: 5.x topic {} accepts {:?}",
+                        r.name, r.target_topic, types
+                    );
+                    let delay = crate::grpc::TopicMessageType::Delay;
+                    if r.scheduled == crate::config::ScheduledMode::Forward
+                        && !types.contains(&delay)
+                    {
+                        println!(
+                            "  {}: scheduled = \"forward\" needs a DELAY target, but 5.x topic {} accepts {:?}: pending messages would become due at once. Create the target with message.type=DELAY, or set scheduled = \"ignore\"",
+                            r.name, r.target_topic, types
+                        );
+                        problems += 1;
+                    }
+                }
                 Err(e) => {
                     println!("  {}: 5.x topic {}: {e}", r.name, r.target_topic);
                     problems += 1;
