@@ -10,6 +10,8 @@
 //!   its queue is level - 1, `REAL_TOPIC` / `REAL_QID` name the real topic
 //!   and queue, and the broker moves each message into the real topic when
 //!   store time + delay has come, with the same `UNIQ_KEY`;
+//! - `check --online` refuses `scheduled = "forward"` into a non-DELAY
+//!   target;
 //! - pending messages are forwarded long before they are due, and only
 //!   those of the route's source topic;
 //! - after a SIGKILL and restart of the bridge, the broker's later copies
@@ -103,6 +105,21 @@ fn messages(text: &str, route: &str, outcome: &str) -> f64 {
     )
 }
 
+/// `rmq-bridge check --online -c config`: (success, stdout + stderr).
+fn check_online(config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+        .args(["check", "--online", "-c"])
+        .arg(config)
+        .output()
+        .expect("run rmq-bridge check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 async fn start(options: ClusterOptions) -> LocalCluster {
     match tokio::task::spawn_blocking(move || LocalCluster::start(options)).await {
         Ok(Ok(cluster)) => cluster,
@@ -163,6 +180,9 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
     testkit::create_topic(&client, &target, "sched_dst", 2, Some("DELAY"))
         .await
         .expect("5.x DELAY topic");
+    testkit::create_topic(&client, &target, "sched_normal", 1, Some("NORMAL"))
+        .await
+        .expect("5.x NORMAL topic");
 
     // ---- produce: pending at levels 5 (40 s) and 6 (1 min), one without
     // UNIQ_KEY, one for another topic, one due at once (level 1).
@@ -255,6 +275,18 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
         1,
     );
     let config = testkit::write_config(&dir.path().join("bridge.toml"), &config).expect("write");
+    // `check --online`: a DELAY target passes, a NORMAL one is named.
+    let (ok, out) = check_online(&config);
+    assert!(ok, "check --online of the DELAY route failed:\n{out}");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let normal = dir.path().join("normal.toml");
+    std::fs::write(&normal, text.replace("\"sched_dst\"", "\"sched_normal\"")).expect("write");
+    let (ok, out) = check_online(&normal);
+    assert!(
+        !ok && out.contains("needs a DELAY target") && out.contains("sched_normal"),
+        "check --online must refuse scheduled = forward into a NORMAL topic:\n{out}"
+    );
+
     let log = dir.path().join("bridge.log");
     let mut bridge = Bridge::start(&config, &log);
 
