@@ -533,3 +533,70 @@ impl ScheduleRun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(id: i32) -> SourceQueue {
+        SourceQueue {
+            broker_name: "b".into(),
+            queue_id: id,
+        }
+    }
+
+    #[test]
+    fn watermark_is_the_oldest_unhandled_store_time_or_now() {
+        let now = 1_000_000;
+        assert_eq!(topic_watermark(std::iter::empty(), now), None);
+
+        let caught_up = QueueProgress::new("wm", queue(0), 10);
+        caught_up.set_max_offset(10);
+        assert_eq!(topic_watermark([&caught_up].into_iter(), now), Some(now));
+
+        let behind = QueueProgress::new("wm", queue(1), 3);
+        behind.set_max_offset(8);
+        behind.set_oldest_pending_store_ms(400_000);
+        let both = [&caught_up, &behind];
+        assert_eq!(topic_watermark(both.into_iter(), now), Some(400_000));
+
+        // Behind, but the oldest pending message is not known yet: a copy
+        // may be among what is unread, so no pruning.
+        let unknown = QueueProgress::new("wm", queue(2), 0);
+        unknown.set_max_offset(5);
+        let all = [&caught_up, &behind, &unknown];
+        assert_eq!(topic_watermark(all.into_iter(), now), None);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_ids_within_the_margin_of_the_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::open(dir.path(), true).expect("store");
+        let margin = PRUNE_MARGIN.as_millis() as i64;
+        let watermark = 10_000_000;
+        store
+            .scheduled_remember("r", "u:old", watermark - margin - 1)
+            .expect("old");
+        store
+            .scheduled_remember("r", "u:recent", watermark - margin + 1)
+            .expect("recent");
+        prune(&store, "r", None);
+        prune(&store, "r", Some(watermark));
+        // The prune runs on a blocking thread.
+        for _ in 0..100 {
+            if store
+                .scheduled_forwarded("r", "u:old")
+                .expect("get")
+                .is_none()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.scheduled_forwarded("r", "u:old").expect("get"), None);
+        assert!(store
+            .scheduled_forwarded("r", "u:recent")
+            .expect("get")
+            .is_some());
+    }
+}
