@@ -24,9 +24,12 @@
 //!   (`MESSAGE_BODY_EMPTY`) within `max_body_size` (`MESSAGE_BODY_TOO_LARGE`)
 //!   and no reserved user property (`ILLEGAL_MESSAGE_PROPERTY_KEY`). Batched
 //!   transaction or timer messages are refused (`MESSAGE_CORRUPTED`; Java
-//!   brokers refuse them too). A request is refused as a whole. Each
-//!   accepted entry is answered with its own message id, as Java proxies do
-//!   (the rocketmq-rust 1.0.0 peer keeps only one per request).
+//!   brokers refuse them too). A request is refused as a whole. Every
+//!   message of a packed request keeps its own id (a Java proxy stores a
+//!   4.x batch whose messages keep their `UNIQ_KEY`; the rocketmq-rust
+//!   1.0.0 peer does not), and, as a Java proxy, the answer to a packed
+//!   request is one entry listing the ids comma-separated, with the first
+//!   message's offset (the 4.x batch's single `SendResult`).
 //! - `EndTransaction`: COMMIT of a prepared message counts it; ROLLBACK drops
 //!   it; an unknown transaction id is `INVALID_TRANSACTION_ID`.
 //!
@@ -448,6 +451,7 @@ impl Blackhole {
             }
         }
         t.tally.requests += 1;
+        let first_offset = t.next_offset;
         let mut entries = Vec::with_capacity(req.messages.len());
         for m in &req.messages {
             let sys = m.system_properties.as_ref();
@@ -480,6 +484,19 @@ impl Blackhole {
                 offset,
                 recall_handle: String::new(),
             });
+        }
+        if entries.len() > 1 {
+            // A Java proxy sends a packed request to its broker as one 4.x
+            // batch and answers with that batch's single result: the ids
+            // joined by commas, the first message's offset.
+            let ids: Vec<String> = entries.into_iter().map(|e| e.message_id).collect();
+            entries = vec![pb::SendResultEntry {
+                status: ok(),
+                message_id: ids.join(","),
+                transaction_id: String::new(),
+                offset: first_offset,
+                recall_handle: String::new(),
+            }];
         }
         pb::SendMessageResponse {
             status: ok(),

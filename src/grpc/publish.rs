@@ -530,34 +530,13 @@ impl Publisher {
                 }));
             }
         };
-        if resp.entries.len() != messages.len() {
-            return Err(PublishError::Retriable {
-                what: format!("batch of {} messages to topic {topic}", messages.len()),
-                code: super::error::ServerCode(pb::Code::InternalError as i32),
-                reason: format!(
-                    "the server acknowledged {} entries for {} messages",
-                    resp.entries.len(),
-                    messages.len()
-                ),
-                attempts: 1,
-            });
-        }
         let queue_id = queue_id.load(Ordering::Relaxed);
-        Ok(resp
-            .entries
-            .into_iter()
-            .zip(messages)
-            .map(|(e, m)| SendReceipt {
-                message_id: if e.message_id.is_empty() {
-                    m.message_id.clone()
-                } else {
-                    e.message_id
-                },
-                transaction_id: None,
-                offset: e.offset,
-                queue_id,
-            })
-            .collect())
+        batch_receipts(resp.entries, messages, queue_id).map_err(|reason| PublishError::Retriable {
+            what: format!("batch of {} messages to topic {topic}", messages.len()),
+            code: super::error::ServerCode(pb::Code::InternalError as i32),
+            reason,
+            attempts: 1,
+        })
     }
 
     /// Receives up to `max` messages of `topic` as simple-consumer `group`
@@ -725,6 +704,67 @@ fn grpc_failure(p: &Publisher, s: tonic::Status) -> RpcFailure {
     }
 }
 
+/// The receipts of an acknowledged packed SendMessage. Two answers are
+/// understood:
+/// - one entry per message (in order);
+/// - one entry for the whole request whose message id lists every
+///   message's id, comma-separated, in order: a Java 5.x proxy forwards a
+///   packed request to its broker as one 4.x batch and answers with that
+///   batch's single `SendResult` (`MQClientAPIImpl.processSendResponse`
+///   joins the ids); its offset is the first message's, the others follow.
+///
+/// Anything else is an error (the caller retries).
+fn batch_receipts(
+    entries: Vec<pb::SendResultEntry>,
+    messages: &[OutgoingMessage],
+    queue_id: i32,
+) -> Result<Vec<SendReceipt>, String> {
+    if entries.len() == messages.len() {
+        return Ok(entries
+            .into_iter()
+            .zip(messages)
+            .map(|(e, m)| SendReceipt {
+                message_id: if e.message_id.is_empty() {
+                    m.message_id.clone()
+                } else {
+                    e.message_id
+                },
+                transaction_id: None,
+                offset: e.offset,
+                queue_id,
+            })
+            .collect());
+    }
+    if let [one] = &entries[..] {
+        let mut listed = one.message_id.split(',').filter(|id| !id.is_empty());
+        let all_listed = messages
+            .iter()
+            .all(|m| listed.next() == Some(m.message_id.as_str()))
+            && listed.next().is_none();
+        if all_listed {
+            return Ok(messages
+                .iter()
+                .zip(0..)
+                .map(|(m, i)| SendReceipt {
+                    message_id: m.message_id.clone(),
+                    transaction_id: None,
+                    offset: one.offset + i,
+                    queue_id,
+                })
+                .collect());
+        }
+    }
+    Err(format!(
+        "the server acknowledged {} entries (ids {:?}) for {} messages",
+        entries.len(),
+        entries
+            .iter()
+            .map(|e| e.message_id.as_str())
+            .collect::<Vec<_>>(),
+        messages.len()
+    ))
+}
+
 /// The status that decides a SendMessage: the first non-OK entry, else the
 /// response status (as the Java client reads it).
 fn send_status(r: &pb::SendMessageResponse) -> Option<pb::Status> {
@@ -753,6 +793,41 @@ mod tests {
             born_host: String::new(),
             kind,
         }
+    }
+
+    #[test]
+    fn packed_answers_per_entry_or_one_joined_entry() {
+        let ids = ["A1", "A2", "A3"];
+        let msgs: Vec<OutgoingMessage> = ids
+            .iter()
+            .map(|id| OutgoingMessage {
+                message_id: (*id).into(),
+                ..msg(MessageKind::Normal)
+            })
+            .collect();
+        let entry = |id: &str, offset| pb::SendResultEntry {
+            message_id: id.into(),
+            offset,
+            ..Default::default()
+        };
+        let per_entry = vec![entry("A1", 7), entry("A2", 8), entry("A3", 9)];
+        let r = batch_receipts(per_entry, &msgs, 2).expect("one entry per message");
+        assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), [7, 8, 9]);
+        // A Java proxy: one entry, the ids joined by commas.
+        let r = batch_receipts(vec![entry("A1,A2,A3", 40)], &msgs, 2).expect("joined ids");
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.message_id.as_str(), r.offset, r.queue_id))
+                .collect::<Vec<_>>(),
+            [("A1", 40, 2), ("A2", 41, 2), ("A3", 42, 2)]
+        );
+        for wrong in ["A1,A2", "A1,A3,A2", "A1,A2,A3,A4", "A1"] {
+            assert!(
+                batch_receipts(vec![entry(wrong, 0)], &msgs, 0).is_err(),
+                "{wrong}"
+            );
+        }
+        assert!(batch_receipts(vec![entry("A1", 0), entry("A2", 1)], &msgs, 0).is_err());
     }
 
     #[test]
