@@ -41,6 +41,8 @@ use crate::verify::report::StoredVerdict;
 
 pub const HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
 pub const OP_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
+/// The group a broker's transaction check service consumes the half topic as.
+const TRANS_CHECK_GROUP: &str = "CID_RMQ_SYS_TRANS";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -441,8 +443,13 @@ impl Ctx<'_> {
                 scope,
                 "verify",
                 format!(
-                    "clean {when} ago, {} message(s), up to today's checkpoints",
-                    v.expected
+                    "clean {when} ago, {} message(s), up to today's checkpoints{}",
+                    v.expected,
+                    if v.quarantined > 0 {
+                        format!(" ({} were in quarantine then, not in 5.x)", v.quarantined)
+                    } else {
+                        String::new()
+                    }
                 ),
             );
         } else {
@@ -635,12 +642,23 @@ impl Ctx<'_> {
                 }
                 match probe::queue_range(&self.client, broker, HALF_TOPIC, queue_id).await {
                     Ok((min, max)) => {
+                        // The broker's check service consumes the half queue
+                        // as CID_RMQ_SYS_TRANS: below its offset every half
+                        // message is resolved or was put back further on.
+                        let checked = self
+                            .client
+                            .query_consumer_offset(broker, TRANS_CHECK_GROUP, HALF_TOPIC, queue_id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .unwrap_or(min);
+                        let from = checked.clamp(min, max);
                         if let Err(e) = probe::scan_queue(
                             &self.client,
                             broker,
                             HALF_TOPIC,
                             queue_id,
-                            min,
+                            from,
                             max,
                             |r| {
                                 let real = r.properties.get(names::REAL_TOPIC).unwrap_or("");
@@ -779,7 +797,7 @@ impl Ctx<'_> {
             // Retry backlog.
             let retry_topic = format!("%RETRY%{group}");
             let waiting = scan.retries.get(&retry_topic).copied().unwrap_or((0, None));
-            match self.backlog(&retry_topic, group, true).await {
+            match self.backlog(&retry_topic, group, &brokers).await {
                 Ok((n, oldest)) if n > 0 || waiting.0 > 0 => report.red(
                     &scope,
                     "retry backlog",
@@ -797,7 +815,7 @@ impl Ctx<'_> {
 
             // Dead letters.
             let dlq = format!("%DLQ%{group}");
-            match self.backlog(&dlq, group, true).await {
+            match self.backlog(&dlq, group, &brokers).await {
                 Ok((n, oldest)) if n > 0 => report.red(
                     &scope,
                     "dead letters",
@@ -823,25 +841,40 @@ impl Ctx<'_> {
     }
 
     /// Messages of `topic` above `group`'s committed offset (count, store
-    /// time of the oldest); 0 when the topic does not exist.
+    /// time of the oldest); 0 when the topic does not exist. Queues from the
+    /// name server's route of `topic`, and queue 0 on each of `brokers`
+    /// (a retry or DLQ topic the broker created may not be routed yet).
     async fn backlog(
         &self,
         topic: &str,
         group: &str,
-        _committed: bool,
+        brokers: &BTreeSet<&String>,
     ) -> anyhow::Result<(i64, Option<i64>)> {
-        let route = match self.namesrv.topic_route(&self.client, topic).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok((0, None)),
+        let mut queues: BTreeSet<(String, i32)> = BTreeSet::new();
+        match self.namesrv.topic_route(&self.client, topic).await {
+            Ok(Some(route)) => {
+                for (broker_name, queue_id) in route.readable_queues() {
+                    if let Some(addr) = route.master_addr(&broker_name) {
+                        queues.insert((addr.to_string(), queue_id));
+                    }
+                }
+            }
+            Ok(None) => {}
             Err(e) => return Err(anyhow!("{topic}: {e}")),
-        };
+        }
+        let routed = queues.clone();
+        for b in brokers {
+            queues.insert(((*b).clone(), 0));
+        }
         let mut total = 0;
         let mut oldest: Option<i64> = None;
-        for (broker_name, queue_id) in route.readable_queues() {
-            let Some(addr) = route.master_addr(&broker_name).map(str::to_string) else {
-                continue;
+        for (addr, queue_id) in queues {
+            let (min, max) = match probe::queue_range(&self.client, &addr, topic, queue_id).await {
+                Ok(r) => r,
+                // Not routed and not on this broker: nothing there.
+                Err(_) if !routed.contains(&(addr.clone(), queue_id)) => continue,
+                Err(e) => return Err(e),
             };
-            let (min, max) = probe::queue_range(&self.client, &addr, topic, queue_id).await?;
             let committed = self
                 .client
                 .query_consumer_offset(&addr, group, topic, queue_id)

@@ -247,6 +247,9 @@ pub struct RouteVerdict {
     pub missing: u64,
     pub damaged: u64,
     pub expected: u64,
+    /// In quarantine then, so not in 5.x (see `rmq-bridge quarantine list`).
+    #[serde(default)]
+    pub quarantined: u64,
     /// Per source queue: the offset verified up to (the checkpoint then).
     pub verified_to: BTreeMap<String, i64>,
 }
@@ -280,6 +283,7 @@ impl StoredVerdict {
                             missing: r.totals.missing,
                             damaged: r.totals.damaged,
                             expected: r.totals.expected,
+                            quarantined: r.totals.quarantined,
                             verified_to: r.queues.iter().map(|q| (q.queue.clone(), q.to)).collect(),
                         },
                     )
