@@ -255,6 +255,18 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
         } else if online {
             println!("  4.x not reachable: lag unknown");
         }
+        if r.scheduled == crate::config::ScheduledMode::Forward {
+            let side = pipeline::scheduled::schedule_side_name(&r.name);
+            let queues = store.route_checkpoints(&side).map_err(|e| anyhow!("{e}"))?;
+            let (remembered, latest) = store
+                .scheduled_summary(&r.name)
+                .map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "  scheduled forward: {} schedule queue checkpoint(s) as route {side}; {remembered} forwarded pending message(s) remembered, latest deadline {}",
+                queues.len(),
+                fmt_ms(latest.unwrap_or(0))
+            );
+        }
         let journal = store.journal(&r.name).map_err(|e| anyhow!("{e}"))?;
         if !journal.is_empty() {
             println!("  cutover journal:");
