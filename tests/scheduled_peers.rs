@@ -436,6 +436,18 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
         !ids.contains_key("SCHED-UNIQ-7"),
         "a pending message of another topic was forwarded"
     );
+    // `status` (read-only, while the daemon runs) shows the schedule side.
+    let out = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+        .args(["status", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run rmq-bridge status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("scheduled forward: 18 schedule queue checkpoint(s) as route sched#scheduled; 5 forwarded pending message(s) remembered"),
+        "status:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(bridge);
     eprintln!("scheduled_peers took {:?}", started.elapsed());
 }
