@@ -157,7 +157,7 @@ impl OutgoingMessage {
             message_type: self.kind.topic_type().to_wire() as i32,
             born_timestamp: Some(timestamp_from_millis(self.born_timestamp_ms)),
             born_host: self.born_host.clone(),
-            queue_id,
+            queue_id: Some(queue_id),
             ..Default::default()
         };
         match &self.kind {
@@ -221,7 +221,7 @@ impl ReceivedMessage {
             message_type: TopicMessageType::from_wire(sys.message_type),
             message_group: sys.message_group,
             delivery_timestamp_ms: sys.delivery_timestamp.as_ref().map(millis_from_timestamp),
-            queue_id: sys.queue_id,
+            queue_id: sys.queue_id.unwrap_or(0),
             queue_offset: sys.queue_offset,
             body_digest: sys.body_digest.map(|d| {
                 let kind = pb::DigestType::try_from(d.r#type)
@@ -274,6 +274,20 @@ mod tests {
     }
 
     #[test]
+    fn queue_zero_is_written_on_the_wire() {
+        // A server that reads an absent queue id as "choose one" (the
+        // rocketmq-rust proxy) must see queue 0 as a choice made: field 13,
+        // varint 0.
+        let m = sample(MessageKind::Fifo { group: "g".into() });
+        let sys = m.to_wire("ns", 0).system_properties.unwrap_or_default();
+        let bytes = prost::Message::encode_to_vec(&sys);
+        assert!(
+            bytes.windows(2).any(|w| w == [13 << 3, 0]),
+            "queue_id 0 missing from {bytes:?}"
+        );
+    }
+
+    #[test]
     fn kinds_map_to_wire_fields() {
         let cases = [
             (MessageKind::Normal, pb::MessageType::Normal),
@@ -294,7 +308,7 @@ mod tests {
             let w = m.to_wire("ns", 3);
             let sys = w.system_properties.clone().unwrap_or_default();
             assert_eq!(sys.message_type, wire_type as i32, "{kind:?}");
-            assert_eq!(sys.queue_id, 3);
+            assert_eq!(sys.queue_id, Some(3));
             assert_eq!(sys.message_id, m.message_id);
             assert_eq!(sys.tag.as_deref(), Some("TagA"));
             assert_eq!(sys.keys, vec!["k1".to_string(), "k2".to_string()]);

@@ -174,7 +174,7 @@ async fn each_kind_maps_to_the_right_wire_fields() {
                 assert_eq!(sys.message_group.as_deref(), Some(group.as_str()));
                 assert_eq!(
                     sys.queue_id,
-                    super::client::fifo_queue_index(group, 4) as i32,
+                    Some(super::client::fifo_queue_index(group, 4) as i32),
                     "FIFO queue chosen by the Java client's group hash"
                 );
             }
