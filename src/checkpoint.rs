@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
@@ -182,7 +182,9 @@ pub struct RouteReset {
 /// The checkpoint store. Cheap to clone.
 #[derive(Clone)]
 pub struct CheckpointStore {
-    db: Arc<DB>,
+    /// Shared by every clone; replaced by [`Self::reopen`].
+    db: Arc<RwLock<Option<Arc<DB>>>>,
+    read_only: bool,
     dir: PathBuf,
     sync: bool,
     /// Serialises read-sequence-then-put in `journal_append` across clones
@@ -252,6 +254,35 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Opens (creating if missing) the read-write database in `dir`.
+fn open_db(dir: &Path) -> Result<DB, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Small footprint: the store holds a few thousand keys.
+    opts.set_max_background_jobs(1);
+    opts.set_keep_log_file_num(3);
+    opts.set_max_total_wal_size(64 << 20);
+    // Checkpoints overwrite the same few keys every flush: RocksDB's
+    // default 64 MiB memtable would fill with dead versions and sit in
+    // RSS for hours, so flush small memtables and keep a small cache.
+    let cache = Cache::new_lru_cache(1 << 20);
+    let cfs = ALL_CFS.iter().map(|name| {
+        let mut cf = Options::default();
+        cf.set_write_buffer_size(1 << 20);
+        cf.set_max_write_buffer_number(2);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        cf.set_block_based_table_factory(&table);
+        ColumnFamilyDescriptor::new(*name, cf)
+    });
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| StoreError::Open {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(db)
+}
+
 impl CheckpointStore {
     /// Opens (creating if needed) the store for the running daemon.
     pub fn open(dir: &Path, sync: bool) -> Result<Self, StoreError> {
@@ -259,32 +290,10 @@ impl CheckpointStore {
             dir: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // Small footprint: the store holds a few thousand keys.
-        opts.set_max_background_jobs(1);
-        opts.set_keep_log_file_num(3);
-        opts.set_max_total_wal_size(64 << 20);
-        // Checkpoints overwrite the same few keys every flush: RocksDB's
-        // default 64 MiB memtable would fill with dead versions and sit in
-        // RSS for hours, so flush small memtables and keep a small cache.
-        let cache = Cache::new_lru_cache(1 << 20);
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut cf = Options::default();
-            cf.set_write_buffer_size(1 << 20);
-            cf.set_max_write_buffer_number(2);
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            cf.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(*name, cf)
-        });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| StoreError::Open {
-            dir: dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let db = open_db(dir)?;
         Ok(CheckpointStore {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+            read_only: false,
             dir: dir.to_path_buf(),
             sync,
             journal_seq: Arc::new(Mutex::new(())),
@@ -314,7 +323,8 @@ impl CheckpointStore {
                 reason: e.to_string(),
             })?;
         Ok(CheckpointStore {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+            read_only: true,
             dir: dir.to_path_buf(),
             sync: false,
             journal_seq: Arc::new(Mutex::new(())),
@@ -325,10 +335,48 @@ impl CheckpointStore {
         &self.dir
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(name).ok_or_else(|| StoreError::Corrupt {
+    fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+        db.cf_handle(name).ok_or_else(|| StoreError::Corrupt {
             what: format!("column family `{name}` missing"),
         })
+    }
+
+    /// The open database; an error while a reopen after a failed write
+    /// has not succeeded yet (see [`Self::reopen`]).
+    fn db(&self) -> Result<Arc<DB>, StoreError> {
+        match self.db.read() {
+            Ok(slot) => slot.clone().ok_or_else(|| StoreError::Write {
+                dir: self.dir.clone(),
+                what: "checkpoint store".into(),
+                reason: "the store is closed after a failed write and could not be reopened yet; free space if the disk is full".into(),
+            }),
+            Err(_) => Err(StoreError::Corrupt {
+                what: "checkpoint store handle poisoned".into(),
+            }),
+        }
+    }
+
+    /// Closes and reopens the database. RocksDB refuses every write after
+    /// one failed with a background error (a full disk, say) until it is
+    /// reopened; the flusher calls this while writes keep failing, so the
+    /// bridge resumes by itself once space is free. Waits for calls in
+    /// flight to finish with the old handle.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let mut slot = self.db.write().map_err(|_| StoreError::Corrupt {
+            what: "checkpoint store handle poisoned".into(),
+        })?;
+        if let Some(old) = slot.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            drop(old);
+        }
+        *slot = Some(Arc::new(open_db(&self.dir)?));
+        Ok(())
     }
 
     fn write_opts(&self) -> WriteOptions {
@@ -353,9 +401,9 @@ impl CheckpointStore {
     }
 
     pub fn get(&self, route: &str, queue: &SourceQueue) -> Result<Option<Checkpoint>, StoreError> {
-        let cf = self.cf(CF_CHECKPOINTS)?;
-        let v = self
-            .db
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_CHECKPOINTS)?;
+        let v = db
             .get_cf(cf, queue_key(route, queue))
             .map_err(|e| self.read_err(e))?;
         match v {
@@ -373,13 +421,11 @@ impl CheckpointStore {
         &self,
         route: &str,
     ) -> Result<Vec<(SourceQueue, Checkpoint)>, StoreError> {
-        let cf = self.cf(CF_CHECKPOINTS)?;
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_CHECKPOINTS)?;
         let prefix = route_prefix(route);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward))
-        {
+        for item in db.iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
             if !k.starts_with(&prefix) {
                 break;
@@ -397,9 +443,10 @@ impl CheckpointStore {
 
     /// Routes that have at least one checkpoint.
     pub fn routes(&self) -> Result<Vec<String>, StoreError> {
-        let cf = self.cf(CF_CHECKPOINTS)?;
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_CHECKPOINTS)?;
         let mut out: Vec<String> = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
             let (k, _) = item.map_err(|e| self.read_err(e))?;
             if let Some((route, _)) = parse_queue_key(&k) {
                 if out.last() != Some(&route) {
@@ -412,10 +459,11 @@ impl CheckpointStore {
 
     /// Writes several checkpoints atomically (one batch, one fsync).
     pub fn advance(&self, updates: &[(String, SourceQueue, i64)]) -> Result<(), StoreError> {
+        let db = self.db()?;
         if updates.is_empty() {
             return Ok(());
         }
-        let cf = self.cf(CF_CHECKPOINTS)?;
+        let cf = Self::cf(&db, CF_CHECKPOINTS)?;
         let now = now_ms();
         let mut batch = WriteBatch::default();
         for (route, queue, offset) in updates {
@@ -425,7 +473,7 @@ impl CheckpointStore {
             });
             batch.put_cf(cf, queue_key(route, queue), value);
         }
-        self.db.write_opt(batch, &self.write_opts()).map_err(|e| {
+        db.write_opt(batch, &self.write_opts()).map_err(|e| {
             let mut routes: Vec<&str> = updates.iter().map(|(r, _, _)| r.as_str()).collect();
             routes.dedup();
             self.write_err(
@@ -445,17 +493,17 @@ impl CheckpointStore {
     /// messages are kept. Only for the tooling (`rmq-bridge reset-route`),
     /// with the daemon stopped.
     pub fn reset_route(&self, route: &str) -> Result<RouteReset, StoreError> {
+        let db = self.db()?;
         let checkpoints = self.route_checkpoints(route)?;
         let topic = self.route_topic(route)?;
-        let cf = self.cf(CF_CHECKPOINTS)?;
-        let meta = self.cf(CF_META)?;
+        let cf = Self::cf(&db, CF_CHECKPOINTS)?;
+        let meta = Self::cf(&db, CF_META)?;
         let mut batch = WriteBatch::default();
         for (q, _) in &checkpoints {
             batch.delete_cf(cf, queue_key(route, q));
         }
         batch.delete_cf(meta, route_topic_key(route).as_bytes());
-        self.db
-            .write_opt(batch, &self.write_opts())
+        db.write_opt(batch, &self.write_opts())
             .map_err(|e| self.write_err(format!("reset of route {route}"), e))?;
         Ok(RouteReset { checkpoints, topic })
     }
@@ -479,6 +527,7 @@ impl CheckpointStore {
         &self,
         routes: &[(String, String)],
     ) -> Result<Vec<TopicBinding>, StoreError> {
+        let db = self.db()?;
         let mut found = Vec::with_capacity(routes.len());
         for (route, topic) in routes {
             let binding = match self.route_topic(route)? {
@@ -497,7 +546,7 @@ impl CheckpointStore {
             };
             found.push(binding);
         }
-        let meta = self.cf(CF_META)?;
+        let meta = Self::cf(&db, CF_META)?;
         let mut batch = WriteBatch::default();
         for ((route, topic), binding) in routes.iter().zip(&found) {
             if *binding != TopicBinding::Matches {
@@ -505,8 +554,7 @@ impl CheckpointStore {
             }
         }
         if !batch.is_empty() {
-            self.db
-                .write_opt(batch, &self.write_opts())
+            db.write_opt(batch, &self.write_opts())
                 .map_err(|e| self.write_err("source-topic bindings of routes", e))?;
         }
         Ok(found)
@@ -538,12 +586,11 @@ impl CheckpointStore {
     }
 
     fn next_seq(&self, cf_name: &str, prefix: &[u8]) -> Result<u64, StoreError> {
-        let cf = self.cf(cf_name)?;
+        let db = self.db()?;
+        let cf = Self::cf(&db, cf_name)?;
         let mut upper = prefix.to_vec();
         upper.extend_from_slice(&u64::MAX.to_be_bytes());
-        let mut it = self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&upper, rocksdb::Direction::Reverse));
+        let mut it = db.iterator_cf(cf, IteratorMode::From(&upper, rocksdb::Direction::Reverse));
         match it.next() {
             Some(Ok((k, _))) if k.starts_with(prefix) && k.len() == prefix.len() + 8 => {
                 let seq: [u8; 8] =
@@ -563,10 +610,11 @@ impl CheckpointStore {
     /// next sequence number is read and written under one lock, so
     /// concurrent appends never reuse (overwrite) a key.
     pub fn journal_append(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        let db = self.db()?;
         let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
             what: e.to_string(),
         })?;
-        let cf = self.cf(CF_JOURNAL)?;
+        let cf = Self::cf(&db, CF_JOURNAL)?;
         let prefix = route_prefix(&entry.route);
         // A poisoned lock only means another append panicked; the guarded
         // state lives in RocksDB, so carry on.
@@ -577,8 +625,7 @@ impl CheckpointStore {
         let seq = self.next_seq(CF_JOURNAL, &prefix)?;
         let mut key = prefix;
         key.extend_from_slice(&seq.to_be_bytes());
-        self.db
-            .put_cf_opt(cf, key, value, &self.write_opts())
+        db.put_cf_opt(cf, key, value, &self.write_opts())
             .map_err(|e| {
                 self.write_err(format!("cutover journal entry of route {}", entry.route), e)
             })
@@ -593,12 +640,10 @@ impl CheckpointStore {
         cf_name: &str,
         prefix: &[u8],
     ) -> Result<Vec<T>, StoreError> {
-        let cf = self.cf(cf_name)?;
+        let db = self.db()?;
+        let cf = Self::cf(&db, cf_name)?;
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward))
-        {
+        for item in db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
             if !k.starts_with(prefix) {
                 break;
@@ -618,26 +663,26 @@ impl CheckpointStore {
 
     /// Stores a quarantined message. Written before the checkpoint moves past it.
     pub fn quarantine_put(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        let db = self.db()?;
         let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
             what: e.to_string(),
         })?;
-        let cf = self.cf(CF_QUARANTINE)?;
-        self.db
-            .put_cf_opt(
-                cf,
-                Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
-                value,
-                &self.write_opts(),
+        let cf = Self::cf(&db, CF_QUARANTINE)?;
+        db.put_cf_opt(
+            cf,
+            Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
+            value,
+            &self.write_opts(),
+        )
+        .map_err(|e| {
+            self.write_err(
+                format!(
+                    "quarantined message (route {} queue {} offset {})",
+                    entry.route, entry.queue, entry.offset
+                ),
+                e,
             )
-            .map_err(|e| {
-                self.write_err(
-                    format!(
-                        "quarantined message (route {} queue {} offset {})",
-                        entry.route, entry.queue, entry.offset
-                    ),
-                    e,
-                )
-            })
+        })
     }
 
     /// `quarantine_put` off the async runtime's threads (a slow or full
@@ -660,44 +705,44 @@ impl CheckpointStore {
     }
 
     pub fn quarantine_remove(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
-        let cf = self.cf(CF_QUARANTINE)?;
-        self.db
-            .delete_cf_opt(
-                cf,
-                Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
-                &self.write_opts(),
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_QUARANTINE)?;
+        db.delete_cf_opt(
+            cf,
+            Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
+            &self.write_opts(),
+        )
+        .map_err(|e| {
+            self.write_err(
+                format!(
+                    "removal of quarantined message (route {} queue {} offset {})",
+                    entry.route, entry.queue, entry.offset
+                ),
+                e,
             )
-            .map_err(|e| {
-                self.write_err(
-                    format!(
-                        "removal of quarantined message (route {} queue {} offset {})",
-                        entry.route, entry.queue, entry.offset
-                    ),
-                    e,
-                )
-            })
+        })
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let cf = self.cf(CF_META)?;
-        let v = self
-            .db
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_META)?;
+        let v = db
             .get_cf(cf, key.as_bytes())
             .map_err(|e| self.read_err(e))?;
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn meta_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let cf = self.cf(CF_META)?;
-        self.db
-            .put_cf_opt(cf, key.as_bytes(), value.as_bytes(), &self.write_opts())
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_META)?;
+        db.put_cf_opt(cf, key.as_bytes(), value.as_bytes(), &self.write_opts())
             .map_err(|e| self.write_err(format!("meta key {key}"), e))
     }
 
     /// Flushes memtables and the WAL; called on shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush_wal(true)
+        let db = self.db()?;
+        db.flush_wal(true)
             .map_err(|e| self.write_err("write-ahead log (final flush)", e))
     }
 }

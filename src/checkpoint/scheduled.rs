@@ -56,7 +56,8 @@ impl CheckpointStore {
         key: &str,
         deadline_ms: i64,
     ) -> Result<(), StoreError> {
-        let cf = self.cf(CF_SCHEDULED)?;
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_SCHEDULED)?;
         let mut batch = WriteBatch::default();
         if let Some(old) = self.scheduled_forwarded(route, key)? {
             if old == deadline_ms {
@@ -66,7 +67,7 @@ impl CheckpointStore {
         }
         batch.put_cf(cf, id_key(route, key), deadline_ms.to_be_bytes());
         batch.put_cf(cf, due_key(route, deadline_ms, key), []);
-        self.db.write_opt(batch, &self.write_opts()).map_err(|e| {
+        db.write_opt(batch, &self.write_opts()).map_err(|e| {
             self.write_err(
                 format!("forwarded scheduled message {key} of route {route}"),
                 e,
@@ -76,12 +77,12 @@ impl CheckpointStore {
 
     /// The deadline of `key` if `route` forwarded it and it is not pruned.
     pub fn scheduled_forwarded(&self, route: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        let db = self.db()?;
         // A store opened read-only from an older bridge has no such family.
-        let Some(cf) = self.db.cf_handle(CF_SCHEDULED) else {
+        let Some(cf) = db.cf_handle(CF_SCHEDULED) else {
             return Ok(None);
         };
-        let value = self
-            .db
+        let value = db
             .get_pinned_cf(cf, id_key(route, key))
             .map_err(|e| self.read_err(e))?;
         Ok(value
@@ -91,13 +92,12 @@ impl CheckpointStore {
 
     /// Forgets every entry of `route` due before `before_ms`; returns how many.
     pub fn scheduled_prune(&self, route: &str, before_ms: i64) -> Result<usize, StoreError> {
-        let cf = self.cf(CF_SCHEDULED)?;
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_SCHEDULED)?;
         let prefix = due_prefix(route);
         let mut batch = WriteBatch::default();
         let mut pruned = 0;
-        let iter = self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
+        let iter = db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
         for item in iter {
             let (k, _) = item.map_err(|e| self.read_err(e))?;
             let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
@@ -114,7 +114,7 @@ impl CheckpointStore {
             pruned += 1;
         }
         if pruned > 0 {
-            self.db.write_opt(batch, &self.write_opts()).map_err(|e| {
+            db.write_opt(batch, &self.write_opts()).map_err(|e| {
                 self.write_err(
                     format!("pruning forwarded scheduled messages of route {route}"),
                     e,
@@ -127,15 +127,14 @@ impl CheckpointStore {
     /// How many forwarded pending messages `route` still remembers, and
     /// the latest deadline among them.
     pub fn scheduled_summary(&self, route: &str) -> Result<(usize, Option<i64>), StoreError> {
-        let Some(cf) = self.db.cf_handle(CF_SCHEDULED) else {
+        let db = self.db()?;
+        let Some(cf) = db.cf_handle(CF_SCHEDULED) else {
             return Ok((0, None));
         };
         let prefix = due_prefix(route);
         let mut count = 0;
         let mut latest = None;
-        let iter = self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
+        let iter = db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
         for item in iter {
             let (k, _) = item.map_err(|e| self.read_err(e))?;
             let Some(rest) = k.strip_prefix(prefix.as_slice()) else {

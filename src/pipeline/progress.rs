@@ -222,9 +222,27 @@ impl CheckpointFlusher {
     }
 
     pub async fn run(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
+        const REOPEN_EVERY: Duration = Duration::from_secs(1);
         let mut failing = false;
+        let mut last_reopen = std::time::Instant::now();
         loop {
             let stopping = *stop.borrow();
+            if failing && last_reopen.elapsed() >= REOPEN_EVERY {
+                // RocksDB refuses all writes after one failed (a full disk)
+                // until it is reopened: try, so the bridge resumes by itself
+                // once space is free.
+                last_reopen = std::time::Instant::now();
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || store.reopen()).await {
+                    Ok(Ok(())) => tracing::info!("checkpoint store reopened after failed writes"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "reopening the checkpoint store failed; retrying")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reopening the checkpoint store failed; retrying")
+                    }
+                }
+            }
             let flusher = self.clone();
             let written = tokio::task::spawn_blocking(move || flusher.flush_once())
                 .await
