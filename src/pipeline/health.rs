@@ -105,6 +105,9 @@ pub struct RouteHealth {
     route: String,
     state: watch::Sender<Option<String>>,
     gauge: metrics::Gauge,
+    /// Whether the current stall was logged as an error (a start's
+    /// [`Self::starting`] is not, so a healthy start logs no stall at all).
+    loud: std::sync::atomic::AtomicBool,
 }
 
 impl RouteHealth {
@@ -115,7 +118,17 @@ impl RouteHealth {
             route: route.to_string(),
             state: watch::channel(None).0,
             gauge,
+            loud: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Stalled while the route starts (nothing is admitted), without an
+    /// error in the log: a healthy start clears it within milliseconds; a
+    /// failure that keeps it stalled is reported through [`Self::stall`].
+    pub fn starting(&self, reason: &str) {
+        self.state.send_replace(Some(reason.to_string()));
+        self.gauge.set(1.0);
+        tracing::debug!(route = %self.route, reason, "route starting");
     }
 
     /// Marks the route stalled (logged once per new reason).
@@ -130,6 +143,7 @@ impl RouteHealth {
         });
         if changed {
             self.gauge.set(1.0);
+            self.loud.store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(route = %self.route, reason,
                 "route stalled: nothing is forwarded and nothing is quarantined on this route until its 5.x target works; it resumes by itself (other routes are not affected)");
         }
@@ -140,7 +154,9 @@ impl RouteHealth {
         let changed = self.state.send_if_modified(|state| state.take().is_some());
         if changed {
             self.gauge.set(0.0);
-            tracing::info!(route = %self.route, "route recovered: its 5.x target accepts messages again");
+            if self.loud.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(route = %self.route, "route recovered: its 5.x target accepts messages again");
+            }
         }
     }
 

@@ -353,7 +353,7 @@ fn spawn_type_learner(
         Arc::clone(health),
         stop.clone(),
     );
-    health.stall(&format!(
+    health.starting(&format!(
         "waiting to learn the message types of 5.x topic `{target}` (is the 5.x proxy reachable and the topic created?)"
     ));
     tokio::spawn(async move {
