@@ -386,6 +386,48 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         outcome(t, "orders", "forwarded") >= 40.0
     })
     .await;
+
+    // verify --follow beside the running daemon: it verifies each new
+    // stretch of checkpoints and exports its gauges.
+    let verify_metrics = format!("127.0.0.1:{}", free_port().expect("port"));
+    let mut follow = Command::new(BIN)
+        .args(["verify", "-c"])
+        .arg(&cfg_path)
+        .args([
+            "--follow",
+            "--interval-secs",
+            "1",
+            "--metrics-listen",
+            &verify_metrics,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn verify --follow");
+    let found = |t: &str| {
+        metric(
+            t,
+            "rmq_bridge_verify_messages",
+            &[("route", "orders"), ("state", "found")],
+        )
+    };
+    wait_metric(&verify_metrics, "verify --follow found 40", |t| {
+        found(t) == 40.0
+    })
+    .await;
+    produce(60..64).await;
+    wait_metric(
+        &verify_metrics,
+        "verify --follow found 44 as checkpoints land",
+        |t| {
+            found(t) == 44.0
+                && metric(t, "rmq_bridge_verify_clean", &[]) == 1.0
+                && metric(t, "rmq_bridge_verify_messages", &[("state", "missing")]) == 0.0
+        },
+    )
+    .await;
+    let _ = follow.kill();
+    let _ = follow.wait();
     bridge.stop();
 
     // Clean: everything forwarded is in 5.x, intact; the 20 decided at 0%
@@ -402,9 +444,9 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json_path).expect("json report")).expect("json");
     assert_eq!(report["verdict"], "clean");
-    assert_eq!(report["totals"]["read"], 60, "{report:#}");
-    assert_eq!(report["totals"]["expected"], 40, "{report:#}");
-    assert_eq!(report["totals"]["found"], 40);
+    assert_eq!(report["totals"]["read"], 64, "{report:#}");
+    assert_eq!(report["totals"]["expected"], 44, "{report:#}");
+    assert_eq!(report["totals"]["found"], 44);
     assert_eq!(report["totals"]["skipped"], 20);
     assert_eq!(report["totals"]["missing"], 0);
     assert_eq!(report["totals"]["damaged"], 0);
@@ -414,7 +456,7 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
     let landed = testkit::read_back(&client, &dst, "orders")
         .await
         .expect("read back 5.x");
-    assert_eq!(landed.len(), 40);
+    assert_eq!(landed.len(), 44);
     let ids: Vec<String> = landed.iter().map(|r| r.message_id().to_string()).collect();
     let removed: BTreeSet<String> = [ids[3].clone(), ids[17].clone()].into();
     let body_changed = ids[5].clone();
@@ -463,7 +505,7 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         "verify passed a damaged copy:\n{shown}"
     );
     assert!(
-        shown.contains("VERDICT: FAILED — 2 missing, 3 damaged"),
+        shown.contains("VERDICT: FAILED — 2 missing, 3 damaged of 44 expected"),
         "{shown}"
     );
     let missing_lines: BTreeSet<String> = shown
@@ -498,7 +540,7 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         json_ids(&report, "damaged"),
         BTreeSet::from([body_changed, property_changed, tag_changed])
     );
-    assert_eq!(report["totals"]["found"], 38);
+    assert_eq!(report["totals"]["found"], 42);
 
     // Without [target] namesrv_addr, or with one nobody answers at, verify
     // says what is wrong.
