@@ -51,7 +51,7 @@ impl Rig {
         let source = testkit::start_source_cluster(&format!("{name}-src"))?;
         let target = testkit::start_target_cluster(&format!("{name}-dst"))?;
         let client = testkit::client();
-        for kind in Kind::ALL {
+        for kind in spec.kinds.clone() {
             let topic = spec.topic(kind);
             testkit::create_topic(&client, &source, &topic, spec.queues, None).await?;
             testkit::create_topic(
@@ -86,7 +86,8 @@ impl Rig {
 
     /// One route per topic of the stream, 100 % cut over.
     pub fn routes(&self) -> Vec<RouteSpec> {
-        Kind::ALL
+        self.spec
+            .kinds
             .iter()
             .map(|k| {
                 let t = self.spec.topic(*k);
@@ -192,7 +193,7 @@ impl Rig {
     /// Every copy of the stream's messages in 4.x.
     pub async fn read_source(&self) -> anyhow::Result<Vec<MessageRecord>> {
         let mut out = Vec::new();
-        for kind in Kind::ALL {
+        for kind in self.spec.kinds.clone() {
             out.extend(
                 testkit::read_back(&self.client, &self.source, &self.spec.topic(kind)).await?,
             );
@@ -203,7 +204,7 @@ impl Rig {
     /// Every copy of the stream's messages in 5.x, per type.
     pub async fn read_target(&self) -> anyhow::Result<BTreeMap<Kind, Vec<MessageRecord>>> {
         let mut out = BTreeMap::new();
-        for kind in Kind::ALL {
+        for kind in self.spec.kinds.clone() {
             let records =
                 testkit::read_back(&self.client, &self.target, &self.spec.topic(kind)).await?;
             out.insert(kind, records);

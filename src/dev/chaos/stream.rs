@@ -57,6 +57,8 @@ pub struct MixSpec {
     pub rate: u32,
     /// Producer group of the transactional half messages.
     pub tx_group: String,
+    /// The types produced (all four by default).
+    pub kinds: Vec<Kind>,
 }
 
 impl MixSpec {
@@ -69,6 +71,7 @@ impl MixSpec {
             body_size: 256,
             rate: 400,
             tx_group: format!("{prefix}_tx_group"),
+            kinds: Kind::ALL.to_vec(),
         }
     }
 
@@ -82,14 +85,18 @@ impl MixSpec {
         format!("{}_{suffix}", self.prefix)
     }
 
-    /// The kind of the i-th message: 50 % NORMAL, 30 % FIFO, 10 % DELAY, 10 % TRANSACTION.
-    fn kind_of(i: usize) -> Kind {
-        match i % 10 {
-            0..=4 => Kind::Normal,
-            5..=7 => Kind::Fifo,
-            8 => Kind::Delay,
-            _ => Kind::Transaction,
+    /// The kind of the i-th message: with all four types, 50 % NORMAL,
+    /// 30 % FIFO, 10 % DELAY, 10 % TRANSACTION; otherwise round robin.
+    fn kind_of(&self, i: usize) -> Kind {
+        if self.kinds.len() == Kind::ALL.len() {
+            return match i % 10 {
+                0..=4 => Kind::Normal,
+                5..=7 => Kind::Fifo,
+                8 => Kind::Delay,
+                _ => Kind::Transaction,
+            };
         }
+        self.kinds[i % self.kinds.len().max(1)]
     }
 }
 
@@ -127,7 +134,7 @@ pub async fn produce(
             let due = started + Duration::from_secs_f64(i as f64 / spec.rate as f64);
             tokio::time::sleep_until(due).await;
         }
-        let kind = MixSpec::kind_of(i);
+        let kind = spec.kind_of(i);
         let id = format!("{}{}{:030}", spec.prefix.to_uppercase(), kind.letter(), i);
         let (group, seq, queue) = match kind {
             Kind::Fifo => {
@@ -203,5 +210,8 @@ pub async fn produce(
             body,
         });
     }
+    // The last commit is one-way: give it time to leave before the client
+    // (and its connection) is dropped.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     sent
 }

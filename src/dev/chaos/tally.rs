@@ -28,6 +28,8 @@ pub struct Tally {
     /// FIFO: messages that landed before an earlier message of their group,
     /// or in another queue than the group's first message.
     pub order_violations: Vec<String>,
+    /// For the first violating groups: the whole landing order.
+    pub order_detail: Vec<String>,
 }
 
 impl Tally {
@@ -80,7 +82,7 @@ impl Tally {
         }
         t.strays.sort();
         if let Some(fifo) = target.get(&Kind::Fifo) {
-            t.order_violations = fifo_violations(fifo, &by_id);
+            (t.order_violations, t.order_detail) = fifo_violations(fifo, &by_id);
         }
         t
     }
@@ -99,12 +101,16 @@ impl Tally {
 /// and the first copy of each message comes after the first copies of all
 /// earlier messages of its group (re-sends of earlier messages after a crash
 /// are duplicates, not reordering).
-fn fifo_violations(records: &[MessageRecord], by_id: &HashMap<&str, &Sent>) -> Vec<String> {
+fn fifo_violations(
+    records: &[MessageRecord],
+    by_id: &HashMap<&str, &Sent>,
+) -> (Vec<String>, Vec<String>) {
     let mut sorted: Vec<&MessageRecord> = records.iter().collect();
     sorted.sort_by_key(|r| (r.queue_id, r.queue_offset));
     let mut queue_of: HashMap<&str, i32> = HashMap::new();
     let mut next_seq: HashMap<&str, u64> = HashMap::new();
     let mut out = Vec::new();
+    let mut landings: HashMap<&str, Vec<(u64, i32, i64)>> = HashMap::new();
     for r in sorted {
         let Some(s) = by_id.get(r.message_id()) else {
             continue;
@@ -124,18 +130,53 @@ fn fifo_violations(records: &[MessageRecord], by_id: &HashMap<&str, &Sent>) -> V
             *next += 1;
         } else if s.seq > *next {
             out.push(format!(
-                "{} (group {group}: seq {} landed before seq {})",
-                s.id, s.seq, *next
+                "{} (group {group}: seq {} landed at 5.x queue {} offset {} before seq {})",
+                s.id, s.seq, r.queue_id, r.queue_offset, *next
             ));
             *next = s.seq + 1;
         }
         // s.seq < next: a re-send of a message already seen.
+        landings
+            .entry(group)
+            .or_default()
+            .push((s.seq, r.queue_id, r.queue_offset));
     }
-    out
+    // The full landing order of the first violating groups, to debug by.
+    let mut detail = Vec::new();
+    for v in &out {
+        if detail.len() == 3 {
+            break;
+        }
+        if let Some(g) = v
+            .split("group ")
+            .nth(1)
+            .and_then(|t| t.split([':', ' ']).next())
+        {
+            if let Some(l) = landings.get(g) {
+                let seqs: Vec<String> = l
+                    .iter()
+                    .take(16)
+                    .map(|(s, q, o)| format!("{s}@q{q}/{o}"))
+                    .collect();
+                detail.push(format!(
+                    "group {g} landed as seq@queue/offset: {}",
+                    seqs.join(" ")
+                ));
+            }
+        }
+    }
+    (out, detail)
 }
 
 fn first(ids: &[String]) -> String {
-    let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+    let mut shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+    // The debug lines about whole groups come last; show them too.
+    shown.extend(
+        ids.iter()
+            .skip(5)
+            .filter(|l| l.contains("landed as"))
+            .map(String::as_str),
+    );
     if ids.len() > shown.len() {
         format!("{} ... (+{})", shown.join(", "), ids.len() - shown.len())
     } else {
@@ -154,6 +195,7 @@ impl fmt::Display for Tally {
             ("strays", &self.strays),
             ("fifo order", &self.order_violations),
             ("missing in 4.x", &self.missing_in_source),
+            ("fifo detail", &self.order_detail),
         ] {
             if !ids.is_empty() {
                 writeln!(f, "  {what}: {}", first(ids))?;
