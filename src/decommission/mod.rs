@@ -428,7 +428,7 @@ impl Ctx<'_> {
             .filter(|(q, cp)| {
                 v.verified_to
                     .get(&q.to_string())
-                    .is_none_or(|to| *to < cp.offset)
+                    .map_or(true, |to| *to < cp.offset)
             })
             .map(|(q, cp)| {
                 format!(

@@ -206,7 +206,7 @@ impl QueueMatcher {
                 want.delivery_ms = c.fingerprint.delivery_ms;
             }
             let diffs = want.differences(&c.fingerprint);
-            let better = best.as_ref().is_none_or(|(_, d)| diffs.len() < d.len());
+            let better = best.as_ref().map_or(true, |(_, d)| diffs.len() < d.len());
             if better {
                 best = Some((c, diffs));
             }
