@@ -159,7 +159,10 @@ pub async fn check_decommission(path: &Path) -> anyhow::Result<()> {
     let report = crate::decommission::run(&cfg).await?;
     print!("{}", report.render());
     if report.reds() > 0 {
-        bail!("not ready to decommission 4.x: {} red line(s)", report.reds());
+        bail!(
+            "not ready to decommission 4.x: {} red line(s)",
+            report.reds()
+        );
     }
     Ok(())
 }
