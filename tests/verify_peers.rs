@@ -580,6 +580,21 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         "{}",
         text(&out)
     );
+    // `check --online` checks the 5.x name server too.
+    let out = run_cli(&["check", "-c", &cfg, "--online"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("(verify can read it back)"),
+        "{}",
+        text(&out)
+    );
+    let out = run_cli(&["check", "-c", &dead.to_string_lossy(), "--online"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("([target] namesrv_addr) UNREACHABLE"),
+        "{}",
+        text(&out)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -83,7 +83,8 @@ pub fn parse_since(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     bail!("--since `{text}` is neither an RFC 3339 time (2026-11-28T10:00:00Z) nor a duration ago (2h, 30m)")
 }
 
-fn target_client(cfg: &BridgeConfig) -> RemotingClient {
+/// A Remoting client for the 5.x brokers (5.x credentials).
+pub fn target_client(cfg: &BridgeConfig) -> RemotingClient {
     RemotingClient::new(RemotingClientConfig {
         request_timeout: cfg.target.request_timeout,
         connect_timeout: Duration::from_secs(3),
