@@ -145,11 +145,60 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
     if let Some(p) = publisher {
         p.shutdown().await;
     }
+    problems += check_target_namesrv(&cfg).await;
     if problems > 0 {
         bail!("{problems} problem(s) found");
     }
     println!("online check passed");
     Ok(())
+}
+
+/// `check --online`: the 5.x name server (`[target] namesrv_addr`, for
+/// `verify`) answers and routes the target topics. Returns the problems.
+async fn check_target_namesrv(cfg: &BridgeConfig) -> usize {
+    if cfg.target.namesrv_addrs.is_empty() {
+        return 0;
+    }
+    let namesrv = match NameServers::parse(&cfg.target.namesrv_addrs.join(";")) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("  5.x name server: {e}");
+            return 1;
+        }
+    };
+    let client = crate::verify::target_client(cfg);
+    let mut problems = 0;
+    for r in &cfg.routes {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            namesrv.topic_route(&client, &r.target_topic),
+        )
+        .await;
+        match answer {
+            Ok(Ok(Some(_))) => println!(
+                "  {}: 5.x topic {} routed by {namesrv} (verify can read it back)",
+                r.name, r.target_topic
+            ),
+            Ok(Ok(None)) => {
+                println!(
+                    "  {}: 5.x topic {} NOT FOUND on {namesrv}: is [target] namesrv_addr the 5.x cluster's name server?",
+                    r.name, r.target_topic
+                );
+                problems += 1;
+            }
+            Ok(Err(e)) => {
+                println!("  5.x name server {namesrv} ([target] namesrv_addr) UNREACHABLE: {e}");
+                return problems + 1;
+            }
+            Err(_) => {
+                println!(
+                    "  5.x name server {namesrv} ([target] namesrv_addr) did not answer in 5 s"
+                );
+                return problems + 1;
+            }
+        }
+    }
+    problems
 }
 
 /// `check --decommission`: the readiness report (see `crate::decommission`);
