@@ -379,8 +379,10 @@ impl RouteVerifier {
 
         // 4.x: each queue from where it was verified to its checkpoint.
         if checkpoints.is_empty() {
-            self.notes
-                .push("no checkpoints yet: the bridge has forwarded nothing on this route".into());
+            let note = "no checkpoints yet: the bridge has forwarded nothing on this route";
+            if !self.notes.iter().any(|n| n == note) {
+                self.notes.push(note.into());
+            }
         }
         for (queue, cp) in &checkpoints {
             let history = QueueHistory::build(&journal, queue, &current_rule);
