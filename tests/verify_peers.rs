@@ -916,3 +916,64 @@ async fn decommission_report_names_each_red_line_and_turns_green_when_resolved()
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A route with `scheduled = "forward"` sends pending delay messages to 5.x
+/// early and skips the copy the 4.x broker later moves into the topic:
+/// verify matches that copy with the early one (same id, DELAY) and
+/// passes, without duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_accepts_delay_messages_forwarded_early() {
+    let src = testkit::start_source_cluster("verify-sched-src").expect("4.x peers");
+    let dst = testkit::start_target_cluster("verify-sched-dst").expect("5.x peers");
+    let client = testkit::client();
+    testkit::create_topic(&client, &src, "sched", 1, None)
+        .await
+        .expect("topic");
+    testkit::create_topic(&client, &dst, "sched", 1, Some("DELAY"))
+        .await
+        .expect("topic");
+    let dir = scratch("sched");
+    let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
+    let cfg_path = dir.join("bridge.toml");
+    testkit::write_config(
+        &cfg_path,
+        &config(
+            &src,
+            &dst,
+            &dir.join("checkpoints"),
+            &metrics,
+            &[RouteSpec::new("sched", "sched", "sched", 100).with("scheduled", "\"forward\"")],
+        ),
+    )
+    .expect("config");
+    let mut bridge = Bridge::start(&cfg_path, &dir.join("bridge.log"));
+    wait_metric(&metrics, "the bridge up", |t| !t.is_empty()).await;
+    for i in 0..3 {
+        let sample = Sample {
+            body: format!("later {i}").into_bytes(),
+            uniq_key: Some(format!("SCHED{i:04}")),
+            tag: Some("t".into()),
+            // Level 3: 10 s with the default table.
+            properties: vec![("DELAY".into(), "3".into()), ("seq".into(), i.to_string())],
+            ..Default::default()
+        };
+        testkit::produce(&client, &src, "sched", &sample)
+            .await
+            .expect("produce");
+    }
+    wait_metric(&metrics, "the broker's copies skipped", |t| {
+        outcome(t, "sched", "scheduled_copy_skipped") >= 3.0
+    })
+    .await;
+    bridge.stop();
+    let cfg = cfg_path.to_string_lossy().to_string();
+    let json = dir.join("report.json");
+    let out = run_cli(&["verify", "-c", &cfg, "--json", &json.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json");
+    assert_eq!(report["totals"]["expected"], 3, "{report:#}");
+    assert_eq!(report["totals"]["found"], 3, "{report:#}");
+    assert_eq!(report["totals"]["duplicated"], 0, "{report:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

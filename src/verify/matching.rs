@@ -35,7 +35,13 @@ pub struct RouteJudge {
 struct Pending {
     offset: i64,
     want: Fingerprint,
+    /// A DELAY message whose 4.x copy was stored (due) this recently
+    /// (unix ms): 5.x may not have delivered it into the topic yet.
+    due_ms: Option<i64>,
 }
+
+/// How long after its deadline a missing DELAY message is still waited for.
+pub const TIMER_GRACE_MS: i64 = 30_000;
 
 pub struct QueueMatcher {
     pub queue: SourceQueue,
@@ -161,7 +167,19 @@ impl QueueMatcher {
         {
             want.delivery_ms = None;
         }
-        self.judge_copies(offset, want, index, judge.target_types.is_some(), false)
+        let due_ms = (want.kind == super::fingerprint::StoredType::Delay).then(|| {
+            want.delivery_ms
+                .unwrap_or(rec.store_timestamp_ms)
+                .max(rec.store_timestamp_ms)
+        });
+        self.judge_copies(
+            offset,
+            want,
+            due_ms,
+            index,
+            judge.target_types.is_some(),
+            false,
+        )
     }
 
     /// A record the 4.x broker returned but that cannot be decoded: the
@@ -190,6 +208,7 @@ impl QueueMatcher {
         &mut self,
         offset: i64,
         mut want: Fingerprint,
+        due_ms: Option<i64>,
         index: &TargetIndex,
         compare_types: bool,
         recheck: bool,
@@ -205,7 +224,11 @@ impl QueueMatcher {
                     target_position: None,
                 };
                 if self.report.missing.len() < NAMED_PER_QUEUE {
-                    self.pending.push(Pending { offset, want });
+                    self.pending.push(Pending {
+                        offset,
+                        want,
+                        due_ms,
+                    });
                 }
                 Self::name(&mut self.report.missing, &mut self.report.unnamed, named);
             }
@@ -256,6 +279,15 @@ impl QueueMatcher {
         Ok(())
     }
 
+    /// Missing DELAY messages due within [`TIMER_GRACE_MS`] (or not yet).
+    pub fn recent_delay_missing(&self) -> usize {
+        let now = crate::checkpoint::now_ms();
+        self.pending
+            .iter()
+            .filter(|p| p.due_ms.is_some_and(|due| due >= now - TIMER_GRACE_MS))
+            .count()
+    }
+
     /// Looks again for the messages this queue reported missing (`--follow`).
     pub fn recheck_missing(
         &mut self,
@@ -272,7 +304,7 @@ impl QueueMatcher {
             self.report
                 .missing
                 .retain(|m| !(m.offset == p.offset && m.message_id == p.want.message_id));
-            self.judge_copies(p.offset, p.want, index, compare_types, true)?;
+            self.judge_copies(p.offset, p.want, p.due_ms, index, compare_types, true)?;
         }
         Ok(())
     }
