@@ -159,6 +159,7 @@ async fn run_route(
         poison_threshold: cfg.pipeline.quarantine_after_failures,
         stop: Shutdown::new(worker_stop_rx.clone()),
         scheduled: None,
+        retry_log: Default::default(),
     });
     let admitter = Admitter {
         route: name.clone(),

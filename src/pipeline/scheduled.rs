@@ -384,6 +384,7 @@ pub fn spawn_schedule_side(
         ),
         counters: counters.clone(),
         scheduled: Some(side.clone()),
+        retry_log: Default::default(),
         ..(**sender).clone()
     });
     let admitter = Admitter {

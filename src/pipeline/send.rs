@@ -57,6 +57,38 @@ pub struct Sender {
     /// The schedule side of a route: "forwarded early" is made durable
     /// before each send (scheduled.rs).
     pub scheduled: Option<Arc<ScheduleSide>>,
+    /// Keeps "send failed; retrying" to one line per interval.
+    pub retry_log: Arc<RetryLog>,
+}
+
+/// During an outage every message in flight fails and retries: logging each
+/// failure wrote ~1,000 lines a second in the chaos soak. One line per
+/// route every [`RetryLog::EVERY`], with how many failures it stands for;
+/// `rmq_bridge_target_errors_total` still counts each.
+#[derive(Debug, Default)]
+pub struct RetryLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl RetryLog {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Some(failures not logged since the last line) when this one is to be
+    /// logged; None (and counted) otherwise.
+    pub fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let Ok(mut last) = self.last.lock() else {
+            return Some(0);
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 /// One translated message on its way, with what it holds.
@@ -176,7 +208,10 @@ impl Sender {
                     SendOutcome::Abandoned
                 };
             }
-            tracing::warn!(route = %self.route, queue = %out.queue, offset = out.offset, error = %e, "send failed; retrying");
+            if let Some(suppressed) = self.retry_log.admit() {
+                tracing::warn!(route = %self.route, queue = %out.queue, offset = out.offset, error = %e,
+                    similar_failures_not_logged = suppressed, "send failed; retrying (logged at most every 10 s per route)");
+            }
             if !backoff.wait(&mut stop).await {
                 return SendOutcome::Abandoned;
             }
@@ -260,7 +295,10 @@ impl Sender {
                     return;
                 }
             }
-            tracing::warn!(route = %self.route, messages = batch.len(), error = %e, "batch send failed; retrying");
+            if let Some(suppressed) = self.retry_log.admit() {
+                tracing::warn!(route = %self.route, messages = batch.len(), error = %e,
+                    similar_failures_not_logged = suppressed, "batch send failed; retrying (logged at most every 10 s per route)");
+            }
             if !backoff.wait(&mut stop).await {
                 batch
                     .iter()
@@ -285,5 +323,21 @@ impl Sender {
     fn count_error(&self, e: &PublishError) {
         metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => self.route.clone(), "code" => e.code_label())
             .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod retry_log_tests {
+    use super::RetryLog;
+
+    #[test]
+    fn one_line_per_interval_counting_the_rest() {
+        let log = RetryLog::default();
+        assert_eq!(log.admit(), Some(0));
+        for _ in 0..999 {
+            assert_eq!(log.admit(), None);
+        }
+        *log.last.lock().unwrap() = Some(std::time::Instant::now() - RetryLog::EVERY);
+        assert_eq!(log.admit(), Some(999));
     }
 }

@@ -155,6 +155,7 @@ async fn start_on(
         delay_min_lead: Duration::from_secs(1),
         poison_threshold: 3,
         scheduled: None,
+        retry_log: Default::default(),
         stop: Shutdown::new(stop_rx),
     });
     let ctx = QueueContext {
