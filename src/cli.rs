@@ -504,6 +504,16 @@ pub fn reset_route(path: &Path, route: &str) -> anyhow::Result<()> {
             fmt_ms(cp.updated_ms)
         );
     }
+    // The schedule side of `scheduled = "forward"` starts over with it
+    // (remembered forwarded ids are kept: their real copies stay skipped).
+    let side = pipeline::scheduled::schedule_side_name(route);
+    let side_reset = store.reset_route(&side).map_err(|e| anyhow!("{e}"))?;
+    if !side_reset.checkpoints.is_empty() {
+        println!(
+            "route {side}: removed {} schedule-topic checkpoint(s); it re-reads SCHEDULE_TOPIC_XXXX from the start",
+            side_reset.checkpoints.len()
+        );
+    }
     let journal = store.journal(route).map_err(|e| anyhow!("{e}"))?.len();
     let quarantined = store
         .quarantine_list(Some(route))

@@ -449,5 +449,19 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(bridge);
+
+    // `reset-route` (daemon stopped) starts the schedule side over too.
+    let out = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+        .args(["reset-route", "--route", "sched", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run rmq-bridge reset-route");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("route sched#scheduled: removed 18 schedule-topic checkpoint(s)"),
+        "reset-route:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("scheduled_peers took {:?}", started.elapsed());
 }
