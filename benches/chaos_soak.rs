@@ -8,7 +8,7 @@
 //! fault (median and max, per kind of fault), peak RSS of the bridge.
 //!
 //! Knobs (environment): RMQ_CHAOS_MESSAGES (100000), RMQ_CHAOS_KILLS (50),
-//! RMQ_CHAOS_PEER_RESTARTS (2 per peer), RMQ_CHAOS_RATE (msg/s, 400),
+//! RMQ_CHAOS_PEER_RESTARTS (2 per peer), RMQ_CHAOS_RATE (msg/s, 250),
 //! RMQ_CHAOS_SEED (random moments; default: the clock), RMQ_CHAOS_WINDOW
 //! (pipeline.inflight_per_queue, 128).
 
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let messages: usize = env_num("RMQ_CHAOS_MESSAGES")?.unwrap_or(100_000);
     let kills: usize = env_num("RMQ_CHAOS_KILLS")?.unwrap_or(50);
     let restarts: usize = env_num("RMQ_CHAOS_PEER_RESTARTS")?.unwrap_or(2);
-    let rate: u32 = env_num("RMQ_CHAOS_RATE")?.unwrap_or(400);
+    let rate: u32 = env_num("RMQ_CHAOS_RATE")?.unwrap_or(250);
     let window: usize = env_num("RMQ_CHAOS_WINDOW")?.unwrap_or(128);
     let seed: u64 = env_num("RMQ_CHAOS_SEED")?.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -97,14 +97,24 @@ async fn soak(
     let producer = rig.produce();
     let mut outcomes: Vec<FaultOutcome> = Vec::new();
     let mut peak_rss_kib = 0u64;
+    let faults_start = Instant::now();
     for (n, fault) in plan.iter().enumerate() {
-        // Random moments: gaps uniform in [0.2, 1.8] x the mean gap.
-        let gap = mean_gap / 5 + rng.below(mean_gap * 8 / 5 + 1);
-        tokio::time::sleep(Duration::from_millis(gap)).await;
+        // Random moments spread over the production time: fault n is due
+        // at a jittered n/(faults+1) of it; a fault running late goes at once.
+        let jitter = rng.below(mean_gap + 1) as i64 - (mean_gap / 2) as i64;
+        let due_ms = (mean_gap * (n as u64 + 1)) as i64 + jitter;
+        let due = faults_start + Duration::from_millis(due_ms.max(0) as u64);
+        tokio::time::sleep_until(due.into()).await;
         peak_rss_kib = peak_rss_kib.max(bridge.peak_rss_kib().unwrap_or(0));
-        let outcome = rig
-            .inject(&mut bridge, *fault, Duration::from_secs(60))
-            .await?;
+        // Once the stream has ended there may be nothing left to forward:
+        // wait briefly and do not count it as a recovery.
+        let producing = !producer.is_finished();
+        let wait = if producing {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(5)
+        };
+        let outcome = rig.inject(&mut bridge, *fault, wait).await?;
         println!(
             "[{:>4}s] fault {:>2}/{}: {fault}: forwarding again after {}",
             started.elapsed().as_secs(),
@@ -113,7 +123,13 @@ async fn soak(
             outcome
                 .recovery
                 .map(|d| format!("{:.2}s", d.as_secs_f64()))
-                .unwrap_or_else(|| "(nothing to forward within 60 s)".into())
+                .unwrap_or_else(|| {
+                    if producing {
+                        "(not within 60 s)".into()
+                    } else {
+                        "(stream already ended)".into()
+                    }
+                })
         );
         outcomes.push(outcome);
     }
