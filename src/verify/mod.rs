@@ -45,7 +45,7 @@ use fingerprint::Fingerprint;
 use history::QueueHistory;
 use index::{StoredCopy, TargetIndex, TargetPosition};
 use matching::{QueueMatcher, RouteJudge};
-use read::{read_range, topic_reader, Piece};
+use read::{read_many, topic_reader, Piece};
 use report::{Report, RouteReport, StoredVerdict};
 
 /// The command line of `verify`.
@@ -63,6 +63,9 @@ pub struct VerifyOptions {
     /// Parent of the temporary index (default: the system temp dir).
     pub work_dir: Option<PathBuf>,
 }
+
+/// Queues read at once, on each side.
+const READ_PARALLEL: usize = 4;
 
 /// Reader consumer group: never committed, only named in pull requests.
 const READER_GROUP: &str = "rmq_bridge_verify";
@@ -358,6 +361,7 @@ impl RouteVerifier {
                 self.notes.push(note.into());
             }
         }
+        let mut ranges = Vec::new();
         for (queue, cp) in &checkpoints {
             let history = QueueHistory::build(&journal, queue, &current_rule);
             if !self.queues.contains_key(queue) {
@@ -372,40 +376,51 @@ impl RouteVerifier {
                 .get_mut(queue)
                 .ok_or_else(|| anyhow!("queue state lost"))?;
             matcher.refresh(history, quarantined.remove(queue).unwrap_or_default());
-            let from = matcher.report.to;
-            let to = cp.offset;
-            if to <= from {
-                continue;
+            if cp.offset > matcher.report.to {
+                ranges.push((queue.clone(), matcher.report.to, cp.offset));
             }
-            let mut rx = read_range(&self.source, queue, from, to, cfg.source.pull_batch_size);
-            while let Some(piece) = rx.recv().await {
-                match piece? {
-                    Piece::Records {
-                        records,
-                        undecodable,
-                    } => {
-                        for rec in &records {
-                            matcher.record(rec, &self.judge, &self.index)?;
-                        }
-                        for u in &undecodable {
-                            matcher.undecodable(u);
-                        }
+        }
+        let total: i64 = ranges.iter().map(|(_, from, to)| to - from).sum();
+        let ends: Vec<(SourceQueue, i64)> =
+            ranges.iter().map(|(q, _, to)| (q.clone(), *to)).collect();
+        let mut rx = read_many(
+            &self.source,
+            ranges,
+            cfg.source.pull_batch_size,
+            READ_PARALLEL,
+        );
+        let mut read = 0u64;
+        while let Some((queue, piece)) = rx.recv().await {
+            let matcher = self
+                .queues
+                .get_mut(&queue)
+                .ok_or_else(|| anyhow!("queue state lost"))?;
+            match piece? {
+                Piece::Records {
+                    records,
+                    undecodable,
+                } => {
+                    read += (records.len() + undecodable.len()) as u64;
+                    for rec in &records {
+                        matcher.record(rec, &self.judge, &self.index)?;
                     }
-                    Piece::Expired { from, to } => {
-                        self.notes.push(format!(
-                            "{queue}: offsets {from}..{to} are no longer stored on 4.x (retention); not verified"
-                        ));
+                    for u in &undecodable {
+                        matcher.undecodable(u);
                     }
                 }
-                let read = matcher.report.counts.read;
-                progress.tick(|| {
-                    format!(
-                        "route {name}: 4.x {queue}: {read} read, range {}..{to}",
-                        matcher.report.from
-                    )
-                });
+                Piece::Expired { from, to } => {
+                    self.notes.push(format!(
+                        "{queue}: offsets {from}..{to} are no longer stored on 4.x (retention); not verified"
+                    ));
+                }
             }
-            matcher.report.to = to;
+            progress
+                .tick(|| format!("route {name}: read {read} of {total} 4.x message(s) to verify"));
+        }
+        for (queue, to) in ends {
+            if let Some(matcher) = self.queues.get_mut(&queue) {
+                matcher.report.to = to;
+            }
         }
         let compare_types = self.judge.target_types.is_some();
         for matcher in self.queues.values_mut() {
@@ -449,6 +464,7 @@ impl RouteVerifier {
             .refresh_route()
             .await
             .map_err(|e| anyhow!("5.x topic {}: {e}", self.route.target_topic))?;
+        let mut ranges = Vec::new();
         for tq in target_queues {
             let max = self
                 .target
@@ -463,32 +479,39 @@ impl RouteVerifier {
                     .await
                     .map_err(|e| anyhow!("5.x topic {} {tq}: {e}", self.route.target_topic))?,
             };
-            let mut rx = read_range(&self.target, &tq, from, max, cfg.source.pull_batch_size);
-            while let Some(piece) = rx.recv().await {
-                if let Piece::Records { records, .. } = piece? {
-                    let copies: Vec<StoredCopy> = records
-                        .iter()
-                        .map(|r| StoredCopy {
-                            at: TargetPosition {
-                                queue: tq.to_string(),
-                                offset: r.queue_offset,
-                            },
-                            fingerprint: Fingerprint::stored(r),
-                        })
-                        .collect();
-                    self.index.add(&copies)?;
-                }
-                let read = self.index.records();
-                progress.tick(|| {
-                    format!(
-                        "route {name}: read {read} record(s) of 5.x topic {}",
-                        self.route.target_topic
-                    )
-                });
-            }
-            self.target_read.insert(tq, max);
+            ranges.push((tq, from, max));
         }
-
+        let ends: Vec<(SourceQueue, i64)> =
+            ranges.iter().map(|(q, _, to)| (q.clone(), *to)).collect();
+        let mut rx = read_many(
+            &self.target,
+            ranges,
+            cfg.source.pull_batch_size,
+            READ_PARALLEL,
+        );
+        while let Some((tq, piece)) = rx.recv().await {
+            if let Piece::Records { records, .. } = piece? {
+                let copies: Vec<StoredCopy> = records
+                    .iter()
+                    .map(|r| StoredCopy {
+                        at: TargetPosition {
+                            queue: tq.to_string(),
+                            offset: r.queue_offset,
+                        },
+                        fingerprint: Fingerprint::stored(r),
+                    })
+                    .collect();
+                self.index.add(&copies)?;
+            }
+            let read = self.index.records();
+            progress.tick(|| {
+                format!(
+                    "route {name}: read {read} record(s) of 5.x topic {}",
+                    self.route.target_topic
+                )
+            });
+        }
+        self.target_read.extend(ends);
         Ok(())
     }
 

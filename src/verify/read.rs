@@ -138,3 +138,40 @@ pub fn read_range(
     });
     rx
 }
+
+/// Several ranges at once, at most `parallel` queues in flight: pieces of
+/// each queue arrive in offset order, tagged with their queue; queues
+/// interleave. The channel ends when every range is read (or after the
+/// first error, which is delivered).
+pub fn read_many(
+    source: &TopicSource,
+    ranges: Vec<(SourceQueue, i64, i64)>,
+    batch: u32,
+    parallel: usize,
+) -> mpsc::Receiver<(SourceQueue, anyhow::Result<Piece>)> {
+    let (tx, rx) = mpsc::channel(PREFETCH * parallel.max(1));
+    let source = source.clone();
+    tokio::spawn(async move {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut readers = Vec::new();
+        for (queue, from, to) in ranges {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let mut pieces = read_range(&source, &queue, from, to, batch);
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                let _permit = permit;
+                while let Some(piece) = pieces.recv().await {
+                    if tx.send((queue.clone(), piece)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for r in readers {
+            let _ = r.await;
+        }
+    });
+    rx
+}
