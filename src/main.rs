@@ -8,12 +8,6 @@ use clap::{Parser, Subcommand};
 
 use rmq_bridge::cli;
 
-// mimalloc instead of glibc malloc: every forwarded message allocates (the
-// request, its headers, h2 stream state), and glibc's free-list work cost
-// about a quarter of the bridge's CPU per message (docs/bench-results.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "rmq-bridge",

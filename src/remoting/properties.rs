@@ -62,15 +62,32 @@ impl Properties {
     /// Parses the wire form the way Java does: segments without a name or
     /// without a value are skipped; a repeated name keeps the last value.
     pub fn decode(text: &str) -> Properties {
-        // One allocation for the list (a record carries a handful).
-        let count = text.matches(PROPERTY_SEPARATOR).count() + 1;
-        let mut props = Properties(Vec::with_capacity(count));
-        for segment in text.split(PROPERTY_SEPARATOR) {
-            if let Some((name, value)) = segment.split_once(NAME_VALUE_SEPARATOR) {
+        // One pass over the bytes (both separators are ASCII, so every cut
+        // is a char boundary); a repeated name replaces the earlier value
+        // without allocating a name first. Every record of every pull
+        // passes here.
+        let mut props = Properties(Vec::with_capacity(8));
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == PROPERTY_SEPARATOR as u8)
+                .map_or(bytes.len(), |p| start + p);
+            let segment = &text[start..end];
+            if let Some(eq) = segment
+                .bytes()
+                .position(|b| b == NAME_VALUE_SEPARATOR as u8)
+            {
+                let (name, value) = (&segment[..eq], &segment[eq + 1..]);
                 if !name.is_empty() && !value.is_empty() {
-                    props.insert(name, value);
+                    match props.0.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, v)) => value.clone_into(v),
+                        None => props.0.push((name.to_owned(), value.to_owned())),
+                    }
                 }
             }
+            start = end + 1;
         }
         props
     }
