@@ -121,14 +121,22 @@ impl MessageRecord {
 /// Java's `createMessageId`: address bytes, port (4 bytes), commit log
 /// offset (8 bytes), as upper-case hex.
 pub fn offset_msg_id(store_ip: IpAddr, port: i32, commit_log_offset: i64) -> String {
-    let mut raw = Vec::with_capacity(28);
+    // Every decoded record gets one: hex straight into the string.
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(56);
+    let mut put = |bytes: &[u8]| {
+        for b in bytes {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+        }
+    };
     match store_ip {
-        IpAddr::V4(ip) => raw.extend_from_slice(&ip.octets()),
-        IpAddr::V6(ip) => raw.extend_from_slice(&ip.octets()),
+        IpAddr::V4(ip) => put(&ip.octets()),
+        IpAddr::V6(ip) => put(&ip.octets()),
     }
-    raw.extend_from_slice(&port.to_be_bytes());
-    raw.extend_from_slice(&commit_log_offset.to_be_bytes());
-    hex::encode_upper(raw)
+    put(&port.to_be_bytes());
+    put(&commit_log_offset.to_be_bytes());
+    out
 }
 
 /// Bounds-checked reader over `buf[pos..end]`, reporting absolute offsets.
@@ -810,6 +818,17 @@ pub fn encode_batch_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offset_msg_id_is_upper_hex_of_host_port_offset() {
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(
+            offset_msg_id(ip, 10911, 0x1234),
+            "7F00000100002A9F0000000000001234"
+        );
+        let v6: IpAddr = "::1".parse().expect("ip");
+        assert_eq!(offset_msg_id(v6, 1, -1).len(), 56);
+    }
     use flate2::write::ZlibEncoder;
     use proptest::prelude::*;
     use std::io::Write;
