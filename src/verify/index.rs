@@ -53,8 +53,10 @@ fn key(message_id: &str, at: &TargetPosition) -> Vec<u8> {
 }
 
 impl TargetIndex {
-    /// A fresh index in a new directory under `parent`.
+    /// A fresh index in a new directory under `parent`. Indexes left behind
+    /// by verify processes that no longer run (killed) are removed first.
     pub fn create(parent: &Path) -> anyhow::Result<Self> {
+        remove_orphans(parent);
         let dir = parent.join(format!(
             "rmq-bridge-verify-{}-{}",
             std::process::id(),
@@ -132,6 +134,28 @@ impl TargetIndex {
     }
 }
 
+/// Removes `rmq-bridge-verify-<pid>-<n>` directories of dead processes.
+fn remove_orphans(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("rmq-bridge-verify-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Drop for TargetIndex {
     fn drop(&mut self) {
         drop(self.db.take());
@@ -162,6 +186,22 @@ mod tests {
                 delivery_ms: None,
             },
         }
+    }
+
+    #[test]
+    fn indexes_of_dead_processes_are_removed() {
+        let parent =
+            std::env::temp_dir().join(format!("rmq-verify-orphans-{}", std::process::id()));
+        let orphan = parent.join("rmq-bridge-verify-999999999-0");
+        let other = parent.join("unrelated");
+        std::fs::create_dir_all(&orphan).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let index = TargetIndex::create(&parent).unwrap();
+        assert!(!orphan.exists());
+        assert!(other.exists());
+        assert!(index.dir.exists(), "our own index stays");
+        drop(index);
+        let _ = std::fs::remove_dir_all(&parent);
     }
 
     #[test]

@@ -592,6 +592,15 @@ impl RouteVerifier {
     }
 }
 
+async fn terminated(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 fn install_metrics(listen: SocketAddr) -> anyhow::Result<()> {
     // Not `metrics::install`: that one also serves `rmq_bridge_up`, which
     // would hide a stopped daemon from the RmqBridgeDown alert.
@@ -641,6 +650,9 @@ pub async fn run(config_path: &Path, opts: VerifyOptions) -> anyhow::Result<bool
         );
         return Ok(report.is_clean());
     }
+    // SIGTERM (systemd stop) ends --follow like Ctrl-C, so the temporary
+    // index is removed on the way out.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut last_clean = true;
     let mut printed_failure = false;
     loop {
@@ -678,6 +690,7 @@ pub async fn run(config_path: &Path, opts: VerifyOptions) -> anyhow::Result<bool
         tokio::select! {
             _ = tokio::time::sleep(verifier.opts.interval) => {}
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminated(&mut term) => break,
         }
     }
     Ok(last_clean)
