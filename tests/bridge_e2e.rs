@@ -3,116 +3,19 @@
 //! What landed in 5.x is read back from the 5.x broker over Remoting.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
 use rmq_bridge::dev::cluster::{free_port, LocalCluster};
 use rmq_bridge::dev::testkit::{self, metric, RouteSpec, Sample};
 use rmq_bridge::remoting::{HeartbeatData, MessageRecord, RemotingClient};
 
 const ENV_TAG: &str = "__microservice_tag__";
 
-/// The bridge as a child process, its output in a log file.
-struct BridgeProcess {
-    child: Option<Child>,
-    log: PathBuf,
-    config: PathBuf,
-}
-
-impl BridgeProcess {
-    fn start(config: &Path, log: &Path) -> BridgeProcess {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open bridge log");
-        let err = out.try_clone().expect("clone log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
-            .args(["run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn rmq-bridge");
-        BridgeProcess {
-            child: Some(child),
-            log: log.to_path_buf(),
-            config: config.to_path_buf(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait; returns the exit success.
-    fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn sighup(&self) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-HUP", &c.id().to_string()])
-                .status();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for BridgeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!(
-                "--- bridge log tail ({}) ---\n{}",
-                self.config.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-}
-
-fn scrape(addr: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+fn start_bridge(config: &Path, log: &Path) -> BridgeProcess {
+    BridgeProcess::start(Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), config, log)
 }
 
 async fn wait_metric(addr: &str, what: &str, f: impl Fn(&str) -> bool) {
@@ -347,7 +250,7 @@ async fn fidelity_environment_filter_and_phased_cutover() {
     ];
     let cfg = p.config("", &routes);
     testkit::write_config(&p.config_path(), &cfg).unwrap();
-    let mut bridge = BridgeProcess::start(&p.config_path(), &p.log_path());
+    let mut bridge = start_bridge(&p.config_path(), &p.log_path());
 
     // --- fidelity of every field, every type
     for (topic, prefix) in [
@@ -690,7 +593,7 @@ async fn group_handoff_and_commit_back_interlock() {
         check_text.contains("5.x topic mismatch accepts [Transaction]"),
         "{check_text}"
     );
-    let mut bridge = BridgeProcess::start(&p.config_path(), &p.log_path());
+    let mut bridge = start_bridge(&p.config_path(), &p.log_path());
 
     let records = wait_landed(&p.client, &p.target, "handoff", 28).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -825,12 +728,12 @@ async fn sigkill_during_stream_loses_nothing() {
         }
     });
 
-    let mut bridge = BridgeProcess::start(&p.config_path(), &p.log_path());
+    let mut bridge = start_bridge(&p.config_path(), &p.log_path());
     for k in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(2500 + 700 * k as u64)).await;
         bridge.kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        bridge = BridgeProcess::start(&p.config_path(), &p.log_path());
+        bridge = start_bridge(&p.config_path(), &p.log_path());
     }
     producer.await.unwrap();
     let records = wait_landed(&p.client, &p.target, "stream", TOTAL).await;
