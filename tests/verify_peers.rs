@@ -399,6 +399,8 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
             "1",
             "--metrics-listen",
             &verify_metrics,
+            "--work-dir",
+            &dir.join("work").to_string_lossy(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -426,8 +428,31 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         },
     )
     .await;
-    let _ = follow.kill();
-    let _ = follow.wait();
+    // SIGTERM (systemd stop) ends it cleanly and removes its on-disk index.
+    let _ = Command::new("kill")
+        .args(["-TERM", &follow.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = follow.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "verify --follow on SIGTERM: {status:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.join("work"))
+        .expect("work dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "temporary index left behind: {left:?}");
     bridge.stop();
 
     // Clean: everything forwarded is in 5.x, intact; the 20 decided at 0%
