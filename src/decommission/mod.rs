@@ -244,6 +244,29 @@ struct ScheduleScan {
     errors: Vec<String>,
 }
 
+impl ScheduleScan {
+    fn merge(&mut self, other: ScheduleScan) {
+        let earliest = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (k, (n, d)) in other.pending {
+            let e = self.pending.entry(k).or_default();
+            e.0 += n;
+            e.1 = earliest(e.1, d);
+        }
+        for (k, n) in other.forwarded {
+            *self.forwarded.entry(k).or_default() += n;
+        }
+        for (k, (n, d)) in other.retries {
+            let e = self.retries.entry(k).or_default();
+            e.0 += n;
+            e.1 = earliest(e.1, d);
+        }
+        self.errors.extend(other.errors);
+    }
+}
+
 impl Ctx<'_> {
     fn source(&self, route: &RouteConfig) -> TopicSource {
         TopicSource::new(
@@ -467,7 +490,6 @@ impl Ctx<'_> {
         let mut scan = ScheduleScan::default();
         let levels = &self.cfg.source.delay_levels;
         let brokers: BTreeSet<&String> = topics.values().flatten().collect();
-        let routes = &self.cfg.routes;
         for broker in brokers {
             for queue_id in 0..levels.len() as i32 {
                 let (min, max) = match probe::queue_range(
@@ -484,7 +506,7 @@ impl Ctx<'_> {
                         continue;
                     }
                 };
-                let mut records = Vec::new();
+                let mut found = ScheduleScan::default();
                 let result = probe::scan_queue(
                     &self.client,
                     broker,
@@ -492,72 +514,78 @@ impl Ctx<'_> {
                     queue_id,
                     min,
                     max,
-                    |r| {
-                        // Keep only what is still pending; the schedule topic
-                        // also holds every message already delivered.
-                        let Some(delay) = levels.delay(level_of_queue(queue_id)) else {
-                            return;
-                        };
-                        let deadline = deadline_ms(r.store_timestamp_ms, delay);
-                        if deadline > self.now {
-                            records.push((r.clone(), deadline));
-                        }
-                    },
+                    |r| self.classify_scheduled(r, queue_id, topics, &mut found),
                 )
                 .await;
                 if let Err(e) = result {
                     scan.errors.push(format!("{e}"));
                 }
-                for (r, deadline) in records {
-                    let real = r
-                        .properties
-                        .get(names::REAL_TOPIC)
-                        .unwrap_or("")
-                        .to_string();
-                    if real.starts_with("%RETRY%") {
-                        let e = scan.retries.entry(real).or_default();
-                        e.0 += 1;
-                        e.1 = Some(e.1.map_or(deadline, |d| d.min(deadline)));
-                        continue;
-                    }
-                    if !topics.contains_key(&real) {
-                        continue;
-                    }
-                    let forwarded = routes.iter().any(|route| {
-                        route.source_topic == real
-                            && route.scheduled == ScheduledMode::Forward
-                            && matches!(
-                                decide_pending(
-                                    &r,
-                                    queue_id,
-                                    &real,
-                                    &TagFilter::parse(&route.filter),
-                                    levels,
-                                    self.now
-                                ),
-                                PendingDecision::Pending { .. } | PendingDecision::Due { .. }
-                            )
-                            && self
-                                .store
-                                .as_ref()
-                                .and_then(|s| {
-                                    s.scheduled_forwarded(&route.name, &forward_key(&r))
-                                        .ok()
-                                        .flatten()
-                                })
-                                .is_some()
-                    });
-                    if forwarded {
-                        *scan.forwarded.entry(real).or_default() += 1;
-                    } else {
-                        let e = scan.pending.entry(real).or_default();
-                        e.0 += 1;
-                        e.1 = Some(e.1.map_or(deadline, |d| d.min(deadline)));
-                    }
-                }
+                scan.merge(found);
             }
         }
         scan
+    }
+
+    /// Counts one schedule-topic record if it is still pending: per real
+    /// topic (forwarded early or not) or per retry topic. Records are not
+    /// kept, so memory does not grow with the schedule topic.
+    fn classify_scheduled(
+        &self,
+        r: &crate::remoting::MessageRecord,
+        queue_id: i32,
+        topics: &BTreeMap<String, Vec<String>>,
+        scan: &mut ScheduleScan,
+    ) {
+        let levels = &self.cfg.source.delay_levels;
+        // The schedule topic also holds every message already delivered.
+        let Some(delay) = levels.delay(level_of_queue(queue_id)) else {
+            return;
+        };
+        let deadline = deadline_ms(r.store_timestamp_ms, delay);
+        if deadline <= self.now {
+            return;
+        }
+        let real = r.properties.get(names::REAL_TOPIC).unwrap_or("");
+        if real.starts_with("%RETRY%") {
+            let e = scan.retries.entry(real.to_string()).or_default();
+            e.0 += 1;
+            e.1 = Some(e.1.map_or(deadline, |d| d.min(deadline)));
+            return;
+        }
+        if !topics.contains_key(real) {
+            return;
+        }
+        let forwarded = self.cfg.routes.iter().any(|route| {
+            route.source_topic == real
+                && route.scheduled == ScheduledMode::Forward
+                && matches!(
+                    decide_pending(
+                        r,
+                        queue_id,
+                        real,
+                        &TagFilter::parse(&route.filter),
+                        levels,
+                        self.now
+                    ),
+                    PendingDecision::Pending { .. } | PendingDecision::Due { .. }
+                )
+                && self
+                    .store
+                    .as_ref()
+                    .and_then(|s| {
+                        s.scheduled_forwarded(&route.name, &forward_key(r))
+                            .ok()
+                            .flatten()
+                    })
+                    .is_some()
+        });
+        if forwarded {
+            *scan.forwarded.entry(real.to_string()).or_default() += 1;
+        } else {
+            let e = scan.pending.entry(real.to_string()).or_default();
+            e.0 += 1;
+            e.1 = Some(e.1.map_or(deadline, |d| d.min(deadline)));
+        }
     }
 
     fn scheduled_lines(
