@@ -248,7 +248,13 @@ pub fn median_max(samples: &[Duration]) -> Option<(Duration, Duration)> {
     let mut s = samples.to_vec();
     s.sort();
     let max = *s.last()?;
-    Some((s[s.len() / 2], max))
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2
+    };
+    Some((median, max))
 }
 
 /// One fault of a run.
