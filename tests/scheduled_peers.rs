@@ -20,12 +20,12 @@
 //!   `UNIQ_KEY`, and one already due when the bridge started).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rmq_bridge::checkpoint::now_ms;
+use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
 use rmq_bridge::dev::cluster::{free_port, ClusterOptions, LocalCluster};
 use rmq_bridge::dev::testkit::{self, metric, RouteSpec, Sample};
 use rmq_bridge::remoting::{names, MessageRecord};
@@ -34,67 +34,8 @@ use rmq_bridge::remoting::{names, MessageRecord};
 const LEVELS: &str = "1s 5s 10s 20s 40s 1m";
 const SCHEDULE_TOPIC: &str = "SCHEDULE_TOPIC_XXXX";
 
-struct Bridge {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Bridge {
-    fn start(config: &Path, log: &Path) -> Bridge {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open bridge log");
-        let err = out.try_clone().expect("clone log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
-            .args(["run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn rmq-bridge");
-        Bridge {
-            child: Some(child),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            eprintln!(
-                "--- bridge log tail ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-}
-
-fn scrape(addr: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+fn start_bridge(config: &Path, log: &Path) -> BridgeProcess {
+    BridgeProcess::start(Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), config, log)
 }
 
 fn messages(text: &str, route: &str, outcome: &str) -> f64 {
@@ -288,7 +229,7 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
     );
 
     let log = dir.path().join("bridge.log");
-    let mut bridge = Bridge::start(&config, &log);
+    let mut bridge = start_bridge(&config, &log);
 
     // Forwarded from the schedule topic long before anything is due.
     testkit::eventually(
@@ -326,7 +267,7 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
     // survive it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     bridge.kill9();
-    let bridge = Bridge::start(&config, &log);
+    let bridge = start_bridge(&config, &log);
 
     // ---- the broker moves them into the real topic (level 6: 1 min).
     let last_deadline = pending

@@ -91,94 +91,18 @@ async fn backlog_for_measurement() -> anyhow::Result<()> {
 // ---------------------------------------------------------------- helpers
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
+use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
 use rmq_bridge::dev::cluster::{free_port, LocalCluster};
 use rmq_bridge::dev::testkit::{metric, RouteSpec, Sample};
 use rmq_bridge::remoting::{HeartbeatData, MessageRecord, RemotingClient, SendRequest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rmq-bridge");
 
-/// The bridge daemon as a child process (killed on drop).
-struct Bridge {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Bridge {
-    fn start(config: &Path, log: &Path) -> Bridge {
-        let out = std::fs::File::create(log).expect("bridge log");
-        let err = out.try_clone().expect("log handle");
-        let child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn rmq-bridge run");
-        Bridge {
-            child: Some(child),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
-        }
-    }
-
-    /// SIGTERM (drains and writes checkpoints), then waits.
-    fn stop(&mut self) {
-        self.signal("-TERM");
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "--- bridge log tail ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-}
-
-fn scrape(addr: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+fn start_bridge(config: &Path, log: &Path) -> BridgeProcess {
+    BridgeProcess::start(Path::new(BIN), config, log)
 }
 
 async fn wait_metric(addr: &str, what: &str, f: impl Fn(&str) -> bool) {
@@ -365,7 +289,7 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
 
     // 20 messages decided at 0% (dry run: held on 4.x), then 100%: the
     // journal records per queue where 100% took effect.
-    let mut bridge = Bridge::start(&cfg_path, &dir.join("bridge.log"));
+    let mut bridge = start_bridge(&cfg_path, &dir.join("bridge.log"));
     produce(0..20).await;
     wait_metric(&metrics, "20 messages decided at 0%", |t| {
         outcome(t, "orders", "skipped") >= 20.0
@@ -376,7 +300,7 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         &config(&src, &dst, &checkpoints, &metrics, &[route(100, "orders")]),
     )
     .expect("config");
-    bridge.signal("-HUP");
+    bridge.sighup();
     wait_metric(&metrics, "cutover 100%", |t| {
         metric(t, "rmq_bridge_cutover_percent", &[("route", "orders")]) == 100.0
     })
@@ -453,7 +377,7 @@ async fn verify_passes_clean_topics_and_names_removed_and_altered_messages() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "temporary index left behind: {left:?}");
-    bridge.stop();
+    bridge.terminate();
 
     // Clean: everything forwarded is in 5.x, intact; the 20 decided at 0%
     // are not expected.
@@ -714,7 +638,7 @@ async fn decommission_report_names_each_red_line_and_turns_green_when_resolved()
         ..Default::default()
     };
 
-    let mut bridge = Bridge::start(&cfg_path, &dir.join("bridge.log"));
+    let mut bridge = start_bridge(&cfg_path, &dir.join("bridge.log"));
     for i in 0..10 {
         testkit::produce(&client, &src, "orders", &sample(i))
             .await
@@ -736,7 +660,7 @@ async fn decommission_report_names_each_red_line_and_turns_green_when_resolved()
         outcome(t, "orders", "forwarded") >= 10.0 && outcome(t, "misc", "quarantined") >= 1.0
     })
     .await;
-    bridge.stop();
+    bridge.terminate();
 
     // Behind the stopped bridge: lag, a delay message (level 4 = 30 s),
     // a prepared transaction, a live consumer with a retry and a dead letter.
@@ -864,7 +788,7 @@ async fn decommission_report_names_each_red_line_and_turns_green_when_resolved()
         .await
         .expect("retry and DLQ");
     }
-    let mut bridge = Bridge::start(&cfg_path, &dir.join("bridge2.log"));
+    let mut bridge = start_bridge(&cfg_path, &dir.join("bridge2.log"));
     testkit::eventually(
         "delay message due and everything forwarded",
         Duration::from_secs(90),
@@ -876,7 +800,7 @@ async fn decommission_report_names_each_red_line_and_turns_green_when_resolved()
     )
     .await
     .expect("drain");
-    bridge.stop();
+    bridge.terminate();
     // A route restarted with a backlog admits nothing before it knows its
     // target's types (it used to quarantine them as "no accepted message
     // type", fixed in 9b73450): nothing of orders may be in quarantine.
@@ -953,7 +877,7 @@ async fn verify_accepts_delay_messages_forwarded_early() {
         ),
     )
     .expect("config");
-    let mut bridge = Bridge::start(&cfg_path, &dir.join("bridge.log"));
+    let mut bridge = start_bridge(&cfg_path, &dir.join("bridge.log"));
     wait_metric(&metrics, "the bridge up", |t| !t.is_empty()).await;
     for i in 0..3 {
         let sample = Sample {
@@ -972,7 +896,7 @@ async fn verify_accepts_delay_messages_forwarded_early() {
         outcome(t, "sched", "scheduled_copy_skipped") >= 3.0
     })
     .await;
-    bridge.stop();
+    bridge.terminate();
     let cfg = cfg_path.to_string_lossy().to_string();
     let json = dir.join("report.json");
     let out = run_cli(&["verify", "-c", &cfg, "--json", &json.to_string_lossy()]);
