@@ -1,6 +1,7 @@
 //! Per-queue progress shared between a queue worker and the checkpoint
 //! flusher, and the flusher itself: it writes every queue's done offset to
-//! the store in one batch per interval and publishes the durable offsets back.
+//! the store in one batch per interval (every IDLE_SCAN while nothing moves)
+//! and publishes the durable offsets back.
 //!
 //! The worker admits a message only while `offset - durable < window`, so a
 //! crash can re-send at most `window` messages per queue: the documented
@@ -11,9 +12,9 @@
 //! checkpoint is persisted like any advance. Store writes run on tokio's
 //! blocking pool, never on the async runtime's threads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
@@ -38,6 +39,13 @@ pub struct QueueProgress {
     /// Publishes `durable` after each flush that moved it.
     flushed: watch::Sender<i64>,
     lag_gauge: metrics::Gauge,
+    /// The lag last set on `lag_gauge` (`i64::MIN` before the first): an
+    /// unchanged lag is not set again, so an idle estate of thousands of
+    /// queues costs the flusher no gauge writes.
+    published_lag: AtomicI64,
+    /// The flusher's [`CheckpointFlusher::activity`], set by `register`:
+    /// told when `done` moves, so an idle flusher scans again at once.
+    activity: OnceLock<Arc<Notify>>,
 }
 
 impl QueueProgress {
@@ -54,6 +62,8 @@ impl QueueProgress {
                 "route" => route.to_string(),
                 "broker" => queue.broker_name.clone(),
                 "queue" => queue.queue_id.to_string()),
+            published_lag: AtomicI64::new(i64::MIN),
+            activity: OnceLock::new(),
             queue,
         })
     }
@@ -62,7 +72,14 @@ impl QueueProgress {
         self.done.load(Ordering::Acquire)
     }
     pub fn set_done(&self, offset: i64) {
-        self.done.fetch_max(offset, Ordering::AcqRel);
+        if self.done.fetch_max(offset, Ordering::AcqRel) < offset {
+            self.moved();
+        }
+    }
+    fn moved(&self) {
+        if let Some(activity) = self.activity.get() {
+            activity.notify_one();
+        }
     }
     /// Where the window and lag count from: the stored checkpoint, or `done`
     /// while that is lower (just after `reset_done`, until the flusher has
@@ -94,9 +111,11 @@ impl QueueProgress {
     /// not been seen yet).
     pub fn reset_done(&self, offset: i64) {
         self.done.store(offset, Ordering::Release);
+        self.moved();
     }
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.moved();
     }
     /// Messages stored on 4.x and not yet checkpointed.
     pub fn lag(&self) -> i64 {
@@ -104,16 +123,28 @@ impl QueueProgress {
     }
     /// Updates `rmq_bridge_source_lag_messages` for this queue.
     pub fn publish_lag(&self) {
-        self.lag_gauge.set(self.lag() as f64);
+        let lag = self.lag();
+        if self.published_lag.swap(lag, Ordering::AcqRel) != lag {
+            self.lag_gauge.set(lag as f64);
+        }
     }
 }
+
+/// How often a flusher that found nothing to write scans anyway.
+pub const IDLE_SCAN: Duration = Duration::from_millis(500);
 
 /// Batches checkpoint writes for every queue of every route.
 pub struct CheckpointFlusher {
     store: CheckpointStore,
-    queues: Mutex<HashMap<(String, SourceQueue), Arc<QueueProgress>>>,
+    /// In (route, queue) order, so one pass sees each route's queues together.
+    queues: Mutex<BTreeMap<(String, SourceQueue), Arc<QueueProgress>>>,
     /// Wakes the flusher early (a worker's window is full).
     pub wake: Notify,
+    /// Told by a registered queue whose done offset moved: wakes a flusher
+    /// that found nothing to write (it then scans only every
+    /// [`IDLE_SCAN`], so an idle estate of thousands of queues is not
+    /// walked 50 times a second).
+    activity: Arc<Notify>,
     /// Last successful write or up-to-date confirmation per route (ms).
     route_fresh_ms: Mutex<HashMap<String, i64>>,
     /// Flush cycles completed (written or failed): the pipeline's heartbeat
@@ -125,14 +156,16 @@ impl CheckpointFlusher {
     pub fn new(store: CheckpointStore) -> Arc<Self> {
         Arc::new(CheckpointFlusher {
             store,
-            queues: Mutex::new(HashMap::new()),
+            queues: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
+            activity: Arc::new(Notify::new()),
             route_fresh_ms: Mutex::new(HashMap::new()),
             cycles: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     pub fn register(&self, progress: Arc<QueueProgress>) {
+        let _ = progress.activity.set(self.activity.clone());
         if let Ok(mut q) = self.queues.lock() {
             q.insert((progress.route.clone(), progress.queue.clone()), progress);
         }
@@ -167,40 +200,50 @@ impl CheckpointFlusher {
     }
 
     /// Writes every queue whose done offset moved; returns how many.
+    ///
+    /// Runs every flush interval over every registered queue, so an idle
+    /// queue must cost next to nothing here: one pass under the lock reading
+    /// atomics (and forgetting retired queues already written), no
+    /// allocation per queue; only queues that moved are collected.
     pub fn flush_once(&self) -> Result<usize, StoreError> {
-        let snapshot: Vec<Arc<QueueProgress>> = match self.queues.lock() {
-            Ok(q) => q.values().cloned().collect(),
-            Err(_) => return Ok(0),
-        };
         let mut updates = Vec::new();
         let mut moved = Vec::new();
-        let now = now_ms();
-        let mut fresh: HashMap<String, i64> = HashMap::new();
-        for p in &snapshot {
-            p.publish_lag();
-            let done = p.done();
-            if done != p.written.load(Ordering::Acquire) {
-                updates.push((p.route.clone(), p.queue.clone(), done));
-                moved.push((p.clone(), done));
-            } else if p.lag() == 0 {
-                fresh.insert(p.route.clone(), now);
-            }
+        // One queue of each route written now or confirmed current (lag 0);
+        // the map is in route order, so a route is pushed once.
+        let mut fresh: Vec<Arc<QueueProgress>> = Vec::new();
+        match self.queues.lock() {
+            Ok(mut q) => q.retain(|_, p| {
+                p.publish_lag();
+                let done = p.done();
+                let moves = done != p.written.load(Ordering::Acquire);
+                if moves {
+                    updates.push((p.route.clone(), p.queue.clone(), done));
+                    moved.push((p.clone(), done));
+                }
+                if (moves || p.lag() == 0) && fresh.last().map(|f| &f.route) != Some(&p.route) {
+                    fresh.push(p.clone());
+                }
+                // A retired queue is forgotten once its last offset is written.
+                moves || !p.retired.load(Ordering::Acquire)
+            }),
+            Err(_) => return Ok(0),
         }
         self.store.advance(&updates)?;
         for (p, done) in &moved {
             p.written.store(*done, Ordering::Release);
             p.flushed.send_replace(*done);
             p.publish_lag();
-            fresh.insert(p.route.clone(), now);
         }
+        let now = now_ms();
         if let Ok(mut m) = self.route_fresh_ms.lock() {
-            m.extend(fresh);
-        }
-        if let Ok(mut q) = self.queues.lock() {
-            q.retain(|_, p| {
-                !(p.retired.load(Ordering::Acquire)
-                    && p.done() == p.written.load(Ordering::Acquire))
-            });
+            for p in fresh {
+                match m.get_mut(p.route.as_str()) {
+                    Some(at) => *at = now,
+                    None => {
+                        m.insert(p.route.clone(), now);
+                    }
+                }
+            }
         }
         Ok(updates.len())
     }
@@ -247,6 +290,7 @@ impl CheckpointFlusher {
             let written = tokio::task::spawn_blocking(move || flusher.flush_once())
                 .await
                 .unwrap_or_else(|e| Err(self.task_failed("checkpoints", e)));
+            let wrote_nothing = matches!(written, Ok(0));
             self.cycles.fetch_add(1, Ordering::Release);
             match written {
                 Ok(_) => {
@@ -276,9 +320,14 @@ impl CheckpointFlusher {
                 }
                 return;
             }
+            // Nothing moved: scan again when a queue moves (or after
+            // IDLE_SCAN, which keeps idle routes' checkpoint age and the
+            // watchdog's cycles current); else batch for `interval`.
+            let idle = wrote_nothing && !failing;
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(if idle { IDLE_SCAN.max(interval) } else { interval }) => {}
                 _ = self.wake.notified() => {}
+                _ = self.activity.notified(), if idle => {}
                 _ = stop.changed() => {}
             }
         }
