@@ -195,6 +195,18 @@ async fn run_route(
     let mut initial_brokers: Option<std::collections::BTreeSet<String>> = None;
     let mut refresh = tokio::time::interval(Duration::from_secs(30));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+    // Pruning the ids the schedule side remembers is a store scan on the
+    // blocking pool. With the schedule side on, every housekeeping tick; with
+    // it off only leftovers of an earlier `scheduled = "forward"` can be
+    // there, so once every PRUNE_IDLE_EVERY ticks (5 min), at a phase of
+    // the route's own: hundreds of idle routes must not start hundreds of
+    // blocking threads at once every 5 s.
+    const PRUNE_IDLE_EVERY: u64 = 60;
+    let prune_phase = name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        % PRUNE_IDLE_EVERY;
+    let mut housekeeping_ticks = 0u64;
     let mut commit_refusal_logged_at = 0i64;
 
     loop {
@@ -254,8 +266,12 @@ async fn run_route(
             }
             _ = housekeeping.tick() => {
                 publish_route_gauges(&name, &queues, &shared.flusher);
-                let watermark = super::scheduled::topic_watermark(queues.values().map(|t| &t.progress), now_ms());
-                super::scheduled::prune(&shared.store, &name, watermark);
+                let prune_now = schedule_side.is_some() || housekeeping_ticks % PRUNE_IDLE_EVERY == prune_phase;
+                housekeeping_ticks += 1;
+                if prune_now {
+                    let watermark = super::scheduled::topic_watermark(queues.values().map(|t| &t.progress), now_ms());
+                    super::scheduled::prune(&shared.store, &name, watermark);
+                }
                 if let Some(group) = current_route.commit_as_group.clone() {
                     commit_back(&source, &name, &group, &queues, &mut commit_refusal_logged_at).await;
                 }
