@@ -79,6 +79,7 @@ use tokio::sync::watch;
 
 use rmq_bridge::dev::blackhole::{Blackhole, BlackholeConfig, TopicTally};
 use rmq_bridge::dev::cluster::{free_port, LocalCluster, Peer};
+use rmq_bridge::dev::machine::{cpu_model, git_revision, load_average, nproc, threads};
 use rmq_bridge::dev::testkit::{self, env_num, env_pairs, metric, RouteSpec};
 use rmq_bridge::grpc::{
     GrpcClientConfig, MessageKind, OutgoingMessage, Publisher, TopicMessageType,
@@ -263,36 +264,9 @@ impl Params {
 
 // ---------------------------------------------------------------- machine
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    rmq_bridge::dev::machine::cpu_time(pid).map(|d| d.as_secs_f64())
 }
 
 /// Busy CPU seconds of the whole machine (all cores) from /proc/stat.
@@ -307,18 +281,6 @@ fn system_busy_seconds() -> Option<f64> {
     // user nice system idle iowait irq softirq steal
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
     Some(busy / 100.0)
-}
-
-/// Threads of a process.
-fn threads(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("Threads:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// CPU seconds used so far by this process's threads named `prefix...`.
@@ -2242,28 +2204,8 @@ fn keep_logs(env: &Env, table: &Path) {
     println!("bridge logs and configs copied to {}", dir.display());
 }
 
-/// `git describe --always --dirty` of the source tree, or `unknown`.
-fn git_revision() -> String {
-    Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn table_path() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("bench-e2e.txt")
+    rmq_bridge::dev::machine::target_dir().join("bench-e2e.txt")
 }
 
 fn main() -> anyhow::Result<()> {

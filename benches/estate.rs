@@ -54,9 +54,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use rmq_bridge::dev::blackhole::{Blackhole, BlackholeConfig};
-use rmq_bridge::dev::chaos::bridge::cpu_time;
 use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
 use rmq_bridge::dev::cluster::{free_port, LocalCluster, Peer};
+use rmq_bridge::dev::machine::{
+    cpu_model, cpu_time, git_revision, open_fds, rss_kib, target_dir, threads,
+};
 use rmq_bridge::dev::testkit::{self, env_num, env_pairs};
 use rmq_bridge::grpc::TopicMessageType;
 use rmq_bridge::remoting::{names, BatchEntry, Properties, RemotingClient, SendBatchRequest};
@@ -226,29 +228,6 @@ async fn preload(
         t.await.context("preload task")??;
     }
     Ok(())
-}
-
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn threads(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn open_fds(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()
-        .map(|d| d.count())
 }
 
 /// Text of a bridge config: the 4.x peer, the blackhole, and `routes`
@@ -514,7 +493,7 @@ async fn leg(env: &Env, idle_queues: usize, row: &mut Row) -> anyhow::Result<()>
     };
     row.idle_cpu_pct = pct(c0, c1);
     row.broker_cpu_pct = pct(b0, b1);
-    row.rss_mib = vm_rss_kib(pid).map(|k| k as f64 / MIB);
+    row.rss_mib = rss_kib(pid).map(|k| k as f64 / MIB);
     // What the memory is, for the record (target/bench-estate-logs/).
     let logs = target_dir().join("bench-estate-logs");
     let _ = std::fs::create_dir_all(&logs);
@@ -599,45 +578,12 @@ async fn leg(env: &Env, idle_queues: usize, row: &mut Row) -> anyhow::Result<()>
     Ok(())
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn keep_log(log: &Path) {
     let dir = target_dir().join("bench-estate-logs");
     let _ = std::fs::create_dir_all(&dir);
     if let Some(name) = log.file_name() {
         let _ = std::fs::copy(log, dir.join(name));
     }
-}
-
-fn git_revision() -> String {
-    Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn fmt_d(d: Option<Duration>) -> String {

@@ -10,9 +10,11 @@
 //! - `blackhole`: a fast 5.x endpoint that counts what it receives, for
 //!   benchmarks of the bridge's own ceiling (`examples/blackhole.rs`).
 //! - `chaos`: fault injection through the whole bridge (chaos tests, soak).
+//! - `machine`: CPU, memory and threads of processes, machine facts, for benchmarks.
 
 pub mod blackhole;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod machine;
 pub mod testkit;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::dev::machine::{cpu_time, peak_rss_kib};
+
 /// `rmq-bridge run -c CONFIG`, stdout and stderr appended to a log file.
 /// Dropping it SIGKILLs the process (and prints the log tail while a test
 /// panics).
@@ -175,28 +177,6 @@ impl Drop for Paused {
     fn drop(&mut self) {
         signal(self.0, "CONT");
     }
-}
-
-/// user + system CPU time of `pid` (from /proc/PID/stat, in clock ticks of 10 ms).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
-/// Peak resident set (VmHWM) of `pid` in KiB.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The bridge's Prometheus text at `addr` (empty if it does not answer).
