@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use crate::dev::cluster::{ClusterOptions, LocalCluster};
 use crate::remoting::{
-    MessageRecord, NameServers, PullRequest, PullStatus, RemotingClient, RemotingClientConfig,
-    SendRequest, SendResult, TopicConfig,
+    MessageRecord, NameServers, RemotingClient, RemotingClientConfig, SendRequest, SendResult,
+    TopicConfig,
 };
 
 pub fn client() -> RemotingClient {
@@ -133,41 +133,11 @@ pub async fn read_back(
             .ok_or_else(|| anyhow!("no master for {broker_name}"))?
             .to_string();
         let max = client.get_max_offset(&addr, topic, queue_id).await?;
-        let mut offset = client.get_min_offset(&addr, topic, queue_id).await?;
-        while offset < max {
-            let result = client
-                .pull_message(
-                    &addr,
-                    &PullRequest {
-                        consumer_group: "testkit_reader".into(),
-                        topic: topic.into(),
-                        queue_id,
-                        queue_offset: offset,
-                        max_msg_nums: 32,
-                        sub_expression: "*".into(),
-                        expression_type: "TAG".into(),
-                        sub_version: 0,
-                        suspend_timeout: Duration::from_millis(0),
-                        commit_offset: None,
-                    },
-                )
-                .await?;
-            match result.status {
-                PullStatus::Found => {
-                    out.extend(result.messages);
-                    offset = result.next_begin_offset;
-                }
-                PullStatus::NoMatchedMsg
-                | PullStatus::RetryImmediately
-                | PullStatus::OffsetMoved => {
-                    if result.next_begin_offset <= offset {
-                        break;
-                    }
-                    offset = result.next_begin_offset;
-                }
-                PullStatus::NoNewMsg => break,
-            }
-        }
+        let min = client.get_min_offset(&addr, topic, queue_id).await?;
+        crate::decommission::probe::scan_queue(client, &addr, topic, queue_id, min, max, |r| {
+            out.push(r.clone())
+        })
+        .await?;
     }
     Ok(out)
 }

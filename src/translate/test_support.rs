@@ -82,6 +82,11 @@ impl RecordBuilder {
         self
     }
 
+    pub fn queue_id(mut self, queue: i32) -> Self {
+        self.record.queue_id = queue;
+        self
+    }
+
     pub fn queue_offset(mut self, offset: i64) -> Self {
         self.record.queue_offset = offset;
         self

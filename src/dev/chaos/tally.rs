@@ -208,6 +208,7 @@ impl fmt::Display for Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::test_support::RecordBuilder;
     use bytes::Bytes;
 
     fn sent(id: &str, group: Option<&str>, seq: u64) -> Sent {
@@ -225,27 +226,12 @@ mod tests {
     }
 
     fn rec(id: &str, queue: i32, offset: i64, body: &str) -> MessageRecord {
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 10911).into();
-        let mut properties = crate::remoting::Properties::default();
-        properties.insert("UNIQ_KEY", id.to_string());
-        MessageRecord {
-            topic: "t".into(),
-            queue_id: queue,
-            queue_offset: offset,
-            commit_log_offset: 0,
-            sys_flag: 0,
-            flag: 0,
-            body_crc: 0,
-            born_timestamp_ms: 0,
-            born_host: addr,
-            store_timestamp_ms: 0,
-            store_host: addr,
-            reconsume_times: 0,
-            prepared_transaction_offset: 0,
-            body: Bytes::from(body.to_string()),
-            properties,
-            offset_msg_id: String::new(),
-        }
+        RecordBuilder::new()
+            .uniq_key(id)
+            .queue_id(queue)
+            .queue_offset(offset)
+            .body(body.as_bytes())
+            .build()
     }
 
     #[test]
