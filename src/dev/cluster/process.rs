@@ -19,6 +19,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 const PROBE_IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lines of a peer's log quoted in errors.
 pub const LOG_TAIL_LINES: usize = 40;
+/// ERROR lines of a failed start quoted in errors.
+const ERROR_LINES: usize = 8;
+/// Starts every start's section of a peer log.
+const BANNER: &str = "===== devcluster: starting ";
 
 /// Everything needed to (re)start one peer the same way every time.
 #[derive(Debug, Clone)]
@@ -90,7 +94,7 @@ impl PeerProcess {
             .open(&spec.log_path)
             .map_err(|source| DevClusterError::io("open peer log", &spec.log_path, source))?;
         let banner = format!(
-            "\n===== devcluster: starting {} at unix time {}: {} {} =====\n",
+            "\n{BANNER}{} at unix time {}: {} {} =====\n",
             spec.label,
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -151,6 +155,7 @@ impl PeerProcess {
                     peer: self.spec.label.clone(),
                     status,
                     log: self.spec.log_path.clone(),
+                    errors: startup_errors(&self.spec.log_path, ERROR_LINES),
                     tail: self.log_tail(LOG_TAIL_LINES),
                 });
             }
@@ -180,6 +185,7 @@ impl PeerProcess {
                     waited: timeout,
                     detail,
                     log: self.spec.log_path.clone(),
+                    errors: startup_errors(&self.spec.log_path, ERROR_LINES),
                     tail: self.log_tail(LOG_TAIL_LINES),
                 });
             }
@@ -309,6 +315,25 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     }
 }
 
+/// The first `lines` ERROR (or panic) lines the peer logged since its last
+/// start banner, indented like [`log_tail`]; `    (none)` if there are none.
+pub fn startup_errors(path: &std::path::Path, lines: usize) -> String {
+    let tail = log_tail(path, usize::MAX);
+    let section = tail.rfind(BANNER).map_or(tail.as_str(), |at| &tail[at..]);
+    let mut out = String::new();
+    for line in section
+        .lines()
+        .filter(|line| line.contains(" ERROR ") || line.contains("panicked"))
+        .take(lines)
+    {
+        let _ = writeln!(out, "{line}");
+    }
+    if out.is_empty() {
+        out.push_str("    (none)\n");
+    }
+    out
+}
+
 /// Removes ANSI escape sequences (the peers colour their console logs).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -341,6 +366,24 @@ mod tests {
     fn ansi_sequences_are_removed() {
         let coloured = "\u{1b}[2m2026-01-01\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m started";
         assert_eq!(strip_ansi(coloured), "2026-01-01  INFO started");
+    }
+
+    #[test]
+    fn startup_errors_are_those_of_the_last_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.log");
+        let mut text = format!("{BANNER}x/broker at 1 =====\nt ERROR old failure\n");
+        text.push_str(&format!("{BANNER}x/broker at 2 =====\n"));
+        text.push_str("t  INFO fine\nt ERROR Register broker to name server failed\n");
+        text.push_str(&"t  INFO rollback\n".repeat(100));
+        std::fs::write(&path, &text).unwrap();
+        let errors = startup_errors(&path, 8);
+        assert_eq!(
+            errors,
+            "    t ERROR Register broker to name server failed\n"
+        );
+        std::fs::write(&path, format!("{BANNER}x at 3 =====\nfine\n")).unwrap();
+        assert_eq!(startup_errors(&path, 8), "    (none)\n");
     }
 
     #[test]
