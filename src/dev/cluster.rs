@@ -83,24 +83,18 @@ pub enum DevClusterError {
         #[source]
         source: io::Error,
     },
-    #[error("{peer} exited during startup ({status}); errors it logged:\n{errors}last lines of {}:\n{tail}", log.display())]
+    #[error("{peer} exited during startup ({status}); {log}")]
     PeerExited {
         peer: String,
         status: String,
-        log: PathBuf,
-        /// The first ERROR lines of this start (the cause, which a long
-        /// rollback can push out of `tail`).
-        errors: String,
-        tail: String,
+        log: Box<PeerLog>,
     },
-    #[error("{peer} not ready after {waited:?}: {detail}; errors it logged:\n{errors}last lines of {}:\n{tail}", log.display())]
+    #[error("{peer} not ready after {waited:?}: {detail}; {log}")]
     NotReady {
         peer: String,
         waited: Duration,
         detail: String,
-        log: PathBuf,
-        errors: String,
-        tail: String,
+        log: Box<PeerLog>,
     },
 }
 
@@ -116,8 +110,8 @@ impl DevClusterError {
     /// A peer could not bind a port another process took after we chose it.
     pub fn is_port_conflict(&self) -> bool {
         match self {
-            Self::PeerExited { tail, errors, .. } | Self::NotReady { tail, errors, .. } => {
-                [tail, errors].iter().any(|text| {
+            Self::PeerExited { log, .. } | Self::NotReady { log, .. } => {
+                [&log.tail, &log.errors].iter().any(|text| {
                     text.contains("Address already in use")
                         || text.contains("AddrInUse")
                         || text.contains("os error 98")
@@ -131,7 +125,29 @@ impl DevClusterError {
     /// server failed, although the name server was ready: seen on a loaded
     /// 2-core CI machine. The same start usually works a moment later.
     pub fn is_failed_registration(&self) -> bool {
-        matches!(self, Self::PeerExited { errors, .. } if errors.contains("Register broker to name"))
+        matches!(self, Self::PeerExited { log, .. } if log.errors.contains("Register broker to name"))
+    }
+}
+
+/// What a failed start left in a peer's log, for the error message.
+#[derive(Debug)]
+pub struct PeerLog {
+    pub path: PathBuf,
+    /// The first ERROR lines of this start: the cause, which a long
+    /// rollback can push out of `tail`.
+    pub errors: String,
+    pub tail: String,
+}
+
+impl std::fmt::Display for PeerLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "errors it logged:\n{}last lines of {}:\n{}",
+            self.errors,
+            self.path.display(),
+            self.tail
+        )
     }
 }
 
@@ -736,11 +752,13 @@ mod tests {
     #[test]
     fn port_conflicts_are_recognised_from_the_log_tail() {
         let error = DevClusterError::PeerExited {
-            errors: String::new(),
             peer: "src/broker".into(),
             status: "exit code 1".into(),
-            log: PathBuf::from("/x"),
-            tail: "bind failed: Address already in use (os error 98)".into(),
+            log: Box::new(PeerLog {
+                path: PathBuf::from("/x"),
+                errors: String::new(),
+                tail: "bind failed: Address already in use (os error 98)".into(),
+            }),
         };
         assert!(error.is_port_conflict());
         let message = error.to_string();
@@ -954,17 +972,15 @@ mod tests {
             Err(error) => error,
         };
         let message = error.to_string();
-        let DevClusterError::PeerExited {
-            peer, log, tail, ..
-        } = &error
-        else {
+        let DevClusterError::PeerExited { peer, log, .. } = &error else {
             panic!("unexpected error: {message}");
         };
         assert_eq!(peer, "devfail/broker");
         assert!(
-            tail.contains("devcluster: starting devfail/broker"),
+            log.tail.contains("devcluster: starting devfail/broker"),
             "{message}"
         );
+        let log = &log.path;
         assert!(log.is_file(), "log {} not kept", log.display());
         let Some(dir) = log.parent().and_then(Path::parent) else {
             panic!("unexpected log path {}", log.display());

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::settings::PEER_SHUTDOWN_TIMEOUT_SECS;
-use super::DevClusterError;
+use super::{DevClusterError, PeerLog};
 
 const POLL: Duration = Duration::from_millis(25);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -154,9 +154,7 @@ impl PeerProcess {
                 return Err(DevClusterError::PeerExited {
                     peer: self.spec.label.clone(),
                     status,
-                    log: self.spec.log_path.clone(),
-                    errors: startup_errors(&self.spec.log_path, ERROR_LINES),
-                    tail: self.log_tail(LOG_TAIL_LINES),
+                    log: self.failed_start_log(),
                 });
             }
             let listening =
@@ -184,13 +182,19 @@ impl PeerProcess {
                     peer: self.spec.label.clone(),
                     waited: timeout,
                     detail,
-                    log: self.spec.log_path.clone(),
-                    errors: startup_errors(&self.spec.log_path, ERROR_LINES),
-                    tail: self.log_tail(LOG_TAIL_LINES),
+                    log: self.failed_start_log(),
                 });
             }
             thread::sleep(POLL);
         }
+    }
+
+    fn failed_start_log(&self) -> Box<PeerLog> {
+        Box::new(PeerLog {
+            path: self.spec.log_path.clone(),
+            errors: startup_errors(&self.spec.log_path, ERROR_LINES),
+            tail: self.log_tail(LOG_TAIL_LINES),
+        })
     }
 
     fn exit_status(&mut self) -> Option<String> {
