@@ -43,7 +43,19 @@ impl BridgeProcess {
         let err = out
             .try_clone()
             .unwrap_or_else(|e| panic!("clone bridge log handle: {e}"));
-        let child = Command::new(&self.bin)
+        // `RMQ_BRIDGE_WRAPPER` (e.g. `valgrind --tool=dhat`): a command the
+        // bridge runs under, for profiling a benchmark's bridge.
+        let wrapper = std::env::var("RMQ_BRIDGE_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .args(["run", "-c"])
             .arg(&self.config)
             .env(
