@@ -25,6 +25,7 @@ pub mod decommission;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod grpc;
+pub mod handoff;
 pub mod metrics;
 pub mod pipeline;
 pub mod remoting;

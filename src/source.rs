@@ -18,9 +18,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::checkpoint::SourceQueue;
+use crate::handoff;
 use crate::remoting::message::DEFAULT_MAX_BODY_BYTES;
 use crate::remoting::{
     MessageRecord, NameServers, PullRequest, PullResult, PullStatus, RemotingClient, RemotingError,
@@ -289,11 +290,11 @@ impl TopicSource {
         let max_body_bytes = self.body_limit.get();
         let result = self
             .on_broker(queue, |addr| {
-                let request = request.clone();
-                let client = self.client.clone();
+                let request = &request;
+                let client = &self.client;
                 async move {
                     client
-                        .pull_message_bounded(&addr, &request, max_body_bytes)
+                        .pull_message_bounded(&addr, request, max_body_bytes)
                         .await
                 }
             })
@@ -392,8 +393,8 @@ impl TopicSource {
         start_offset: i64,
         prefetch: usize,
         mut stop: watch::Receiver<bool>,
-    ) -> mpsc::Receiver<PulledBatch> {
-        let (tx, rx) = mpsc::channel(prefetch.max(1));
+    ) -> handoff::Receiver<PulledBatch> {
+        let (tx, rx) = handoff::channel(prefetch.max(1));
         let source = self.clone();
         tokio::spawn(async move {
             let mut offset = start_offset;

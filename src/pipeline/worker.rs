@@ -13,10 +13,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::checkpoint::{CheckpointStore, SourceQueue};
 use crate::grpc::MessageKind;
+use crate::handoff;
 use crate::remoting::{MessageRecord, UndecodableRecord};
 use crate::shutdown::Shutdown;
 use crate::source::{PullOutcome, PulledBatch};
@@ -64,11 +65,11 @@ struct Completion {
     group: Option<String>,
 }
 
-type Done = mpsc::UnboundedSender<Completion>;
+type Done = handoff::Sender<Completion>;
 
 /// Reports one offset settled to the worker.
 fn complete(done: &Done, offset: i64, outcome: SendOutcome, group: Option<String>) {
-    let _ = done.send(Completion {
+    let _ = done.push(Completion {
         offset,
         outcome,
         group,
@@ -106,9 +107,9 @@ pub async fn run_queue_worker(
     ctx: QueueContext,
     queue: SourceQueue,
     progress: Arc<QueueProgress>,
-    mut batches: mpsc::Receiver<PulledBatch>,
+    mut batches: handoff::Receiver<PulledBatch>,
 ) {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+    let (done_tx, mut done_rx) = handoff::unbounded::<Completion>();
     let mut rule_rx = ctx.rule.clone();
     let rule = rule_rx.borrow_and_update().clone();
     let stop = ctx.sender.stop.clone();
@@ -131,8 +132,14 @@ pub async fn run_queue_worker(
     let mut stop_signal = stop.clone();
 
     loop {
-        let paused = w.admit_what_fits(&mut rule_rx).await;
+        // Boxed: the admission path's state (permit waits, sends) would
+        // otherwise sit inline in every queue's worker future, idle or not.
+        let paused = Box::pin(w.admit_what_fits(&mut rule_rx)).await;
         w.publish_progress();
+        if w.queued.is_empty() && w.queued.capacity() > 0 {
+            // An idle queue keeps no buffer (928 bytes each at 8,000 queues).
+            w.queued = VecDeque::new();
+        }
         if paused == Paused::Stopping || w.stop.is_stopping() {
             break;
         }
@@ -140,7 +147,7 @@ pub async fn run_queue_worker(
         tokio::select! {
             Some(c) = done_rx.recv() => {
                 w.completed(c).await;
-                while let Ok(c) = done_rx.try_recv() {
+                while let Some(c) = done_rx.try_recv() {
                     w.completed(c).await;
                 }
             }
@@ -157,7 +164,7 @@ pub async fn run_queue_worker(
             _ = tokio::time::sleep(Duration::from_millis(200)), if queued => {}
         }
     }
-    w.drain(&mut done_rx).await;
+    Box::pin(w.drain(&mut done_rx)).await;
 }
 
 impl Worker {
@@ -370,20 +377,25 @@ impl Worker {
     }
 
     async fn completed(&mut self, c: Completion) {
+        if let Some((next, group)) = self.settle(c) {
+            // Boxed: only a FIFO successor waits here (see the admission path).
+            Box::pin(self.start_send(next, Some(group))).await;
+        }
+    }
+
+    /// Books one completion; the FIFO successor it lets start, if any.
+    fn settle(&mut self, c: Completion) -> Option<(Outgoing, String)> {
         self.in_flight = self.in_flight.saturating_sub(1);
         if c.outcome == SendOutcome::Abandoned {
-            return;
+            return None;
         }
         self.window.mark_done(c.offset);
-        let Some(group) = c.group else {
-            return;
-        };
+        let group = c.group?;
         if self.stop.is_stopping() {
-            return;
+            return None;
         }
-        if let Some(next) = self.chains.finished(&group) {
-            self.start_send(next, Some(group)).await;
-        }
+        let next = self.chains.finished(&group)?;
+        Some((next, group))
     }
 
     fn take_batch(&mut self, batch: PulledBatch) {
@@ -462,7 +474,7 @@ impl Worker {
 
     /// Lets in-flight sends finish (bounded), keeps what completed. FIFO
     /// successors still waiting for their group are not started.
-    async fn drain(mut self, done_rx: &mut mpsc::UnboundedReceiver<Completion>) {
+    async fn drain(mut self, done_rx: &mut handoff::Receiver<Completion>) {
         let waiting = self.chains.clear();
         self.in_flight = self.in_flight.saturating_sub(waiting);
         let deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;

@@ -297,6 +297,10 @@ impl Connection {
         cmd.opaque = opaque;
         cmd.flag &= !super::header::FLAG_ONEWAY;
         let frame = self.encode(&cmd)?;
+        // Only the code is needed from here on; a long poll may wait 15 s,
+        // and an idle estate has thousands of them in flight.
+        let code = cmd.code;
+        drop(cmd);
         let (tx, rx) = oneshot::channel();
         match self.shared.pending().as_mut() {
             Some(m) => {
@@ -320,10 +324,10 @@ impl Connection {
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => {
-                self.mark_suspect(cmd.code, timeout);
+                self.mark_suspect(code, timeout);
                 Err(RemotingError::Timeout {
                     addr: self.shared.addr.clone(),
-                    code: cmd.code,
+                    code,
                     after: timeout,
                 })
             }

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::handoff;
 
 use super::*;
 use crate::checkpoint::CheckpointStore;
@@ -29,7 +31,7 @@ struct Harness {
     store: CheckpointStore,
     progress: Arc<QueueProgress>,
     stop: watch::Sender<bool>,
-    batches: mpsc::Sender<PulledBatch>,
+    batches: handoff::Sender<PulledBatch>,
     worker: tokio::task::JoinHandle<()>,
     health: Arc<RouteHealth>,
     _dir: tempfile::TempDir,
@@ -175,7 +177,7 @@ async fn start_on(
         drain_timeout: Duration::from_millis(300),
         send_batch_size: batch_size,
     };
-    let (batches, rx) = mpsc::channel(4);
+    let (batches, rx) = handoff::channel(4);
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), rx));
     Harness {
         fake,
