@@ -120,13 +120,6 @@ impl DevClusterError {
             _ => false,
         }
     }
-
-    /// A broker gave up because its startup registration with the name
-    /// server failed, although the name server was ready: seen on a loaded
-    /// 2-core CI machine. The same start usually works a moment later.
-    pub fn is_failed_registration(&self) -> bool {
-        matches!(self, Self::PeerExited { log, .. } if log.errors.contains("Register broker to name"))
-    }
 }
 
 /// What a failed start left in a peer's log, for the error message.
@@ -517,24 +510,9 @@ impl LocalCluster {
 
     /// Starts `peer` again with the same ports, config and storage and waits
     /// until it is ready. Does nothing if it is running.
-    /// A broker whose startup registration failed is started again (up to
-    /// [`START_ATTEMPTS`] times; each failure is printed).
     pub fn start_peer(&mut self, peer: Peer) -> Result<(), DevClusterError> {
         let timeout = self.startup_timeout;
-        let mut attempt = 1;
-        let took = loop {
-            match self.process(peer)?.start(timeout) {
-                Err(error) if error.is_failed_registration() && attempt < START_ATTEMPTS => {
-                    eprintln!(
-                        "devcluster: {} start {attempt} failed, starting it again: {error}",
-                        self.cluster_name
-                    );
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(500 * attempt as u64));
-                }
-                result => break result?,
-            }
-        };
+        let took = self.process(peer)?.start(timeout)?;
         if took > Duration::ZERO {
             tracing::info!(%peer, cluster = %self.cluster_name, ?took, "devcluster peer ready");
             self.startup_times.retain(|(p, _)| *p != peer);
@@ -924,43 +902,6 @@ mod tests {
     /// Real peers: a broker that cannot start yields an error naming it,
     /// with its log tail, leaves no process behind and keeps the directory
     /// for inspection.
-    #[test]
-    fn a_broker_whose_registration_fails_is_started_again_and_the_cause_is_named() {
-        if !peers_installed("a_broker_whose_registration_fails_is_started_again") {
-            return;
-        }
-        let mut cluster = match LocalCluster::start(ClusterOptions::new("devreg")) {
-            Ok(cluster) => cluster,
-            Err(error) => panic!("{error}"),
-        };
-        cluster.kill_broker();
-        cluster.stop_peer(Peer::NameServer);
-        let error = match cluster.start_broker() {
-            Ok(()) => panic!("a broker registered with a stopped name server"),
-            Err(error) => error,
-        };
-        let message = error.to_string();
-        assert!(error.is_failed_registration(), "{message}");
-        assert!(message.contains("Register broker to name"), "{message}");
-        let log = match fs::read_to_string(cluster.log_path(Peer::Broker)) {
-            Ok(log) => log,
-            Err(error) => panic!("{error}"),
-        };
-        let starts = log.matches("devcluster: starting devreg/broker").count();
-        assert_eq!(
-            starts,
-            1 + START_ATTEMPTS,
-            "first start, then every attempt"
-        );
-        // Once the name server is back, the broker starts.
-        if let Err(error) = cluster.start_peer(Peer::NameServer) {
-            panic!("{error}");
-        }
-        if let Err(error) = cluster.start_broker() {
-            panic!("{error}");
-        }
-    }
-
     #[test]
     fn failed_start_reports_the_log_and_leaves_no_process() {
         if !peers_installed("failed_start_reports_the_log_and_leaves_no_process") {

@@ -319,12 +319,27 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     }
 }
 
+/// What the rocketmq-rust 1.0.0 broker logs when its disk has less than 10 %
+/// of its size free (it counts `1 - available / size`, capped at 0.90): it
+/// then refuses writes and rolls its startup back.
+const DISK_FULL: &str = "disk capacity requires reclaim";
+
 /// The first `lines` ERROR (or panic) lines the peer logged since its last
 /// start banner, indented like [`log_tail`]; `    (none)` if there are none.
+/// A broker that found its disk too full says so in plain words.
 pub fn startup_errors(path: &std::path::Path, lines: usize) -> String {
     let tail = log_tail(path, usize::MAX);
     let section = tail.rfind(BANNER).map_or(tail.as_str(), |at| &tail[at..]);
     let mut out = String::new();
+    if section.contains(DISK_FULL) {
+        let _ =
+            writeln!(
+            out,
+            "    the broker found less than 10 % of its store's filesystem free ({}) and refuses \
+             writes: free space there, or put the test peers on a tmpfs (TMPDIR=/dev/shm)",
+            path.parent().and_then(std::path::Path::parent).unwrap_or(path).display()
+        );
+    }
     for line in section
         .lines()
         .filter(|line| line.contains(" ERROR ") || line.contains("panicked"))
@@ -388,6 +403,12 @@ mod tests {
         );
         std::fs::write(&path, format!("{BANNER}x at 3 =====\nfine\n")).unwrap();
         assert_eq!(startup_errors(&path, 8), "    (none)\n");
+        std::fs::write(
+            &path,
+            format!("{BANNER}x at 4 =====\nt  WARN {DISK_FULL}\n"),
+        )
+        .unwrap();
+        assert!(startup_errors(&path, 8).contains("less than 10 %"));
     }
 
     #[test]
