@@ -58,6 +58,7 @@
 //! | `RMQ_BENCH_BH_SERVICE_US` | 0 | fixed service time of the blackhole per send, µs |
 //! | `RMQ_BENCH_PERF` | none | a directory: `perf record` the bridge during each blackhole leg into `<dir>/<leg>.data` |
 //! | `RMQ_BENCH_PERF_ARGS` | `-e cpu-clock -F 499 --call-graph dwarf,16384` | the `perf record` options of `RMQ_BENCH_PERF` |
+//! | `RMQ_BENCH_BRIDGE_BIN` | the bench's own build | another `rmq-bridge` binary to run in the bridged legs (A/B on one machine state) |
 //!
 //! Everything runs on the same cores: the peers (4.x broker, 5.x proxy and
 //! broker), the bridge and this driver compete for CPU, so the table shows
@@ -2227,7 +2228,8 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(
         header,
         "bridge: {} built from {} (release profile)",
-        env!("CARGO_BIN_EXE_rmq-bridge"),
+        std::env::var("RMQ_BENCH_BRIDGE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_rmq-bridge").to_string()),
         git_revision()
     );
     let _ = writeln!(header, "parameters: {}", params.describe());
@@ -2238,8 +2240,13 @@ fn main() -> anyhow::Result<()> {
     let dst = testkit::start_target_cluster("e2e-dst")?;
     let dir = tempfile::tempdir().context("tempdir")?;
     let bridge_bin = dir.path().join("rmq-bridge");
-    std::fs::copy(env!("CARGO_BIN_EXE_rmq-bridge"), &bridge_bin)
-        .context("copying the rmq-bridge binary")?;
+    // RMQ_BENCH_BRIDGE_BIN: another build of the daemon (an A/B comparison
+    // of the bridged legs on the same machine state).
+    let built = std::env::var_os("RMQ_BENCH_BRIDGE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rmq-bridge").into());
+    std::fs::copy(&built, &bridge_bin)
+        .with_context(|| format!("copying the rmq-bridge binary {}", built.display()))?;
     // The blackhole gets its own threads (named, so their CPU is counted
     // apart from the driver's) and outlives the driver's runtime.
     let bh_runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response};
 
+use super::direct::DirectChannel;
 use super::error::{classify, CodeClass, PublishError, ServerCode};
 use super::message::{duration_to_wire, TopicMessageType};
 use super::metadata::{CallHeaders, GrpcCredentials};
@@ -48,6 +49,9 @@ pub struct GrpcClientConfig {
     pub request_timeout: Duration,
     /// `x-mq-client-id`; unique per running client. See [`default_client_id`].
     pub client_id: String,
+    /// SendMessage straight on an h2 connection (`direct.rs`) instead of
+    /// tonic's channel, for plaintext endpoints. On by default.
+    pub direct_send: bool,
 }
 
 impl GrpcClientConfig {
@@ -60,6 +64,7 @@ impl GrpcClientConfig {
             credentials: None,
             request_timeout: Duration::from_secs(3),
             client_id: default_client_id(),
+            direct_send: true,
         }
     }
 
@@ -382,6 +387,41 @@ pub(crate) enum SessionRole {
 struct ChannelSlot {
     endpoint: String,
     client: MessagingServiceClient<Channel>,
+    /// The SendMessage path of a plaintext endpoint.
+    direct: Option<Arc<DirectChannel>>,
+}
+
+/// What a unary call gets: tonic's client for the endpoint, and the direct
+/// path for SendMessage where there is one.
+#[derive(Clone)]
+pub(crate) struct SlotClient {
+    pub(crate) tonic: MessagingServiceClient<Channel>,
+    direct: Option<Arc<DirectChannel>>,
+    timeout: Duration,
+}
+
+/// Extra time the direct path waits past the announced deadline before it
+/// gives up itself (the proxy answers DEADLINE_EXCEEDED first).
+const DIRECT_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
+impl SlotClient {
+    pub(crate) async fn send_message(
+        &mut self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, tonic::Status> {
+        match &self.direct {
+            Some(direct) => {
+                direct
+                    .unary(
+                        "/apache.rocketmq.v2.MessagingService/SendMessage",
+                        request,
+                        self.timeout + DIRECT_TIMEOUT_MARGIN,
+                    )
+                    .await
+            }
+            None => self.tonic.send_message(request).await,
+        }
+    }
 }
 
 pub(crate) struct Client {
@@ -433,9 +473,18 @@ impl Client {
             }
             let client = MessagingServiceClient::new(ep.connect_lazy())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE);
+            let direct = if config.direct_send && !config.tls {
+                let direct =
+                    DirectChannel::new(e, config.request_timeout, MAX_DECODING_MESSAGE_SIZE)
+                        .map_err(|reason| PublishError::Config { reason })?;
+                Some(Arc::new(direct))
+            } else {
+                None
+            };
             slots.push(ChannelSlot {
                 endpoint: e.clone(),
                 client,
+                direct,
             });
         }
         let headers = CallHeaders::new(
@@ -620,7 +669,7 @@ impl Client {
     ) -> Result<(Resp, usize), RpcFailure>
     where
         B: Fn(u32) -> Req,
-        C: Fn(MessagingServiceClient<Channel>, Request<Req>) -> Fut,
+        C: Fn(SlotClient, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, tonic::Status>>,
         S: Fn(&Resp) -> Option<pb::Status>,
     {
@@ -636,7 +685,12 @@ impl Client {
                 return Err(RpcFailure::Shutdown);
             };
             let req = self.request(headers, build(attempt), Some(timeout));
-            let failure = match call(slot.client.clone(), req).await {
+            let client = SlotClient {
+                tonic: slot.client.clone(),
+                direct: slot.direct.clone(),
+                timeout,
+            };
+            let failure = match call(client, req).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     let st = status(&resp).unwrap_or(pb::Status {
@@ -718,7 +772,7 @@ impl Client {
                 None,
                 self.config.request_timeout,
                 |_| request.clone(),
-                |mut c, r| async move { c.query_route(r).await },
+                |mut c, r| async move { c.tonic.query_route(r).await },
                 |r: &pb::QueryRouteResponse| r.status.clone(),
             )
             .await?;

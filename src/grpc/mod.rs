@@ -6,6 +6,7 @@
 //! - `message`: the plain message types and their wire mapping.
 //! - `metadata`: per-call headers and the request signature.
 //! - `client`: channels, retries, routes, telemetry, heartbeats.
+//! - `direct`: SendMessage straight on an h2 connection (the hot call).
 //! - `publish`: the publisher (NORMAL, FIFO, DELAY, TRANSACTION, batches,
 //!   local validation) and the read-back used by tests and the verifier.
 //! - `error`: permanent versus retriable errors.
@@ -26,6 +27,7 @@ pub mod pb {
 }
 
 mod client;
+mod direct;
 mod error;
 mod message;
 mod metadata;

@@ -423,7 +423,7 @@ impl Publisher {
                     Some(endpoint),
                     self.client.request_timeout(),
                     |_| request.clone(),
-                    |mut c, r| async move { c.end_transaction(r).await },
+                    |mut c, r| async move { c.tonic.end_transaction(r).await },
                     |r: &pb::EndTransactionResponse| r.status.clone(),
                 )
                 .await
@@ -658,7 +658,7 @@ impl Publisher {
                 None,
                 self.client.request_timeout(),
                 |_| request.clone(),
-                |mut c, r| async move { c.ack_message(r).await },
+                |mut c, r| async move { c.tonic.ack_message(r).await },
                 |r: &pb::AckMessageResponse| {
                     r.entries
                         .iter()

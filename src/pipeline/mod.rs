@@ -104,6 +104,7 @@ pub fn grpc_config(cfg: &BridgeConfig) -> GrpcClientConfig {
         }),
         request_timeout: cfg.target.request_timeout,
         client_id: client_id(),
+        direct_send: true,
     }
 }
 
