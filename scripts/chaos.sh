@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/install-peers.sh
+. scripts/peer-tmpdir.sh
 export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"

@@ -22,19 +22,8 @@ cargo clippy --all-targets -- -D warnings
 phase "cargo clippy --lib --bins -- -D warnings (daemon build, without the dev feature)"
 cargo clippy --lib --bins -- -D warnings
 phase "cargo test (unit, property and peer integration tests)"
-# The test peers' stores go to a tmpfs: the rocketmq-rust 1.0.0 broker refuses
-# writes (and fails its startup) when its filesystem has less than 10 % of its
-# size free, which a CI machine's disk can be (docs/peers.md). They need about
-# 1 GiB at a time.
-if [ -z "${RMQ_TEST_TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ] \
-  && [ "$(df -Pk /dev/shm | awk 'NR==2 {print $4}')" -gt 4194304 ]; then
-  RMQ_TEST_TMPDIR=/dev/shm
-fi
-if [ -n "${RMQ_TEST_TMPDIR:-}" ]; then
-  export TMPDIR="$RMQ_TEST_TMPDIR"
-  echo "test peers and temporary files in $TMPDIR"
-fi
-df -h "${TMPDIR:-/tmp}" | sed 's/^/   /'
+# The test peers go to a tmpfs (why: scripts/peer-tmpdir.sh).
+. scripts/peer-tmpdir.sh
 
 # Peer tests each start real clusters; two at a time fit a 2-core machine.
 # Benchmarks are compiled by clippy above but not run here (scripts/bench.sh).

@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 
 use rmq_bridge::cli;
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rmq-bridge",
