@@ -437,10 +437,39 @@ pub(crate) struct Client {
     sessions: Mutex<Vec<Option<mpsc::Sender<pb::TelemetryCommand>>>>,
     /// Consumer sessions opened for `receive`, keyed by group and topic.
     consumer_sessions: Mutex<HashMap<(String, String), CallHeaders>>,
+    /// Transactions whose COMMIT we saw fail (the pipeline re-sends their
+    /// message): a check-back of one of them is rolled back.
+    failed_commits: Mutex<FailedCommits>,
     handshakes: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) round_robin: AtomicUsize,
+}
+
+/// Transaction ids whose COMMIT failed, the most recent `CAP`.
+#[derive(Default)]
+struct FailedCommits {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl FailedCommits {
+    const CAP: usize = 65_536;
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            if self.order.len() > Self::CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -504,6 +533,7 @@ impl Client {
             max_body_size: AtomicUsize::new(DEFAULT_MAX_BODY_SIZE),
             sessions: Mutex::new(vec![None; n]),
             consumer_sessions: Mutex::new(HashMap::new()),
+            failed_commits: Mutex::new(FailedCommits::default()),
             handshakes: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
@@ -1042,9 +1072,21 @@ impl Client {
         true
     }
 
-    /// A transaction half message of ours was left unresolved (our commit
-    /// was lost). The send that made it reported failure, so the pipeline
-    /// re-sends the message; rolling the orphan back avoids a duplicate.
+    /// Remembers that our COMMIT of `transaction_id` failed: the pipeline
+    /// re-sends the message, so a check-back of this half message may roll
+    /// it back.
+    pub(crate) fn commit_failed(&self, transaction_id: &str) {
+        lock(&self.failed_commits).insert(transaction_id);
+    }
+
+    /// The 5.x broker asks about a transaction half message of ours that it
+    /// holds unresolved. If our COMMIT of it failed, the pipeline re-sends
+    /// the message: roll the orphan back (no duplicate). Otherwise commit
+    /// it: either our COMMIT was answered OK and then lost between proxy and
+    /// broker (the proxy forwards it one way), or this process does not know
+    /// it (a restart); every transaction the bridge sends comes from a 4.x
+    /// message that is already committed, so committing can at worst
+    /// duplicate it, while rolling back would lose it.
     fn resolve_orphan(
         &self,
         idx: usize,
@@ -1057,11 +1099,17 @@ impl Client {
             .system_properties
             .map(|s| s.message_id)
             .unwrap_or_default();
+        let rollback = lock(&self.failed_commits).contains(&c.transaction_id);
+        let resolution = if rollback {
+            pb::TransactionResolution::Rollback
+        } else {
+            pb::TransactionResolution::Commit
+        };
         let request = pb::EndTransactionRequest {
             topic: Some(self.resource(&topic)),
             message_id: message_id.clone(),
             transaction_id: c.transaction_id,
-            resolution: pb::TransactionResolution::Rollback as i32,
+            resolution: resolution as i32,
             source: pb::TransactionSource::SourceServerCheck as i32,
             trace_context: String::new(),
         };
@@ -1071,14 +1119,19 @@ impl Client {
         let mut client = slot.client.clone();
         let req = self.request(&headers, request, Some(self.config.request_timeout));
         tokio::spawn(async move {
+            let what = if rollback {
+                "rolled back an orphaned 5.x transaction half message (its COMMIT failed; it is re-sent)"
+            } else {
+                "committed an orphaned 5.x transaction half message (its COMMIT was lost after the proxy, or this process restarted)"
+            };
             match client.end_transaction(req).await {
                 Ok(r) => tracing::info!(
                     %topic, %message_id,
                     code = %ServerCode(r.into_inner().status.map_or(0, |s| s.code)),
-                    "rolled back an orphaned 5.x transaction half message (it is re-sent)"
+                    "{what}"
                 ),
                 Err(s) => {
-                    tracing::warn!(%topic, %message_id, code = ?s.code(), "orphaned transaction rollback failed")
+                    tracing::warn!(%topic, %message_id, code = ?s.code(), rollback, "resolving an orphaned transaction failed; the 5.x broker will ask again")
                 }
             }
         });

@@ -43,6 +43,10 @@ pub(crate) struct State {
     pub(crate) accept: Vec<pb::MessageType>,
     pub(crate) script: VecDeque<Script>,
     pub(crate) hold: Duration,
+    /// EndTransaction answers this gRPC error (the call fails) while set.
+    pub(crate) refuse_end_transaction: Option<tonic::Code>,
+    /// The open telemetry stream, to push server commands (check-backs).
+    pub(crate) telemetry: Option<mpsc::Sender<Result<pb::TelemetryCommand, Status>>>,
     pub(crate) in_flight: HashMap<String, usize>,
     pub(crate) max_in_flight_per_group: usize,
     pub(crate) total_in_flight: usize,
@@ -271,6 +275,9 @@ impl MessagingService for Fake {
         st.calls
             .push(("EndTransaction", request.metadata().clone()));
         st.end_transactions.push(request.into_inner());
+        if let Some(code) = st.refuse_end_transaction {
+            return Err(Status::new(code, "scripted EndTransaction failure"));
+        }
         Ok(Response::new(pb::EndTransactionResponse { status: ok() }))
     }
 
@@ -285,6 +292,7 @@ impl MessagingService for Fake {
             .push(("Telemetry", request.metadata().clone()));
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8);
+        self.st().telemetry = Some(tx.clone());
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {
             while let Some(Ok(cmd)) = inbound.next().await {

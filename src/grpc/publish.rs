@@ -427,7 +427,10 @@ impl Publisher {
                     |r: &pb::EndTransactionResponse| r.status.clone(),
                 )
                 .await
-                .map_err(|f| f.into_publish_error(ctx("EndTransaction(COMMIT)")))?;
+                .map_err(|f| {
+                    self.client.commit_failed(&entry.transaction_id);
+                    f.into_publish_error(ctx("EndTransaction(COMMIT)"))
+                })?;
             receipt.transaction_id = Some(entry.transaction_id);
         }
         Ok(receipt)

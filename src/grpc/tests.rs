@@ -377,3 +377,65 @@ async fn a_single_shot_publisher_starts_while_5x_is_down_and_works_once_it_is_up
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A check-back of a half message whose COMMIT was answered OK (then lost
+/// between proxy and broker) commits it; one whose COMMIT failed (the
+/// pipeline re-sends the message) rolls it back.
+#[tokio::test]
+async fn orphan_check_backs_commit_what_was_committed_and_roll_back_what_failed() {
+    let (fake, p, _) = setup(&[pb::MessageType::Transaction]).await;
+    p.send(&message("tx-topic", "TX-OK", MessageKind::Transaction))
+        .await
+        .expect("committed");
+    fake.st().refuse_end_transaction = Some(tonic::Code::Unavailable);
+    assert!(p
+        .send(&message("tx-topic", "TX-FAIL", MessageKind::Transaction))
+        .await
+        .is_err());
+    fake.st().refuse_end_transaction = None;
+    let telemetry = fake.st().telemetry.clone().expect("telemetry stream open");
+    for id in ["TX-OK", "TX-FAIL", "TX-UNKNOWN"] {
+        let check = pb::TelemetryCommand {
+            status: None,
+            command: Some(
+                pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(
+                    pb::RecoverOrphanedTransactionCommand {
+                        message: Some(pb::Message {
+                            topic: Some(pb::Resource {
+                                name: "tx-topic".into(),
+                                ..Default::default()
+                            }),
+                            system_properties: Some(pb::SystemProperties {
+                                message_id: id.into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        transaction_id: format!("tx-{id}"),
+                    },
+                ),
+            ),
+        };
+        telemetry.send(Ok(check)).await.expect("push check-back");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let checks = loop {
+        let checks: Vec<(String, i32)> = fake
+            .st()
+            .end_transactions
+            .iter()
+            .filter(|e| e.source == pb::TransactionSource::SourceServerCheck as i32)
+            .map(|e| (e.message_id.clone(), e.resolution))
+            .collect();
+        if checks.len() == 3 || std::time::Instant::now() > deadline {
+            break checks;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let resolution = |id: &str| checks.iter().find(|(m, _)| m == id).map(|(_, r)| *r);
+    let commit = Some(pb::TransactionResolution::Commit as i32);
+    let rollback = Some(pb::TransactionResolution::Rollback as i32);
+    assert_eq!(resolution("TX-OK"), commit, "{checks:?}");
+    assert_eq!(resolution("TX-FAIL"), rollback, "{checks:?}");
+    assert_eq!(resolution("TX-UNKNOWN"), commit, "{checks:?}");
+}
