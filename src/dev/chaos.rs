@@ -229,6 +229,39 @@ impl Rig {
         }
     }
 
+    /// Evidence for messages a tally found lost: which of `ids` the 5.x
+    /// broker holds only as transaction half messages (prepared, never
+    /// committed), read over Remoting from its half topic directly (the
+    /// name server has no route for it). Empty when none or unreadable.
+    pub async fn held_as_5x_half_messages(&self, ids: &[String]) -> Vec<String> {
+        const HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
+        let addr = self.target.broker_addr.clone();
+        let (Ok(min), Ok(max)) = (
+            self.client.get_min_offset(&addr, HALF_TOPIC, 0).await,
+            self.client.get_max_offset(&addr, HALF_TOPIC, 0).await,
+        ) else {
+            return Vec::new();
+        };
+        let mut held = Vec::new();
+        let _ = crate::decommission::probe::scan_queue(
+            &self.client,
+            &addr,
+            HALF_TOPIC,
+            0,
+            min,
+            max,
+            |r| {
+                if let Some(id) = r.uniq_key() {
+                    if ids.iter().any(|lost| lost == id) && !held.iter().any(|h| h == id) {
+                        held.push(id.to_string());
+                    }
+                }
+            },
+        )
+        .await;
+        held
+    }
+
     /// Quarantined messages over all routes, as the running bridge reports them.
     pub fn quarantined(&self) -> f64 {
         metric(&self.scrape(), crate::metrics::QUARANTINE_SIZE, &[])
