@@ -163,9 +163,21 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
         .expect("produce other topic");
 
     // ---- facts about the peer's schedule topic.
-    let held = testkit::read_back(&client, &source, SCHEDULE_TOPIC)
-        .await
-        .expect("the 4.x schedule topic is routed and readable over Remoting");
+    // The broker dispatches a stored message to its consume queue a moment
+    // later: read until every pending message shows (or 10 s passed).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let held = testkit::read_back(&client, &source, SCHEDULE_TOPIC)
+            .await
+            .expect("the 4.x schedule topic is routed and readable over Remoting");
+        let all = produced
+            .iter()
+            .all(|(s, _)| held.iter().any(|r| *r.body == *s.body));
+        if all || Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut pending = Vec::new();
     for (s, level) in produced {
         let body = s.body.clone();
