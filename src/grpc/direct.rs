@@ -373,6 +373,15 @@ mod tests {
         request
     }
 
+    /// One SendMessage that must succeed and be answered for `id`.
+    async fn assert_sent(direct: &DirectChannel, id: &str) {
+        let response: tonic::Response<pb::SendMessageResponse> = direct
+            .unary(SEND, send_request(id), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(response.get_ref().entries[0].message_id, id);
+    }
+
     async fn channel_to(fake: &Fake) -> DirectChannel {
         let addr = start_fake(fake.clone()).await;
         DirectChannel::new(&addr.to_string(), Duration::from_secs(2), 1 << 20).unwrap()
@@ -383,11 +392,7 @@ mod tests {
         let fake = Fake::default();
         let direct = channel_to(&fake).await;
         for id in ["m1", "m2", "m3"] {
-            let response: tonic::Response<pb::SendMessageResponse> = direct
-                .unary(SEND, send_request(id), Duration::from_secs(2))
-                .await
-                .unwrap();
-            assert_eq!(response.get_ref().entries[0].message_id, id);
+            assert_sent(&direct, id).await;
         }
         let st = fake.st();
         assert_eq!(st.acked, ["m1", "m2", "m3"]);
@@ -420,11 +425,7 @@ mod tests {
         assert_eq!(error.code(), Code::ResourceExhausted);
         assert_eq!(error.message(), "scripted failure");
         // The connection stays usable.
-        let ok: tonic::Response<pb::SendMessageResponse> = direct
-            .unary(SEND, send_request("m2"), Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(ok.get_ref().entries[0].message_id, "m2");
+        assert_sent(&direct, "m2").await;
     }
 
     #[tokio::test]
@@ -442,11 +443,7 @@ mod tests {
         // The server comes up on that port: the next call connects.
         let fake = Fake::default();
         crate::grpc::fake::start_fake_on(fake.clone(), &addr.to_string()).await;
-        let ok: tonic::Response<pb::SendMessageResponse> = direct
-            .unary(SEND, send_request("m2"), Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(ok.get_ref().entries[0].message_id, "m2");
+        assert_sent(&direct, "m2").await;
     }
 
     #[tokio::test]
