@@ -30,6 +30,15 @@ fi
 
 mkdir -p "$TARGET_DIR"
 export CARGO_TARGET_DIR="$TARGET_DIR"
+# The peers are test servers, not the product: build them at opt-level 1 with
+# many codegen units, no LTO and no debug info (cargo's profile environment
+# overrides apply to this install only). docs/ci-timing.md has the build times
+# and the peer tests' run times at each level; RMQ_PEERS_OPT_LEVEL overrides.
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${RMQ_PEERS_OPT_LEVEL:-1}"
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS="${RMQ_PEERS_CODEGEN_UNITS:-256}"
+export CARGO_PROFILE_RELEASE_LTO=false
+export CARGO_PROFILE_RELEASE_DEBUG=0
+export CARGO_PROFILE_RELEASE_INCREMENTAL=false
 jobs="${RMQ_PEERS_BUILD_JOBS:-$(nproc)}"
 for crate in rocketmq-namesrv rocketmq-broker rocketmq-proxy; do
   bin="${crate}-rust"
@@ -37,7 +46,7 @@ for crate in rocketmq-namesrv rocketmq-broker rocketmq-proxy; do
     echo "install-peers: $bin present"
     continue
   fi
-  echo "install-peers: building $crate $PEER_VERSION (first build takes a while on 2 cores)"
+  echo "install-peers: building $crate $PEER_VERSION at opt-level $CARGO_PROFILE_RELEASE_OPT_LEVEL (first build of all three: about 20 min on 2 cores)"
   start=$(date +%s)
   if ! cargo install --locked --root "$ROOT" --version "$PEER_VERSION" -j "$jobs" "$crate"; then
     echo "install-peers: --locked build of $crate failed, retrying with fresh resolution"
