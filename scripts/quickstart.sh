@@ -1,13 +1,37 @@
 #!/usr/bin/env bash
 # Quick start on a fresh machine: install what is missing, then run the demo:
 # local 4.x and 5.x peers on loopback, sample traffic of every message type,
-# the bridge between them, and its progress until lag is zero.
+# the bridge between them, its progress until everything landed, and the
+# decommission report of the demo estate.
+#
+# The bridge is built in the profile the tests use (target/debug, the
+# dependencies at opt-level 1), so `scripts/test.sh` afterwards compiles the
+# bridge and RocksDB's C++ core no second time. The daemon's production build
+# stays `cargo build --release`. docs/ci-timing.md has the measured times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)
+step_start=""
+elapsed() { local s=$(( $(date +%s) - $1 )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+step() {
+  if [ -n "$step_start" ]; then echo "   (step took $(elapsed "$step_start"))"; fi
+  step_start=$(date +%s)
+  echo "== [$(elapsed "$start")] $*"
+}
+
+step "Debian build dependencies (libclang, g++, make; seconds if present)"
 scripts/install-deps.sh
+
+step "test peers: rocketmq-namesrv, -broker, -proxy 1.0.0 from crates.io (first time about 20 min on 2 cores, built once into ~/.cargo/bin)"
 scripts/install-peers.sh
 export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
-# `demo` is developer tooling behind the `dev` cargo feature (the daemon's own
-# `cargo build --release` leaves it out).
-cargo build --release --features dev --bin rmq-bridge
-exec target/release/rmq-bridge demo "$@"
+
+step "bridge (debug profile with optimised dependencies; first time about 12 min on 2 cores, RocksDB's C++ core most of it)"
+# Tests, benches and examples see the `dev` feature through the dev-dependency
+# on this crate; building the example too makes this build a part of the test
+# build's graph (the same features for every dependency), which then reuses it.
+cargo build --bin rmq-bridge --example blackhole
+
+step "demo: local peers, 800 messages of four types through the bridge (about 30 s)"
+target/debug/rmq-bridge demo "$@"
+step "quick start finished"

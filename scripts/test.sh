@@ -21,13 +21,24 @@ phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 phase "cargo clippy --lib --bins -- -D warnings (daemon build, without the dev feature)"
 cargo clippy --lib --bins -- -D warnings
-phase "cargo test (unit, property and peer integration tests)"
+phase "build the tests (the debug profile; the quick start's build is part of it)"
+cargo test --no-run --lib --bins --tests
+phase "unit, property and peer integration tests"
 # The test peers go to a tmpfs (why: scripts/peer-tmpdir.sh).
 . scripts/peer-tmpdir.sh
 
 # Peer tests each start real clusters; two at a time fit a 2-core machine.
-# Benchmarks are compiled by clippy above but not run here (scripts/bench.sh).
-cargo test --lib --bins --tests -- --test-threads="${RMQ_TEST_THREADS:-2}"
+# cargo-nextest (on every machine of this kind) keeps two running across the
+# test binaries, where cargo test waits for each binary's last test; its
+# profile (.config/nextest.toml) bounds a hung test. Benchmarks are compiled
+# by clippy above but not run here (scripts/bench.sh).
+threads="${RMQ_TEST_THREADS:-2}"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --lib --bins --tests --test-threads="$threads"
+else
+  echo "test: cargo-nextest not found; running the tests with cargo test (slower)"
+  cargo test --lib --bins --tests -- --test-threads="$threads"
+fi
 phase "cargo test --doc"
 cargo test --doc
 phase "tests finished"
