@@ -139,6 +139,39 @@ pub struct JournalEntry {
     pub queue: Option<SourceQueue>,
     pub offset: Option<i64>,
     pub note: String,
+    /// The rule in force from this entry on. Absent in entries written by
+    /// bridges before it existed (`verify` then reads the environments
+    /// from the accepted entry's `note`, as those bridges wrote them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<JournalRule>,
+}
+
+impl JournalEntry {
+    /// The environment list that the note of an "accepted" entry written by
+    /// older bridges carries (`accepted; environments ["gray"]; queues at
+    /// ...`); entries with a `rule` say it there.
+    pub fn note_environments(&self) -> Option<Vec<String>> {
+        let rest = self.note.split_once("environments ")?.1;
+        let end = rest.find(']')?;
+        serde_json::from_str(&rest[..=end]).ok()
+    }
+}
+
+/// A cutover rule as journaled: what decided which messages went to 5.x.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRule {
+    pub percent: u8,
+    /// The route's `environments` (empty: every environment).
+    pub environments: Vec<String>,
+    /// The route's tag filter (`*`: every tag).
+    pub filter: String,
+}
+
+/// The generation the next rule of a route gets: above every generation in
+/// its journal, so that generations stay unique and ordered across daemon
+/// runs (each run's route task used to count from 1 again).
+pub fn next_generation(journal: &[JournalEntry]) -> u64 {
+    journal.iter().map(|e| e.generation).max().unwrap_or(0) + 1
 }
 
 /// A message 5.x permanently rejected (or translation refused).
@@ -212,6 +245,10 @@ fn queue_key(route: &str, queue: &SourceQueue) -> Vec<u8> {
 
 fn route_topic_key(route: &str) -> String {
     format!("route_topic/{route}")
+}
+
+fn route_start_key(route: &str, queue: &SourceQueue) -> String {
+    format!("route_start\0{route}\0{queue}")
 }
 
 fn route_prefix(route: &str) -> Vec<u8> {
@@ -732,6 +769,26 @@ impl CheckpointStore {
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Records the offset a route started `queue` from (the first
+    /// checkpoint the route wrote for it), which `verify` starts from and
+    /// `check --decommission` demands coverage from.
+    pub fn record_route_start(
+        &self,
+        route: &str,
+        queue: &SourceQueue,
+        offset: i64,
+    ) -> Result<(), StoreError> {
+        self.meta_put(&route_start_key(route, queue), &offset.to_string())
+    }
+
+    /// The offset the route started `queue` from, where it was recorded
+    /// (queues started by bridges before the record existed have none).
+    pub fn route_start(&self, route: &str, queue: &SourceQueue) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .meta_get(&route_start_key(route, queue))?
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
     pub fn meta_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let db = self.db()?;
         let cf = Self::cf(&db, CF_META)?;
@@ -812,6 +869,7 @@ mod tests {
                     queue: Some(q("b", 0)),
                     offset: Some(i as i64 * 10),
                     note: String::new(),
+                    rule: None,
                 })
                 .unwrap();
         }
@@ -860,6 +918,7 @@ mod tests {
                                 queue: Some(q("b", t as i32)),
                                 offset: Some(i as i64),
                                 note: String::new(),
+                                rule: None,
                             })
                             .unwrap();
                     }
@@ -962,6 +1021,7 @@ mod tests {
                     queue: None,
                     offset: None,
                     note: String::new(),
+                    rule: None,
                 })
                 .unwrap();
             store

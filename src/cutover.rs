@@ -13,6 +13,8 @@
 //! raising the percent only ever adds buckets: a key never moves back to 4.x
 //! while the share grows.
 
+pub mod history;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;

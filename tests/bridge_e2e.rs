@@ -776,3 +776,73 @@ async fn sigkill_during_stream_loses_nothing() {
     );
     assert!(bridge.terminate());
 }
+
+/// Issue 16 item 1: a route with `start = "latest"` is stopped; meanwhile
+/// its 4.x topic grows from 2 to 4 queues and producers write into all of
+/// them. After the restart every message written during the downtime
+/// reaches 5.x, the new queues' included (they start at their earliest
+/// offset, not at `latest`), while what preceded the route's first start
+/// stays unforwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_added_while_stopped_are_forwarded_from_their_start() {
+    let p = pair("e2e-grow", &[("grow", 4, "NORMAL")]).await;
+    // The 4.x topic starts with 2 queues (the 5.x one has its 4 already).
+    let grow = |queues: i32| testkit::create_topic(&p.client, &p.source, "grow", queues, None);
+    grow(2).await.expect("4.x topic with 2 queues");
+    let routes = vec![RouteSpec::new("grow", "grow", "grow", 100).with("start", "\"latest\"")];
+    testkit::write_config(&p.config_path(), &p.config("", &routes)).unwrap();
+    let before = produce_into(&p, "grow", "BF", 2, 6).await;
+
+    let mut bridge = start_bridge(&p.config_path(), &p.log_path());
+    // Both queues have started at `latest` once their lag series show.
+    wait_metric(&p.metrics, "lag series of both 4.x queues", |text| {
+        (0..2).all(|q| {
+            text.lines().any(|l| {
+                l.starts_with("rmq_bridge_source_lag_messages{")
+                    && l.contains("route=\"grow\"")
+                    && l.contains(&format!("queue=\"{q}\""))
+            })
+        })
+    })
+    .await;
+    let live = produce_into(&p, "grow", "LV", 2, 6).await;
+    wait_landed(&p.client, &p.target, "grow", live.len()).await;
+    assert!(bridge.terminate(), "bridge did not stop on SIGTERM");
+
+    // Downtime: the topic grows to 4 queues and producers write into all.
+    grow(4).await.expect("4.x topic grown to 4 queues");
+    let down = produce_into(&p, "grow", "DN", 4, 20).await;
+    let mut bridge = start_bridge(&p.config_path(), &p.log_path());
+    let expected = live.len() + down.len();
+    let landed = wait_landed(&p.client, &p.target, "grow", expected).await;
+    let ids: BTreeSet<String> = landed.iter().map(|r| r.message_id().to_string()).collect();
+    for id in live.iter().chain(&down) {
+        assert!(ids.contains(id), "{id} never reached 5.x");
+    }
+    for id in &before {
+        assert!(
+            !ids.contains(id),
+            "{id} preceded the route's first start (start = latest) but was forwarded"
+        );
+    }
+    let log = std::fs::read_to_string(p.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("a queue new to this route"),
+        "the bridge did not log where the new queues started"
+    );
+    assert!(bridge.terminate());
+}
+
+/// Produces `n` messages with ids `<label><i>` round-robin over `queues`.
+async fn produce_into(p: &Pair, topic: &str, label: &str, queues: i32, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("{label}{i:030}");
+        let s = sample(i as i32 % queues, &id, &format!("k{i}"), label);
+        testkit::produce(&p.client, &p.source, topic, &s)
+            .await
+            .expect("produce");
+        ids.push(id);
+    }
+    ids
+}

@@ -16,8 +16,8 @@
 //!   after the last entry are judged by the last journaled rule, and when
 //!   that differs from the current config, `verify` says so.
 
+use super::{CutoverRule, EnvironmentFilter};
 use crate::checkpoint::{JournalEntry, SourceQueue};
-use crate::cutover::{CutoverRule, EnvironmentFilter};
 
 /// Percent and environments from one point of a queue's history on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,37 +35,62 @@ pub struct QueueHistory {
     base: CutoverRule,
 }
 
-/// The environment list an "accepted" entry's note carries:
-/// `accepted; environments ["gray", "baseline"]; queues at ...`.
+/// The environment list an "accepted" entry's note carries (entries of
+/// bridges before the journal recorded rules as data).
 pub fn environments_in_note(note: &str) -> Option<Vec<String>> {
-    let rest = note.split_once("environments ")?.1;
-    let end = rest.find(']')?;
-    serde_json::from_str(&rest[..=end]).ok()
+    JournalEntry {
+        route: String::new(),
+        generation: 0,
+        from_percent: 0,
+        to_percent: 0,
+        changed_at_ms: 0,
+        queue: None,
+        offset: None,
+        note: note.to_string(),
+        rule: None,
+    }
+    .note_environments()
 }
 
 impl QueueHistory {
     /// `current` is the route's rule from the config as it is now (routing
     /// key and environment property never change through the journal).
     pub fn build(journal: &[JournalEntry], queue: &SourceQueue, current: &CutoverRule) -> Self {
-        let envs_of = |generation: u64| {
+        // The environments in force from an entry on: its rule; for
+        // entries of older bridges, the note of the latest "accepted" entry
+        // of its generation written before it (generations restarted at 1
+        // with every daemon run then, so an earlier run's entry of the same
+        // generation must not be taken).
+        let envs_of = |index: usize| -> Option<Vec<String>> {
+            let e = &journal[index];
+            if let Some(rule) = &e.rule {
+                return Some(rule.environments.clone());
+            }
+            journal[..index]
+                .iter()
+                .rev()
+                .filter(|a| a.queue.is_none() && a.generation == e.generation)
+                .find_map(JournalEntry::note_environments)
+        };
+        let first_accepted_envs =
             journal
                 .iter()
-                .filter(|e| e.queue.is_none() && e.generation == generation)
-                .find_map(|e| environments_in_note(&e.note))
-        };
-        let first_accepted_envs = journal
-            .iter()
-            .filter(|e| e.queue.is_none())
-            .find_map(|e| environments_in_note(&e.note));
+                .filter(|e| e.queue.is_none())
+                .find_map(|e| match &e.rule {
+                    Some(rule) => Some(rule.environments.clone()),
+                    None => e.note_environments(),
+                });
         let current_envs = environment_names(&current.environments);
-        let mut effects: Vec<&JournalEntry> = journal
+        let mut effects: Vec<(usize, &JournalEntry)> = journal
             .iter()
-            .filter(|e| e.queue.as_ref() == Some(queue) && e.offset.is_some())
+            .enumerate()
+            .filter(|(_, e)| e.queue.as_ref() == Some(queue) && e.offset.is_some())
             .collect();
-        effects.sort_by_key(|e| (e.offset.unwrap_or(0), e.generation));
+        // Offset order; at one offset, the later entry wins.
+        effects.sort_by_key(|(i, e)| (e.offset.unwrap_or(0), *i));
         let mut spans = Vec::new();
         let initial_envs = first_accepted_envs.unwrap_or_else(|| current_envs.clone());
-        match effects.first() {
+        match effects.first().map(|(_, e)| e) {
             Some(first) => spans.push(RuleSpan {
                 from_offset: i64::MIN,
                 percent: first.from_percent,
@@ -77,16 +102,22 @@ impl QueueHistory {
                 environments: current_envs,
             }),
         }
-        for e in effects {
+        for (index, e) in effects {
             let previous = spans
                 .last()
                 .map(|s| s.environments.clone())
                 .unwrap_or_default();
-            spans.push(RuleSpan {
-                from_offset: e.offset.unwrap_or(0),
-                percent: e.to_percent,
-                environments: envs_of(e.generation).unwrap_or(previous),
-            });
+            let from_offset = e.offset.unwrap_or(0);
+            let span = RuleSpan {
+                from_offset,
+                percent: e.rule.as_ref().map(|r| r.percent).unwrap_or(e.to_percent),
+                environments: envs_of(index).unwrap_or(previous),
+            };
+            // A later entry at the same offset replaces the earlier one.
+            match spans.last_mut() {
+                Some(last) if last.from_offset == from_offset => *last = span,
+                _ => spans.push(span),
+            }
         }
         QueueHistory {
             spans,
@@ -109,6 +140,23 @@ impl QueueHistory {
     pub fn last(&self) -> &RuleSpan {
         // `spans` is never empty (built with an initial span).
         &self.spans[self.spans.len() - 1]
+    }
+
+    /// The offset below which some message of the queue may have been held
+    /// on 4.x only (a rule below 100 % or limited to some environments
+    /// decided it): the start of the first span after the last such rule;
+    /// `i64::MAX` while such a rule is in force; `None` when every rule
+    /// forwarded everything. A 4.x group whose committed offset is below it
+    /// may not have processed what the bridge did not forward.
+    pub fn held_until(&self) -> Option<i64> {
+        let forwards_all = |s: &RuleSpan| s.percent >= 100 && s.environments.is_empty();
+        let last_partial = self.spans.iter().rposition(|s| !forwards_all(s))?;
+        Some(
+            self.spans
+                .get(last_partial + 1)
+                .map(|s| s.from_offset)
+                .unwrap_or(i64::MAX),
+        )
     }
 
     pub fn changes(&self) -> usize {
@@ -146,6 +194,7 @@ mod tests {
             queue: None,
             offset: None,
             note: format!("accepted; environments {envs}; queues at b:0@5"),
+            rule: None,
         }
     }
 
@@ -212,5 +261,63 @@ mod tests {
         );
         let h2 = QueueHistory::build(&journal, &q(2), &current);
         assert_eq!(h2.rule_at(0), current);
+    }
+
+    /// Issue 16 item 6: day 1, generation 3 sets 30 % for `gray`; restart;
+    /// day 2, generation 3 (counting restarted) sets 100 % for every
+    /// environment. Day 2's offsets are judged by day 2's rule.
+    #[test]
+    fn a_generation_reused_by_a_later_run_does_not_take_the_earlier_environments() {
+        // As bridges before typed rules wrote it: environments in notes only.
+        let old_style = vec![
+            accepted(3, 0, 30, r#"["gray"]"#),
+            effect(3, 0, 30, 0, 10),
+            accepted(3, 30, 100, "[]"),
+            effect(3, 30, 100, 0, 50),
+        ];
+        let h = QueueHistory::build(&old_style, &q(0), &rule(100, &[]));
+        assert_eq!(h.rule_at(10), rule(30, &["gray"]));
+        assert_eq!(
+            h.rule_at(50),
+            rule(100, &[]),
+            "day 2 judged by day 1's environments"
+        );
+
+        // As this bridge writes it: every entry carries its rule.
+        let with_rule = |mut e: JournalEntry, percent: u8, envs: &[&str]| {
+            e.rule = Some(crate::checkpoint::JournalRule {
+                percent,
+                environments: envs.iter().map(|s| s.to_string()).collect(),
+                filter: "*".into(),
+            });
+            e
+        };
+        let typed = vec![
+            with_rule(effect(3, 0, 30, 0, 10), 30, &["gray"]),
+            with_rule(effect(4, 30, 100, 0, 50), 100, &[]),
+        ];
+        let h = QueueHistory::build(&typed, &q(0), &rule(100, &[]));
+        assert_eq!(h.rule_at(49), rule(30, &["gray"]));
+        assert_eq!(h.rule_at(50), rule(100, &[]));
+    }
+
+    #[test]
+    fn generations_continue_above_the_journal() {
+        assert_eq!(crate::checkpoint::next_generation(&[]), 1);
+        let journal = vec![accepted(3, 0, 30, "[]"), effect(7, 30, 100, 0, 5)];
+        assert_eq!(crate::checkpoint::next_generation(&journal), 8);
+    }
+
+    #[test]
+    fn held_until_is_where_the_last_partial_rule_ended() {
+        let current = rule(100, &[]);
+        assert_eq!(QueueHistory::build(&[], &q(0), &current).held_until(), None);
+        assert_eq!(
+            QueueHistory::build(&[], &q(0), &rule(50, &[])).held_until(),
+            Some(i64::MAX)
+        );
+        let journal = vec![accepted(3, 50, 100, "[]"), effect(3, 50, 100, 0, 5_000)];
+        let h = QueueHistory::build(&journal, &q(0), &current);
+        assert_eq!(h.held_until(), Some(5_000));
     }
 }

@@ -231,6 +231,60 @@ pub async fn run(cfg: &BridgeConfig) -> anyhow::Result<DecommissionReport> {
     Ok(report)
 }
 
+/// Where a queue's verification must have started for a verdict to count:
+/// the route's recorded start of the queue, or what 4.x still holds of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueFloor {
+    /// The offset the route started the queue from (bridges before it was
+    /// recorded have none).
+    pub recorded: Option<i64>,
+    /// The queue's minimum offset in 4.x now (`None`: unknown).
+    pub min: Option<i64>,
+}
+
+/// Why a clean verdict does not cover the route (empty: it does). Every
+/// queue of the route (in 4.x now, or with a checkpoint) must have been
+/// verified up to its checkpoint, and from its start: the recorded start,
+/// or the first offset 4.x still holds when retention removed the start
+/// since. A queue whose start is not recorded must have been verified from
+/// what 4.x holds. So a narrow `verify --since` never turns the line green,
+/// nor does a verdict that skipped a queue.
+pub fn coverage_gaps(
+    v: &crate::verify::report::RouteVerdict,
+    checkpoints: &BTreeMap<SourceQueue, i64>,
+    floors: &BTreeMap<SourceQueue, QueueFloor>,
+) -> Vec<String> {
+    let queues: BTreeSet<&SourceQueue> = checkpoints.keys().chain(floors.keys()).collect();
+    let mut gaps = Vec::new();
+    for q in queues {
+        let key = q.to_string();
+        let Some(to) = v.verified_to.get(&key).copied() else {
+            gaps.push(format!("{q} never verified"));
+            continue;
+        };
+        if let Some(cp) = checkpoints.get(q) {
+            if to < *cp {
+                gaps.push(format!("{q} verified to {to} < checkpoint {cp}"));
+            }
+        }
+        let floor = floors.get(q).copied().unwrap_or_default();
+        let start = match (floor.recorded, floor.min) {
+            (Some(r), Some(m)) => Some(r.max(m)),
+            (Some(r), None) => Some(r),
+            (None, m) => m,
+        };
+        match (v.verified_from.get(&key).copied(), start) {
+            (Some(from), Some(start)) if from <= start => {}
+            (Some(from), Some(start)) => gaps.push(format!(
+                "{q} verified from {from}, not from its start {start} (a narrow --since run?)"
+            )),
+            (None, _) => gaps.push(format!("{q}: the verdict does not say where it started")),
+            (Some(_), None) => gaps.push(format!("{q}: its start offset is unknown")),
+        }
+    }
+    gaps
+}
+
 /// What the schedule topic holds that is not due yet.
 #[derive(Debug, Default)]
 struct ScheduleScan {
@@ -409,11 +463,27 @@ impl Ctx<'_> {
             None => {}
         }
 
-        // The last verify verdict, and whether it covers today's checkpoints.
-        self.verify_line(report, route, &scope);
+        // The last verify verdict, and whether it covers every queue of the
+        // route from its start to today's checkpoints.
+        let mut floors = BTreeMap::new();
+        for q in queues {
+            let recorded = self
+                .store
+                .as_ref()
+                .and_then(|s| s.route_start(&route.name, q).ok().flatten());
+            let min = source.min_offset(q).await.ok();
+            floors.insert(q.clone(), QueueFloor { recorded, min });
+        }
+        self.verify_line(report, route, &scope, &floors);
     }
 
-    fn verify_line(&self, report: &mut DecommissionReport, route: &RouteConfig, scope: &str) {
+    fn verify_line(
+        &self,
+        report: &mut DecommissionReport,
+        route: &RouteConfig,
+        scope: &str,
+        floors: &BTreeMap<SourceQueue, QueueFloor>,
+    ) {
         let remedy =
             "run `rmq-bridge verify -c FILE` once lag is 0 (it needs [target] namesrv_addr), \
                       and deal with every missing or damaged message it names";
@@ -441,26 +511,15 @@ impl Ctx<'_> {
             );
             return;
         }
-        let checkpoints = self
+        let checkpoints: BTreeMap<SourceQueue, i64> = self
             .store
             .as_ref()
             .and_then(|s| s.route_checkpoints(&route.name).ok())
-            .unwrap_or_default();
-        let behind: Vec<String> = checkpoints
-            .iter()
-            .filter(|(q, cp)| {
-                v.verified_to
-                    .get(&q.to_string())
-                    .map_or(true, |to| *to < cp.offset)
-            })
-            .map(|(q, cp)| {
-                format!(
-                    "{q} verified to {} < checkpoint {}",
-                    v.verified_to.get(&q.to_string()).copied().unwrap_or(-1),
-                    cp.offset
-                )
-            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(q, cp)| (q, cp.offset))
             .collect();
+        let behind = coverage_gaps(&v, &checkpoints, floors);
         if behind.is_empty() {
             report.green(
                 scope,
@@ -822,6 +881,16 @@ impl Ctx<'_> {
                 );
             }
 
+            // What the group skipped that the bridge did not forward.
+            for route in self
+                .cfg
+                .routes
+                .iter()
+                .filter(|r| of_topics.contains(&r.source_topic))
+            {
+                self.held_line(report, &scope, route, group).await;
+            }
+
             // Retry backlog.
             let retry_topic = format!("%RETRY%{group}");
             let waiting = scan.retries.get(&retry_topic).copied().unwrap_or((0, None));
@@ -864,6 +933,159 @@ impl Ctx<'_> {
                 "groups",
                 "consumer groups",
                 "no application group consumes the source topics on 4.x",
+            );
+        }
+    }
+
+    /// Issue 16 item 4: the messages of `route` that the group has not
+    /// consumed on 4.x (at or above its committed offset) and that the
+    /// bridge did not forward either (held on 4.x only by a cutover below
+    /// 100 %, an environment list or the tag filter, per the journal's rule
+    /// at each offset): processed by nobody once 4.x is gone.
+    async fn held_line(
+        &self,
+        report: &mut DecommissionReport,
+        scope: &str,
+        route: &RouteConfig,
+        group: &str,
+    ) {
+        const MAX_SCAN: i64 = 1_000_000;
+        let check = "held on 4.x only";
+        let Some(store) = &self.store else {
+            return; // the route lines already say the store is unreadable
+        };
+        let journal = match store.journal(&route.name) {
+            Ok(j) => j,
+            Err(e) => {
+                report.red(
+                    scope,
+                    check,
+                    format!("route {}: {e}", route.name),
+                    "check the checkpoint store",
+                );
+                return;
+            }
+        };
+        let current = pipeline::rule::build_rule(1, self.cfg, route, Vec::new()).cutover;
+        let tags = crate::translate::scheduled::TagFilter::parse(&route.filter);
+        let source = self.source(route);
+        let queues = match source.refresh_route().await {
+            Ok(q) => q,
+            Err(e) => {
+                report.red(
+                    scope,
+                    check,
+                    format!("route {}: {e}", route.name),
+                    "make 4.x reachable, then re-run",
+                );
+                return;
+            }
+        };
+        let mut count = 0u64;
+        let mut named = Vec::new();
+        let mut problems = Vec::new();
+        let mut truncated = false;
+        for q in &queues {
+            let history = crate::cutover::history::QueueHistory::build(&journal, q, &current);
+            let cp = match store.get(&route.name, q) {
+                Ok(Some(cp)) => cp.offset,
+                Ok(None) => continue, // nothing decided on this queue yet
+                Err(e) => {
+                    problems.push(format!("{q}: {e}"));
+                    continue;
+                }
+            };
+            // Tag-filtered routes hold what the filter leaves out anywhere.
+            let held_until = if route.filter.trim() == "*" || route.filter.trim().is_empty() {
+                history.held_until()
+            } else {
+                Some(i64::MAX)
+            };
+            let Some(held_until) = held_until else {
+                continue;
+            };
+            let end = held_until.min(cp);
+            let committed = match source.group_offset(q, group).await {
+                Ok(Some(o)) if o >= 0 => o,
+                Ok(_) => match source.min_offset(q).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        problems.push(format!("{q}: {e}"));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    problems.push(format!("{q}: {e}"));
+                    continue;
+                }
+            };
+            if committed >= end {
+                continue;
+            }
+            let Ok(addr) = source.master_addr(q) else {
+                problems.push(format!("{q}: no master broker"));
+                continue;
+            };
+            let to = end.min(committed.saturating_add(MAX_SCAN));
+            truncated |= to < end;
+            let scanned = probe::scan_queue(
+                &self.client,
+                &addr,
+                &route.source_topic,
+                q.queue_id,
+                committed,
+                to,
+                |r| {
+                    let rule = history.rule_at(r.queue_offset);
+                    let held = !tags.matches(r.tag())
+                        || !matches!(
+                            crate::cutover::decide(r, &rule, &q.broker_name, q.queue_id),
+                            crate::cutover::CutoverDecision::Forward
+                        );
+                    if held {
+                        count += 1;
+                        if named.len() < 5 {
+                            named.push(format!("{} at {q}@{}", r.message_id(), r.queue_offset));
+                        }
+                    }
+                },
+            )
+            .await;
+            if let Err(e) = scanned {
+                problems.push(format!("{q}: {e:#}"));
+            }
+        }
+        let remedy = "start the group's 4.x consumers again until they have consumed past these messages \
+                      (or re-send them to the source topic while the route is at 100 %), then re-run; \
+                      `commit_as_group` does not move the group past them";
+        if count > 0 {
+            report.red(
+                scope,
+                check,
+                format!(
+                    "{}{count} message(s) of route {} that the group has not consumed were held on 4.x only \
+                     (not forwarded): {}",
+                    if truncated { "at least " } else { "" },
+                    route.name,
+                    named.join(", ")
+                ),
+                remedy,
+            );
+        } else if !problems.is_empty() {
+            report.red(
+                scope,
+                check,
+                format!("route {}: unconfirmed: {}", route.name, problems.join("; ")),
+                "make 4.x reachable, then re-run",
+            );
+        } else {
+            report.green(
+                scope,
+                check,
+                format!(
+                    "route {}: nothing the group left unconsumed stayed on 4.x only",
+                    route.name
+                ),
             );
         }
     }
@@ -946,5 +1168,80 @@ mod tests {
         assert_eq!(age(35_000), "35 s");
         assert_eq!(age(600_000), "10 min");
         assert_eq!(age(3 * 3_600_000), "3.0 h");
+    }
+}
+
+#[cfg(test)]
+mod coverage_tests {
+    use super::*;
+    use crate::verify::report::RouteVerdict;
+
+    fn q(id: i32) -> SourceQueue {
+        SourceQueue {
+            broker_name: "b".into(),
+            queue_id: id,
+        }
+    }
+
+    fn verdict(ranges: &[(i32, i64, i64)]) -> RouteVerdict {
+        RouteVerdict {
+            verdict: "clean".into(),
+            at_ms: 0,
+            missing: 0,
+            damaged: 0,
+            expected: 0,
+            quarantined: 0,
+            verified_to: ranges
+                .iter()
+                .map(|(id, _, to)| (q(*id).to_string(), *to))
+                .collect(),
+            verified_from: ranges
+                .iter()
+                .map(|(id, from, _)| (q(*id).to_string(), *from))
+                .collect(),
+        }
+    }
+
+    fn floor(recorded: Option<i64>, min: i64) -> QueueFloor {
+        QueueFloor {
+            recorded,
+            min: Some(min),
+        }
+    }
+
+    /// Issue 16 item 7: a clean `verify --since 5m` after a FAILED full
+    /// run, and a verdict that never looked at one queue, are not coverage.
+    #[test]
+    fn only_a_verdict_from_each_queues_start_to_its_checkpoint_covers_the_route() {
+        let checkpoints: BTreeMap<SourceQueue, i64> = [(q(0), 100), (q(1), 80)].into();
+        let floors: BTreeMap<SourceQueue, QueueFloor> =
+            [(q(0), floor(Some(0), 0)), (q(1), floor(Some(10), 0))].into();
+        let full = verdict(&[(0, 0, 100), (1, 10, 80)]);
+        assert!(coverage_gaps(&full, &checkpoints, &floors).is_empty());
+
+        let narrow = verdict(&[(0, 95, 100), (1, 78, 80)]);
+        let gaps = coverage_gaps(&narrow, &checkpoints, &floors);
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+
+        // A queue of the topic that has no checkpoint was never verified.
+        let mut floors3 = floors.clone();
+        floors3.insert(q(2), floor(None, 0));
+        let gaps = coverage_gaps(&full, &checkpoints, &floors3);
+        assert_eq!(gaps, vec!["b:2 never verified".to_string()]);
+
+        // Stale: the checkpoint moved on since.
+        let stale: BTreeMap<SourceQueue, i64> = [(q(0), 120), (q(1), 80)].into();
+        assert_eq!(coverage_gaps(&full, &stale, &floors).len(), 1);
+
+        // Retention removed the start: verified from what 4.x holds counts.
+        let trimmed: BTreeMap<SourceQueue, QueueFloor> =
+            [(q(0), floor(Some(0), 40)), (q(1), floor(Some(10), 0))].into();
+        let from_min = verdict(&[(0, 40, 100), (1, 10, 80)]);
+        assert!(coverage_gaps(&from_min, &checkpoints, &trimmed).is_empty());
+
+        // A verdict of an older bridge says nowhere where it started.
+        let mut old = full.clone();
+        old.verified_from.clear();
+        assert_eq!(coverage_gaps(&old, &checkpoints, &floors).len(), 2);
     }
 }

@@ -16,9 +16,12 @@ use crate::remoting::RemotingClient;
 const TOPICS: [(&str, &str, &str); 4] = [
     ("demo_orders", "demo_orders", "NORMAL"),
     ("demo_ordered", "demo_ordered", "FIFO"),
-    ("demo_delayed", "demo_delayed", "DELAY"),
+    (DELAY_TOPIC, DELAY_TOPIC, "DELAY"),
     ("demo_payments", "demo_payments", "TRANSACTION"),
 ];
+
+/// The 4.x topic of the DELAY route (its messages pass the schedule topic).
+const DELAY_TOPIC: &str = "demo_delayed";
 
 /// Transactional producers' group (kept as PGROUP on committed messages).
 pub const DEMO_TX_GROUP: &str = "demo_tx_producer";
@@ -117,6 +120,7 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
     let path = testkit::write_config(&dir.join("bridge.toml"), &text)?;
     println!("== bridge config: {}", path.display());
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg_for_report = cfg.clone();
     let mut bridge = Bridge::connect(cfg).await.context("starting the bridge")?;
     bridge.start_routes();
 
@@ -133,13 +137,20 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
                 .await
                 .unwrap_or(0);
         }
+        // DELAY messages wait in the 4.x schedule topic until due: the
+        // route's lag does not count them, so say how many are still there.
+        let arrived = testkit::topic_size(&client, &source, DELAY_TOPIC)
+            .await
+            .unwrap_or(0);
+        let scheduled_pending = (messages_per_type as i64 - arrived).max(0);
         let total_lag: i64 = lag.values().map(|(l, _)| l).sum();
         let per_route: Vec<String> = lag
             .iter()
             .map(|(r, (l, q))| format!("{r}: lag {l} ({q} queues)"))
             .collect();
         println!(
-            "   landed in 5.x {landed}/{expected}  total lag {total_lag}  | {}",
+            "   [{:>5.1}s] landed in 5.x {landed}/{expected}  total lag {total_lag}  still scheduled on 4.x {scheduled_pending}  | {}",
+            started.elapsed().as_secs_f64(),
             per_route.join("  ")
         );
         if total_lag == 0 && landed >= expected && lag.len() == TOPICS.len() {
@@ -151,6 +162,7 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
             );
         }
     }
+    // Shutting down releases the checkpoint store the report opens.
     bridge.shutdown().await;
     println!("== lag is zero; read back from the 5.x broker over Remoting:");
     for (_, dst, kind) in TOPICS {
@@ -165,6 +177,18 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
                 String::from_utf8_lossy(&r.body)
             );
         }
+    }
+    println!(
+        "== decommission report of the demo estate (rmq-bridge check --decommission -c {}):",
+        path.display()
+    );
+    match crate::decommission::run(&cfg_for_report).await {
+        Ok(report) => {
+            for line in report.render().lines() {
+                println!("   {line}");
+            }
+        }
+        Err(e) => println!("   cannot build the report: {e:#}"),
     }
     println!("== done in {:.1}s", started.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);

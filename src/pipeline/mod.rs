@@ -189,12 +189,9 @@ impl Bridge {
         let (flusher_stop, stop_rx) = watch::channel(false);
         let flusher_task =
             tokio::spawn(flusher.clone().run(cfg.checkpoint.flush_interval, stop_rx));
-        for entry_route in cfg.routes.iter() {
-            let n = store
-                .quarantine_list(Some(&entry_route.name))
-                .map(|v| v.len())
-                .unwrap_or(0);
-            metrics::gauge!(m::QUARANTINE_SIZE, "route" => entry_route.name.clone()).set(n as f64);
+        let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        for (route, n) in quarantine_sizes(&store, &names) {
+            metrics::gauge!(m::QUARANTINE_SIZE, "route" => route).set(n as f64);
         }
         let shares = share::Shares::new(
             cfg.pipeline.max_concurrent_sends,
@@ -514,5 +511,60 @@ mod tests {
         refused.source_topic = "payments".into();
         let why = incompatible_change(&old, &refused).unwrap();
         assert!(why.contains("orders") && why.contains("new name"), "{why}");
+    }
+}
+
+/// What the quarantine gauge starts at, per route name: every name that has
+/// entries in the store (the schedule side's `<route>#scheduled`, routes
+/// since removed from the config) and every configured route and its
+/// schedule side at 0, so that `RmqBridgeQuarantineNotEmpty` sees entries
+/// kept by an earlier run. A store that cannot be listed is logged.
+pub fn quarantine_sizes(store: &CheckpointStore, routes: &[&str]) -> BTreeMap<String, usize> {
+    let mut sizes: BTreeMap<String, usize> = routes
+        .iter()
+        .flat_map(|r| [r.to_string(), scheduled::schedule_side_name(r)])
+        .map(|r| (r, 0))
+        .collect();
+    match store.quarantine_list(None) {
+        Ok(entries) => {
+            for e in entries {
+                *sizes.entry(e.route).or_default() += 1;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list the quarantine; its gauge starts at 0"),
+    }
+    sizes
+}
+
+#[cfg(test)]
+mod quarantine_gauge_tests {
+    use super::*;
+    use crate::checkpoint::{QuarantineEntry, SourceQueue};
+
+    /// Issue 16 item 5: entries of the schedule side (`<route>#scheduled`)
+    /// are counted at startup, not only those of configured route names.
+    #[test]
+    fn the_gauge_counts_schedule_side_entries_kept_by_an_earlier_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::open(dir.path(), false).expect("store");
+        let side = scheduled::schedule_side_name("r");
+        let entries = store.quarantine_list(None).expect("list");
+        assert!(entries.is_empty());
+        let entry = QuarantineEntry {
+            route: side.clone(),
+            queue: SourceQueue {
+                broker_name: "b".into(),
+                queue_id: 1,
+            },
+            offset: 7,
+            message_id: "m".into(),
+            reason: "test".into(),
+            quarantined_at_ms: 1,
+            message_json: String::new(),
+        };
+        store.quarantine_put(&entry).expect("put");
+        let sizes = quarantine_sizes(&store, &["r"]);
+        assert_eq!(sizes.get("r"), Some(&0));
+        assert_eq!(sizes.get(&side), Some(&1));
     }
 }

@@ -102,6 +102,67 @@ async fn resolve_start(
     })
 }
 
+/// Journals the rule a route starts with, as an accepted change, when it
+/// is not the rule the journal last accepted: the route's first start, or
+/// a config edited while it was stopped or together with a key that
+/// restarts the route (SPEC section 5: every change is journaled).
+fn journal_accepted_at_start(
+    store: &crate::checkpoint::CheckpointStore,
+    route: &str,
+    journal: &[JournalEntry],
+    rule: &RouteRule,
+) {
+    let last = journal.iter().rev().find(|e| e.queue.is_none());
+    let last_rule = last.map(|e| match &e.rule {
+        Some(r) => r.clone(),
+        None => crate::checkpoint::JournalRule {
+            percent: e.to_percent,
+            environments: e.note_environments().unwrap_or_default(),
+            filter: String::new(),
+        },
+    });
+    if last_rule.as_ref() == Some(&rule.journaled) {
+        return;
+    }
+    let entry = JournalEntry {
+        route: route.to_string(),
+        generation: rule.generation,
+        from_percent: last.map(|e| e.to_percent).unwrap_or(rule.journaled.percent),
+        to_percent: rule.journaled.percent,
+        changed_at_ms: now_ms(),
+        queue: None,
+        offset: None,
+        note: format!(
+            "accepted at start; environments {:?}; filter {}",
+            rule.journaled.environments, rule.journaled.filter
+        ),
+        rule: Some(rule.journaled.clone()),
+    };
+    if let Err(e) = store.journal_append(&entry) {
+        tracing::error!(route, error = %e, "cannot journal the cutover rule the route starts with");
+    }
+}
+
+/// Where a queue without a checkpoint starts. Only the queues of a new
+/// route (no checkpoint of the route existed when this process first
+/// discovered its queues) start at the configured position. Any other queue
+/// is new to a running route (the topic grew, a broker joined, or one was
+/// unreachable when the route started), perhaps while the bridge was down:
+/// everything in it was written after the route started, so it starts at
+/// its earliest offset, or at the route's start time for a route started
+/// from a timestamp (a consumer group's committed offset for a handoff).
+/// `start = "latest"` must never skip what producers wrote there meanwhile.
+fn start_for_queue(configured: &StartPosition, queue_of_new_route: bool) -> StartPosition {
+    if queue_of_new_route {
+        return configured.clone();
+    }
+    match configured {
+        StartPosition::Earliest | StartPosition::Latest => StartPosition::Earliest,
+        StartPosition::Timestamp(ms) => StartPosition::Timestamp(*ms),
+        StartPosition::Group(group) => StartPosition::Group(group.clone()),
+    }
+}
+
 struct QueueTask {
     progress: Arc<QueueProgress>,
     worker: JoinHandle<()>,
@@ -136,8 +197,19 @@ async fn run_route(
     // missing) the route's queues pull and report lag, but admit nothing:
     // the route is stalled and says what it waits for.
     let mut target_types = Vec::new();
-    let mut generation = 1u64;
+    // The journal as this run of the route starts: its rules continue the
+    // journal's generations, and each queue's start is journaled where the
+    // rule differs from the journal's last (see `journal_start`).
+    let journal = match shared.store.journal(&name) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(route = %name, error = %e, "cannot read the cutover journal; its generations may repeat");
+            Vec::new()
+        }
+    };
+    let mut generation = crate::checkpoint::next_generation(&journal);
     let rule = build_rule(generation, &cfg, &route, target_types.clone());
+    journal_accepted_at_start(&shared.store, &name, &journal, &rule);
     metrics::gauge!(m::CUTOVER_PERCENT, "route" => name.clone()).set(route.cutover_percent as f64);
     let (rule_tx, rule_rx) = watch::channel(Arc::new(rule));
     let (worker_stop_tx, worker_stop_rx) = watch::channel(false);
@@ -187,12 +259,9 @@ async fn run_route(
 
     let mut queues: BTreeMap<SourceQueue, QueueTask> = BTreeMap::new();
     let mut current_route = route.clone();
-    // Queues seen at the first discovery, and every queue of a broker not
-    // seen then (down or unreachable at startup), start at the configured
-    // position; queues added later to a broker already seen only hold
-    // messages produced since, so they start at their earliest offset.
-    let mut initial_queues: Option<std::collections::BTreeSet<SourceQueue>> = None;
-    let mut initial_brokers: Option<std::collections::BTreeSet<String>> = None;
+    // Whether the route is new: known at the first discovery that could
+    // read the store (see `start_for_queue`).
+    let mut new_route_queues: Option<std::collections::BTreeSet<SourceQueue>> = None;
     let mut refresh = tokio::time::interval(Duration::from_secs(30));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     // Pruning the ids the schedule side remembers is a store scan on the
@@ -222,25 +291,45 @@ async fn run_route(
             _ = refresh.tick() => {
                 match source.refresh_route().await {
                     Ok(found) => {
-                        let initial = initial_queues.get_or_insert_with(|| found.iter().cloned().collect()).clone();
-                        let brokers = initial_brokers.get_or_insert_with(|| found.iter().map(|q| q.broker_name.clone()).collect()).clone();
+                        if new_route_queues.is_none() {
+                            match shared.store.route_checkpoints(&name) {
+                                Ok(known) => new_route_queues = Some(if known.is_empty() {
+                                    found.iter().cloned().collect()
+                                } else {
+                                    Default::default()
+                                }),
+                                Err(e) => {
+                                    tracing::error!(route = %name, error = %e, "cannot read the route's checkpoints; will retry");
+                                    refresh.reset_after(Duration::from_secs(2));
+                                    continue;
+                                }
+                            }
+                        }
+                        let new_route = new_route_queues.as_ref().cloned().unwrap_or_default();
                         for queue in found {
                             if queues.contains_key(&queue) {
                                 continue;
                             }
-                            // Queues that appear after the route started only hold
-                            // messages produced since, so they start at their earliest offset.
-                            let configured = initial.contains(&queue) || !brokers.contains(&queue.broker_name);
-                            let start = if configured { current_route.start.clone() } else { StartPosition::Earliest };
+                            let start = start_for_queue(&current_route.start, new_route.contains(&queue));
                             let offset = match shared.store.get(&name, &queue) {
                                 Ok(Some(cp)) => cp.offset,
                                 Ok(None) => match resolve_start(&source, &queue, &start, &name).await {
                                     Ok(o) => {
+                                        if let Err(e) = shared.store.record_route_start(&name, &queue, o) {
+                                            tracing::error!(route = %name, %queue, error = %e, "cannot record start position");
+                                            continue;
+                                        }
                                         if let Err(e) = shared.store.advance(&[(name.clone(), queue.clone(), o)]) {
                                             tracing::error!(route = %name, %queue, error = %e, "cannot record start position");
                                             continue;
                                         }
-                                        tracing::info!(route = %name, %queue, offset = o, start = %start, "starting queue with no checkpoint");
+                                        if new_route.contains(&queue) {
+                                            tracing::info!(route = %name, %queue, offset = o, start = %start, "starting queue of a new route");
+                                        } else {
+                                            tracing::warn!(route = %name, %queue, offset = o, start = %start, configured = %current_route.start,
+                                                "a queue new to this route (topic grown, or a broker joined or was unreachable when the route started): \
+                                                 forwarding it from {start}, not from the route's configured start, so nothing written to it is skipped");
+                                        }
                                         o
                                     }
                                     Err(e) => {
@@ -253,6 +342,7 @@ async fn run_route(
                                     continue;
                                 }
                             };
+                            super::rule::journal_start(&shared.store, &name, &journal, &rule_rx.borrow(), &queue, offset);
                             let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone(), &sender, &admitter);
                             queues.insert(queue, task);
                         }
@@ -273,7 +363,8 @@ async fn run_route(
                     super::scheduled::prune(&shared.store, &name, watermark);
                 }
                 if let Some(group) = current_route.commit_as_group.clone() {
-                    commit_back(&source, &name, &group, &queues, &mut commit_refusal_logged_at).await;
+                    let current_rule = rule_rx.borrow().cutover.clone();
+                    commit_back(&shared.store, &source, &name, &group, &queues, &current_rule, &mut commit_refusal_logged_at).await;
                 }
             }
             changed = config_rx.changed() => {
@@ -293,6 +384,7 @@ async fn run_route(
                         queue: None,
                         offset: None,
                         note: format!("accepted; environments {:?}; queues at {}", new_route.environments, offsets.join(" ")),
+                        rule: Some(new_rule.journaled.clone()),
                     };
                     if let Err(e) = shared.store.journal_append(&entry) {
                         tracing::error!(route = %name, error = %e, "cannot journal cutover change");
@@ -451,15 +543,57 @@ fn publish_route_gauges(
 /// Writes the route's durable checkpoints to its 4.x consumer group;
 /// [`super::writeback`] owns the live-consumer interlock.
 async fn commit_back(
+    store: &crate::checkpoint::CheckpointStore,
     source: &TopicSource,
     route: &str,
     group: &str,
     queues: &BTreeMap<SourceQueue, QueueTask>,
+    current: &crate::cutover::CutoverRule,
     logged_at: &mut i64,
 ) {
-    let progress: Vec<(SourceQueue, i64)> = queues
+    // Where each queue's history may have held messages on 4.x only; an
+    // unreadable journal writes nothing back (fail closed).
+    let journal = match store.journal(route) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(route, group, error = %e, "cannot read the cutover journal; not writing progress back");
+            return;
+        }
+    };
+    let progress: Vec<(SourceQueue, i64, Option<i64>)> = queues
         .iter()
-        .map(|(queue, task)| (queue.clone(), task.progress.durable()))
+        .map(|(queue, task)| {
+            let held =
+                crate::cutover::history::QueueHistory::build(&journal, queue, current).held_until();
+            (queue.clone(), task.progress.durable(), held)
+        })
         .collect();
     super::writeback::commit_back(source, route, group, &progress, logged_at).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_queues_of_a_new_route_start_at_the_configured_position() {
+        let latest = StartPosition::Latest;
+        assert_eq!(start_for_queue(&latest, true), StartPosition::Latest);
+        // A queue that appears in an established route (topic grown while
+        // the bridge was down, a broker joining) holds only messages written
+        // since the route started: all of them are forwarded.
+        assert_eq!(start_for_queue(&latest, false), StartPosition::Earliest);
+        assert_eq!(
+            start_for_queue(&StartPosition::Earliest, false),
+            StartPosition::Earliest
+        );
+        assert_eq!(
+            start_for_queue(&StartPosition::Timestamp(1_700_000_000_000), false),
+            StartPosition::Timestamp(1_700_000_000_000)
+        );
+        assert_eq!(
+            start_for_queue(&StartPosition::Group("g".into()), false),
+            StartPosition::Group("g".into())
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! Owns: turning route config into a rule. Must not touch: tasks, sending.
 
-use crate::checkpoint::{now_ms, CheckpointStore, JournalEntry, SourceQueue};
+use crate::checkpoint::{now_ms, CheckpointStore, JournalEntry, JournalRule, SourceQueue};
 use crate::config::{BridgeConfig, FifoGroupFrom, RouteConfig};
 use crate::cutover::{CutoverRule, EnvironmentFilter};
 use crate::grpc::TopicMessageType;
@@ -17,6 +17,8 @@ pub struct RouteRule {
     pub cutover: CutoverRule,
     pub target_types: Vec<TopicMessageType>,
     pub translate: TranslateOptions,
+    /// The rule as the cutover journal records it.
+    pub journaled: JournalRule,
 }
 
 pub fn build_rule(
@@ -35,6 +37,11 @@ pub fn build_rule(
             environment_property: cfg.environment_property.clone(),
         },
         target_types,
+        journaled: JournalRule {
+            percent: route.cutover_percent,
+            environments: route.environments.clone(),
+            filter: route.filter.clone(),
+        },
         translate: TranslateOptions {
             fifo_group_from: match t.fifo_group {
                 FifoGroupFrom::ShardingKey => FifoGroupSource::ShardingKey,
@@ -62,9 +69,7 @@ pub fn journal_effect(
     queue: &SourceQueue,
     offset: i64,
 ) {
-    if old.cutover.percent == new.cutover.percent
-        && old.cutover.environments == new.cutover.environments
-    {
+    if old.journaled == new.journaled {
         return;
     }
     let entry = JournalEntry {
@@ -76,6 +81,7 @@ pub fn journal_effect(
         queue: Some(queue.clone()),
         offset: Some(offset),
         note: "took effect".into(),
+        rule: Some(new.journaled.clone()),
     };
     let store = store.clone();
     let route = route.to_string();
@@ -85,4 +91,123 @@ pub fn journal_effect(
             tracing::error!(route, %queue, error = %e, "cannot journal cutover change");
         }
     }));
+}
+
+/// Records, as a route's queue starts at `offset`, the rule it starts with
+/// when the journal does not already say so for that queue: the route's
+/// first start, a config edited while the daemon was stopped, or an edit
+/// that restarted the route (a key that is not hot-reloaded changed along
+/// with the percent). `journal` is the route's journal as read at start.
+/// Without this, `verify` would judge the offsets from here on by the last
+/// rule journaled before the restart.
+pub fn journal_start(
+    store: &CheckpointStore,
+    route: &str,
+    journal: &[JournalEntry],
+    rule: &RouteRule,
+    queue: &SourceQueue,
+    offset: i64,
+) {
+    let last = last_rule_of_queue(journal, queue);
+    if last.as_ref() == Some(&rule.journaled) {
+        return;
+    }
+    let entry = JournalEntry {
+        route: route.to_string(),
+        generation: rule.generation,
+        from_percent: last.map(|r| r.percent).unwrap_or(rule.journaled.percent),
+        to_percent: rule.journaled.percent,
+        changed_at_ms: now_ms(),
+        queue: Some(queue.clone()),
+        offset: Some(offset),
+        note: "in force at start".into(),
+        rule: Some(rule.journaled.clone()),
+    };
+    if let Err(e) = store.journal_append(&entry) {
+        tracing::error!(route, %queue, error = %e, "cannot journal the cutover rule the queue starts with");
+    }
+}
+
+/// The rule the journal says was last in force on `queue`: its last
+/// "took effect" entry (entries of older bridges carry no rule: then the
+/// percent and the environments of the accepted entry of that generation).
+pub fn last_rule_of_queue(journal: &[JournalEntry], queue: &SourceQueue) -> Option<JournalRule> {
+    let last = journal
+        .iter()
+        .rev()
+        .find(|e| e.queue.as_ref() == Some(queue) && e.offset.is_some())?;
+    if let Some(rule) = &last.rule {
+        return Some(rule.clone());
+    }
+    let environments = journal
+        .iter()
+        .filter(|e| e.queue.is_none() && e.generation == last.generation)
+        .find_map(JournalEntry::note_environments)
+        .unwrap_or_default();
+    Some(JournalRule {
+        percent: last.to_percent,
+        environments,
+        // Older bridges did not journal the filter; a restart is journaled.
+        filter: String::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::next_generation;
+    use crate::cutover::history::QueueHistory;
+    use crate::cutover::RoutingKeyMode;
+
+    fn rule(generation: u64, percent: u8, envs: &[&str]) -> RouteRule {
+        let environments: Vec<String> = envs.iter().map(|s| s.to_string()).collect();
+        RouteRule {
+            generation,
+            cutover: CutoverRule {
+                percent,
+                routing_key: RoutingKeyMode::Auto,
+                environments: EnvironmentFilter::from_names(&environments),
+                environment_property: "env".into(),
+            },
+            target_types: Vec::new(),
+            translate: TranslateOptions::default(),
+            journaled: JournalRule {
+                percent,
+                environments,
+                filter: "*".into(),
+            },
+        }
+    }
+
+    /// Issue 16 item 6: a config edited while the daemon was stopped (or
+    /// with a key that restarts the route) is journaled where each queue
+    /// starts, with a generation above the journal's, so verify judges the
+    /// offsets from there on by the new rule.
+    #[test]
+    fn a_restart_with_an_edited_rule_is_journaled_where_each_queue_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::open(dir.path(), false).expect("store");
+        let q0 = SourceQueue {
+            broker_name: "b".into(),
+            queue_id: 0,
+        };
+        // Run 1 starts at 30 % for gray and forwards up to offset 40.
+        journal_start(&store, "r", &[], &rule(1, 30, &["gray"]), &q0, 0);
+        // Run 2: the config says 100 % for everyone; q0 resumes at 40.
+        let journal = store.journal("r").expect("journal");
+        let generation = next_generation(&journal);
+        assert!(journal.iter().all(|e| e.generation < generation));
+        journal_start(&store, "r", &journal, &rule(generation, 100, &[]), &q0, 40);
+        // Run 3 with the same rule adds nothing.
+        let journal = store.journal("r").expect("journal");
+        let n = journal.len();
+        let same = rule(next_generation(&journal), 100, &[]);
+        journal_start(&store, "r", &journal, &same, &q0, 55);
+        let journal = store.journal("r").expect("journal");
+        assert_eq!(journal.len(), n, "an unchanged rule was journaled again");
+
+        let h = QueueHistory::build(&journal, &q0, &same.cutover);
+        assert_eq!(h.rule_at(39), rule(0, 30, &["gray"]).cutover);
+        assert_eq!(h.rule_at(40), same.cutover);
+    }
 }

@@ -14,10 +14,13 @@
 //! of Java brokers leaves the answer unknown, and unknown refuses: writing
 //! offsets under a live 4.x consumer makes it skip or repeat messages.
 //!
-//! That a checkpoint is a safe thing to write at all is the config's part:
-//! `crate::config` accepts `commit_as_group` only on routes that forward
-//! every message (100%, every tag, every environment), so the checkpoint
-//! never passes a message that went to neither side.
+//! That a checkpoint is a safe thing to write is only half the config's
+//! part: `crate::config` accepts `commit_as_group` only on routes that
+//! forward every message (100%, every tag, every environment) now. History
+//! from before the route reached 100 % may hold messages that stayed on 4.x
+//! only, which the group's 4.x consumers must still process: below the
+//! journal's `held_until` the group's offset is never moved past its own
+//! (see [`commit_offset`]), so the write-back never erases that evidence.
 
 use std::fmt;
 
@@ -128,11 +131,28 @@ pub fn decide(answers: &[(String, LiveConsumers)], own_client_id: &str) -> Write
 /// committed offsets of 4.x `group`, if [`decide`] allows it. `logged_at`
 /// is the caller's memory of the last refusal log (0: not refusing), so a
 /// lasting refusal is logged once a minute and its end once.
+/// The offset the group may be given on one queue, or `None` to leave it:
+/// the bridge's durable checkpoint, unless the cutover journal says that
+/// messages below `held_until` may have stayed on 4.x only and the group
+/// has not consumed up to there: writing the checkpoint would then mark
+/// as processed messages that went to neither side.
+pub fn commit_offset(
+    durable: i64,
+    held_until: Option<i64>,
+    group_offset: Option<i64>,
+) -> Option<i64> {
+    match held_until {
+        None => Some(durable),
+        Some(held) if group_offset.unwrap_or(-1) >= held.min(durable) => Some(durable),
+        Some(_) => None,
+    }
+}
+
 pub async fn commit_back(
     source: &TopicSource,
     route: &str,
     group: &str,
-    progress: &[(SourceQueue, i64)],
+    progress: &[(SourceQueue, i64, Option<i64>)],
     logged_at: &mut i64,
 ) {
     if progress.is_empty() {
@@ -162,10 +182,31 @@ pub async fn commit_back(
                 *logged_at = 0;
                 tracing::info!(route, group, "every 4.x broker confirms group `{group}` has no live consumers; writing progress back again");
             }
-            for (queue, offset) in progress {
+            for (queue, durable, held_until) in progress {
                 let Ok(addr) = source.master_addr(queue) else {
                     continue;
                 };
+                let group_offset = match held_until {
+                    None => None,
+                    Some(_) => match source.group_offset(queue, group).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tracing::warn!(route, group, %queue, error = %e, "cannot read the 4.x group's offset; not writing progress back for this queue");
+                            continue;
+                        }
+                    },
+                };
+                let Some(offset) = commit_offset(*durable, *held_until, group_offset) else {
+                    if *logged_at == 0 {
+                        tracing::warn!(route, group, %queue, group_offset = group_offset.unwrap_or(-1),
+                            held_until = held_until.unwrap_or(-1),
+                            "not moving 4.x group `{group}` past its offset: the route held messages below {} on 4.x only \
+                             (cutover below 100 % or limited environments) and the group has not consumed them; \
+                             `check --decommission` names them", held_until.unwrap_or(-1));
+                    }
+                    continue;
+                };
+                let offset = &offset;
                 if let Err(e) = source
                     .client()
                     .update_consumer_offset(&addr, group, source.topic(), queue.queue_id, *offset)
@@ -181,6 +222,24 @@ pub async fn commit_back(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    /// Issue 16 item 4: the route ran at 50 % up to offset 5,000 while the
+    /// group lagged at 1,000; now at 100 % its checkpoint may not become
+    /// the group's offset, until the group consumed up to 5,000 itself.
+    #[test]
+    fn never_commits_past_what_the_route_held_on_4x_only() {
+        assert_eq!(commit_offset(6_000, None, None), Some(6_000));
+        assert_eq!(commit_offset(6_000, Some(5_000), Some(1_000)), None);
+        assert_eq!(commit_offset(6_000, Some(5_000), None), None);
+        assert_eq!(commit_offset(6_000, Some(5_000), Some(5_000)), Some(6_000));
+        // Still partial (held_until = MAX): up to what the bridge took
+        // only once the group itself is there.
+        assert_eq!(commit_offset(6_000, Some(i64::MAX), Some(2_000)), None);
+        assert_eq!(
+            commit_offset(6_000, Some(i64::MAX), Some(6_000)),
+            Some(6_000)
+        );
+    }
 
     use super::*;
     use crate::remoting::codes::{request, response};

@@ -15,9 +15,9 @@ use crate::remoting::{MessageRecord, UndecodableRecord};
 use crate::translate::{translate, SourceContext, TranslateOptions};
 
 use super::fingerprint::Fingerprint;
-use super::history::QueueHistory;
 use super::index::{StoredCopy, TargetIndex, TargetPosition};
 use super::report::{NamedMessage, QueueReport, NAMED_PER_QUEUE};
+use crate::cutover::history::QueueHistory;
 
 /// What every queue of a route is judged with.
 #[derive(Debug, Clone)]

@@ -21,7 +21,6 @@
 //! contents (opened read-only; the verdict is a file next to it).
 
 pub mod fingerprint;
-pub mod history;
 pub mod index;
 pub mod matching;
 pub mod read;
@@ -41,8 +40,8 @@ use crate::pipeline;
 use crate::remoting::{AclCredentials, NameServers, RemotingClient, RemotingClientConfig};
 use crate::source::TopicSource;
 
+use crate::cutover::history::QueueHistory;
 use fingerprint::Fingerprint;
-use history::QueueHistory;
 use index::{StoredCopy, TargetIndex, TargetPosition};
 use matching::{QueueMatcher, RouteJudge};
 use read::{read_many, topic_reader, Piece};
@@ -365,7 +364,10 @@ impl RouteVerifier {
         for (queue, cp) in &checkpoints {
             let history = QueueHistory::build(&journal, queue, &current_rule);
             if !self.queues.contains_key(queue) {
-                let from = self.start_offset(queue, since_ms).await?;
+                let recorded = store
+                    .route_start(&name, queue)
+                    .map_err(|e| anyhow!("{e}"))?;
+                let from = self.start_offset(queue, since_ms, recorded).await?;
                 self.queues.insert(
                     queue.clone(),
                     QueueMatcher::new(queue.clone(), from, history.clone()),
@@ -560,12 +562,14 @@ impl RouteVerifier {
         report
     }
 
-    /// Where a queue's verification starts: `--since`, else the route's
-    /// start position when it can be recomputed.
+    /// Where a queue's verification starts: `--since`, else the offset the
+    /// route recorded as the queue's start, else the route's start position
+    /// when it can be recomputed.
     async fn start_offset(
         &self,
         queue: &SourceQueue,
         since_ms: Option<i64>,
+        recorded: Option<i64>,
     ) -> anyhow::Result<i64> {
         let min = self
             .source
@@ -580,6 +584,7 @@ impl RouteVerifier {
         };
         Ok(match (since_ms, &self.route.start) {
             (Some(ms), _) => at(ms).await?.max(min),
+            (None, _) if recorded.is_some() => recorded.unwrap_or(min).max(min),
             (None, StartPosition::Earliest) => min,
             (None, StartPosition::Timestamp(ms)) => at(*ms).await?.max(min),
             (None, start) => bail!(

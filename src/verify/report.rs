@@ -252,6 +252,10 @@ pub struct RouteVerdict {
     pub quarantined: u64,
     /// Per source queue: the offset verified up to (the checkpoint then).
     pub verified_to: BTreeMap<String, i64>,
+    /// Per source queue: the offset verified from (verdicts of older
+    /// bridges have none: `check --decommission` then asks for a new run).
+    #[serde(default)]
+    pub verified_from: BTreeMap<String, i64>,
 }
 
 /// The verdict kept for `check --decommission`, per route: a `--route` run
@@ -285,6 +289,11 @@ impl StoredVerdict {
                             expected: r.totals.expected,
                             quarantined: r.totals.quarantined,
                             verified_to: r.queues.iter().map(|q| (q.queue.clone(), q.to)).collect(),
+                            verified_from: r
+                                .queues
+                                .iter()
+                                .map(|q| (q.queue.clone(), q.from))
+                                .collect(),
                         },
                     )
                 })

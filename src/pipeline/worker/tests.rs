@@ -140,6 +140,11 @@ async fn start_on(
         },
         target_types: vec![target],
         translate: TranslateOptions::default(),
+        journaled: crate::checkpoint::JournalRule {
+            percent,
+            environments: Vec::new(),
+            filter: "*".into(),
+        },
     };
     let (_rule_tx, rule_rx) = watch::channel(Arc::new(rule));
     let counters = crate::metrics::RouteMessages::new(route);
