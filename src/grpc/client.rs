@@ -27,8 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response};
 
-use super::direct::DirectChannel;
-use super::error::{classify, CodeClass, PublishError, ServerCode};
+use super::direct::{DirectChannel, Keepalive};
+use super::error::{classify, grpc_refuses_request, CodeClass, PublishError, ServerCode};
 use super::message::{duration_to_wire, TopicMessageType};
 use super::metadata::{CallHeaders, GrpcCredentials};
 use super::pb;
@@ -238,6 +238,13 @@ impl RpcFailure {
                         reason: message,
                     }
                 }
+                code if grpc_refuses_request(code) => PublishError::Refused {
+                    what,
+                    endpoint,
+                    code,
+                    reason: message,
+                    attempts,
+                },
                 _ => PublishError::Transport {
                     what,
                     endpoint,
@@ -490,8 +497,8 @@ impl Client {
                 })?
                 .connect_timeout(config.request_timeout)
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10))
+                .http2_keep_alive_interval(Keepalive::default().interval)
+                .keep_alive_timeout(Keepalive::default().timeout)
                 .keep_alive_while_idle(true);
             if config.tls {
                 ep = ep

@@ -11,16 +11,26 @@
 //! stream, hands the whole body to h2 and awaits the answer itself; only the
 //! connection task sits between it and the socket.
 //!
+//! A connection is dropped, so that the next call connects anew, when it
+//! fails, when its HTTP/2 PING goes unanswered ([`Keepalive`]) and when a
+//! call's deadline passes without an answer: the proxy answers
+//! DEADLINE_EXCEEDED itself before our own deadline, so silence past it
+//! means a half-open connection (a lost host, a NAT or load balancer that
+//! forgot the flow), on which every later call would wait in vain until
+//! the kernel gave up (~15 min). The socket has TCP keepalive as well.
+//!
 //! Errors come back as `tonic::Status` with the codes tonic would give, so
 //! retries and error classification are the same on both paths. TLS
 //! endpoints keep tonic's `Channel` (see `client.rs`).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
@@ -29,17 +39,61 @@ const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// gRPC message header: compressed flag + big-endian length.
 const FRAME_HEADER: usize = 5;
+/// TCP keepalive of the socket: first probe after this much silence, then
+/// one every interval; the kernel drops it after the retries go unanswered,
+/// or when sent data stays unacknowledged for the user timeout.
+const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+#[cfg(target_os = "linux")]
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+#[cfg(target_os = "linux")]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a connection is kept honest while it is open: an HTTP/2 PING every
+/// `interval`, and a connection whose PING is not answered within
+/// `timeout` is dropped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keepalive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The lazily connected HTTP/2 connection to one endpoint.
 pub(crate) struct DirectChannel {
     endpoint: String,
+    keepalive: Keepalive,
     authority: http::uri::Authority,
     connect_timeout: Duration,
     max_response: usize,
-    /// The live connection and its number, if any; `None` after a
-    /// connection error.
-    conn: AsyncMutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
-    connections: std::sync::atomic::AtomicU64,
+    /// The live connection, if any; `None` once it was dropped.
+    conn: AsyncMutex<Option<Conn>>,
+    connections: AtomicU64,
+}
+
+/// One HTTP/2 connection: its number, its sender, and its life.
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    sender: h2::client::SendRequest<Bytes>,
+    life: Arc<ConnLife>,
+}
+
+/// Shared with the task that drives the connection.
+#[derive(Default)]
+struct ConnLife {
+    /// Set when the task ended: the connection is closed.
+    ended: AtomicBool,
+    /// Tells the task to close the connection now.
+    close: Notify,
 }
 
 impl DirectChannel {
@@ -54,12 +108,19 @@ impl DirectChannel {
             .map_err(|e| format!("endpoint `{endpoint}` is not host:port: {e}"))?;
         Ok(DirectChannel {
             endpoint: endpoint.to_string(),
+            keepalive: Keepalive::default(),
             authority,
             connect_timeout,
             max_response,
             conn: AsyncMutex::new(None),
-            connections: std::sync::atomic::AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 
     /// One unary call of `path` (e.g. `/apache.rocketmq.v2.MessagingService/SendMessage`)
@@ -74,19 +135,29 @@ impl DirectChannel {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        match tokio::time::timeout(timeout, self.call(path, request)).await {
+        let mut used = None;
+        let result = tokio::time::timeout(timeout, self.call(path, request, &mut used)).await;
+        match result {
             Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer from {} within {timeout:?}",
-                self.endpoint
-            ))),
+            Err(_) => {
+                if let Some(conn) = used {
+                    self.drop_connection(&conn).await;
+                }
+                Err(Status::deadline_exceeded(format!(
+                    "no answer from {} within {timeout:?}; its connection is dropped and the \
+                     next call connects anew",
+                    self.endpoint
+                )))
+            }
         }
     }
 
+    /// The call; `used` is the connection it went on, as soon as known.
     async fn call<Req, Resp>(
         &self,
         path: &'static str,
         request: tonic::Request<Req>,
+        used: &mut Option<Conn>,
     ) -> Result<tonic::Response<Resp>, Status>
     where
         Req: prost::Message,
@@ -95,7 +166,14 @@ impl DirectChannel {
         let (metadata, _extensions, message) = request.into_parts();
         let body = encode_frame(&message);
         let http_request = self.http_request(path, metadata.into_headers())?;
-        let (conn, mut sender) = self.ready_sender().await?;
+        let conn = self.connection().await?;
+        *used = Some(conn.clone());
+        // Waiting for a free stream happens outside the slot's lock.
+        let mut sender = match conn.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(error) => return Err(self.transport_error(&conn, error).await),
+        };
+        let conn = &conn;
         let (response, mut stream) = match sender.send_request(http_request, false) {
             Ok(pair) => pair,
             Err(error) => return Err(self.transport_error(conn, error).await),
@@ -172,30 +250,36 @@ impl DirectChannel {
         Ok(request)
     }
 
-    /// The connection, connecting first if there is none, once it can take
-    /// another stream.
-    async fn ready_sender(&self) -> Result<(u64, h2::client::SendRequest<Bytes>), Status> {
+    /// The live connection, connecting first if there is none or it ended.
+    async fn connection(&self) -> Result<Conn, Status> {
         let mut slot = self.conn.lock().await;
-        let (conn, sender) = match slot.as_ref() {
-            Some((conn, sender)) => (*conn, sender.clone()),
-            None => {
-                let sender = self.connect().await?;
-                let conn = self
-                    .connections
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *slot = Some((conn, sender.clone()));
-                (conn, sender)
+        if let Some(conn) = slot.as_ref() {
+            if !conn.life.ended.load(Ordering::Acquire) {
+                return Ok(conn.clone());
             }
+        }
+        *slot = None;
+        let (sender, life) = self.connect().await?;
+        let conn = Conn {
+            id: self.connections.fetch_add(1, Ordering::Relaxed),
+            sender,
+            life,
         };
-        // Waiting for a free stream happens outside the lock.
-        drop(slot);
-        match sender.ready().await {
-            Ok(sender) => Ok((conn, sender)),
-            Err(error) => Err(self.transport_error(conn, error).await),
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes `conn` and forgets it, so the next call connects anew (its
+    /// other streams fail as UNAVAILABLE and are retried).
+    async fn drop_connection(&self, conn: &Conn) {
+        conn.life.close.notify_one();
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|live| live.id == conn.id) {
+            *slot = None;
         }
     }
 
-    async fn connect(&self) -> Result<h2::client::SendRequest<Bytes>, Status> {
+    async fn connect(&self) -> Result<(h2::client::SendRequest<Bytes>, Arc<ConnLife>), Status> {
         let unavailable = |what: String| {
             Status::unavailable(format!("connecting to 5.x proxy {}: {what}", self.endpoint))
         };
@@ -214,36 +298,48 @@ impl DirectChannel {
                 )))
             }
         };
-        let _ = tcp.set_nodelay(true);
+        tune_socket(&tcp);
         let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake::<_, Bytes>(tcp);
-        let (sender, connection) = match tokio::time::timeout(self.connect_timeout, handshake).await
-        {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(error)) => return Err(unavailable(format!("HTTP/2 handshake: {error}"))),
-            Err(_) => return Err(unavailable("HTTP/2 handshake timed out".to_string())),
-        };
+        let (sender, mut connection) =
+            match tokio::time::timeout(self.connect_timeout, handshake).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(error)) => return Err(unavailable(format!("HTTP/2 handshake: {error}"))),
+                Err(_) => return Err(unavailable("HTTP/2 handshake timed out".to_string())),
+            };
+        let life = Arc::new(ConnLife::default());
+        let pings = connection.ping_pong();
+        let keepalive = self.keepalive;
         let endpoint = self.endpoint.clone();
+        let task_life = Arc::clone(&life);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%endpoint, %error, "5.x HTTP/2 connection closed");
-            }
+            // Whichever ends first ends the connection: dropping it closes
+            // the socket.
+            let why = tokio::select! {
+                result = connection => match result {
+                    Ok(()) => "closed".to_string(),
+                    Err(error) => error.to_string(),
+                },
+                why = keep_alive(pings, keepalive) => why,
+                () = task_life.close.notified() => {
+                    "a call's deadline passed without an answer".to_string()
+                }
+            };
+            task_life.ended.store(true, Ordering::Release);
+            tracing::debug!(%endpoint, reason = %why, "5.x HTTP/2 connection closed");
         });
-        Ok(sender)
+        Ok((sender, life))
     }
 
     /// Maps an h2 error like tonic does and forgets a broken connection, so
     /// the next call connects again.
-    async fn transport_error(&self, conn: u64, error: h2::Error) -> Status {
+    async fn transport_error(&self, conn: &Conn, error: h2::Error) -> Status {
         // A stream reset by the server leaves the connection usable.
         let stream_only = error.is_reset() && !error.is_go_away();
         if !stream_only {
-            let mut slot = self.conn.lock().await;
-            if slot.as_ref().is_some_and(|(live, _)| *live == conn) {
-                *slot = None;
-            }
+            self.drop_connection(conn).await;
         }
         let code = match error.reason() {
             Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
@@ -254,6 +350,47 @@ impl DirectChannel {
             _ => Code::Unavailable,
         };
         Status::new(code, format!("5.x proxy {}: {error}", self.endpoint))
+    }
+}
+
+/// PINGs the peer every `interval` while the connection lives; returns why
+/// the connection must go when a PING is not answered within `timeout`.
+async fn keep_alive(pings: Option<h2::PingPong>, keepalive: Keepalive) -> String {
+    let Some(mut pings) = pings else {
+        // Taken once per connection, so always there; without it, no PINGs.
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(keepalive.interval).await;
+        match tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return format!("PING failed: {error}"),
+            Err(_) => {
+                return format!(
+                    "PING unanswered within {:?} (half-open connection)",
+                    keepalive.timeout
+                )
+            }
+        }
+    }
+}
+
+/// Socket options of a new connection: no Nagle delay, and TCP keepalive so
+/// the kernel notices a vanished peer on an idle socket.
+fn tune_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_TIME)
+        .with_interval(TCP_KEEPALIVE_INTERVAL);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(error) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "cannot set TCP keepalive on a 5.x connection");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(error) = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT on a 5.x connection");
     }
 }
 
@@ -347,7 +484,7 @@ fn http_status(status: StatusCode) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::fake::{start_fake, Fake, Script};
+    use crate::grpc::fake::{start_fake, start_relay, Fake, Script};
     use crate::grpc::pb;
 
     const SEND: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
@@ -403,12 +540,7 @@ mod tests {
             "direct-test"
         );
         // One connection carried all three calls.
-        assert_eq!(
-            direct
-                .connections
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(direct.connections.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
@@ -462,6 +594,78 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.code(), Code::DeadlineExceeded);
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A half-open connection (the peer vanished without a FIN or RST): the
+    /// send whose deadline passes takes the connection down with it, so the
+    /// next send connects anew instead of timing out on the dead one too.
+    #[tokio::test]
+    async fn a_deadline_drops_a_half_open_connection_and_the_next_send_reconnects() {
+        let fake = Fake::default();
+        let server = start_fake(fake.clone()).await;
+        let relay = start_relay(server, false).await;
+        let direct =
+            DirectChannel::new(&relay.addr.to_string(), Duration::from_secs(2), 1 << 20).unwrap();
+        let error = direct
+            .unary::<_, pb::SendMessageResponse>(
+                SEND,
+                send_request("m1"),
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::DeadlineExceeded, "{error}");
+        assert_eq!(relay.accepted(), 1);
+        relay.forward(true);
+        assert_sent(&direct, "m2").await;
+        assert_eq!(relay.accepted(), 2, "the next send opened a new connection");
+        assert_eq!(fake.st().acked, ["m2"]);
+    }
+
+    /// A connection that goes silent while idle is found dead by its PING
+    /// and dropped before a send has to wait on it.
+    #[tokio::test]
+    async fn an_unanswered_ping_drops_a_silent_connection_before_a_send_needs_it() {
+        let fake = Fake::default();
+        let server = start_fake(fake.clone()).await;
+        let relay = start_relay(server, true).await;
+        let direct = DirectChannel::new(&relay.addr.to_string(), Duration::from_secs(2), 1 << 20)
+            .unwrap()
+            .with_keepalive(Keepalive {
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(200),
+            });
+        assert_sent(&direct, "m1").await;
+        // Pings are answered: a healthy idle connection stays.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_sent(&direct, "m2").await;
+        assert_eq!(relay.accepted(), 1);
+        relay.silence();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A deadline shorter than any the dead connection could meet.
+        let answer = direct
+            .unary::<_, pb::SendMessageResponse>(
+                SEND,
+                send_request("m3"),
+                Duration::from_millis(700),
+            )
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(relay.accepted(), 2);
+        assert_eq!(fake.st().acked, ["m1", "m2", "m3"]);
+    }
+
+    #[tokio::test]
+    async fn new_sockets_get_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_socket(&tcp);
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_TIME);
+        assert!(tcp.nodelay().unwrap());
     }
 
     #[test]

@@ -16,6 +16,16 @@
 //!   every send while its broker is down). The pipeline's poison rule
 //!   quarantines a message only when it keeps being refused while its
 //!   neighbours to the same topic are accepted.
+//! - An answer that does not positively acknowledge the message (no
+//!   status, CODE_UNSPECIFIED, another message's id, a wrong number of
+//!   entries) is retried and `Suspect`, never taken as accepted (the Java
+//!   client reads a missing status as CODE_UNSPECIFIED, a failure).
+//! - A gRPC status that refuses the request itself (RESOURCE_EXHAUSTED for
+//!   a request above the proxy's inbound message size, INVALID_ARGUMENT,
+//!   ...; see [`grpc_refuses_request`]) is `Suspect` too: were it transient,
+//!   a message that always gets it would block its queue or FIFO group for
+//!   good. Outages (UNAVAILABLE, DEADLINE_EXCEEDED, a broken connection)
+//!   stay `Transient`.
 
 use std::fmt;
 
@@ -163,6 +173,21 @@ pub enum PublishError {
     },
 
     #[error(
+        "5.x endpoint {endpoint} refused `{what}` with gRPC status {code:?} after {attempts} \
+         attempt(s): {reason} — {remedy}; the bridge retries, and quarantines the message if \
+         it keeps being refused while other messages to the topic are accepted",
+        remedy = grpc_remedy(*code)
+    )]
+    Refused {
+        what: String,
+        endpoint: String,
+        /// A code for which [`grpc_refuses_request`] holds.
+        code: tonic::Code,
+        reason: String,
+        attempts: u32,
+    },
+
+    #[error(
         "5.x answered {code} for topic `{topic}`: {reason} — the route's target or the \
          [target] settings are wrong for every message (endpoint, server features, quotas); \
          the route is stalled until this is fixed"
@@ -213,7 +238,7 @@ impl PublishError {
             {
                 Disposition::Transient
             }
-            PublishError::Retriable { .. } => Disposition::Suspect,
+            PublishError::Retriable { .. } | PublishError::Refused { .. } => Disposition::Suspect,
             PublishError::Transport { .. } | PublishError::Shutdown { .. } => {
                 Disposition::Transient
             }
@@ -234,6 +259,7 @@ impl PublishError {
             PublishError::Unauthorized { code, .. } => code.name(),
             PublishError::Misconfigured { code, .. } => code.name(),
             PublishError::Retriable { code, .. } => code.name(),
+            PublishError::Refused { code, .. } => grpc_label(*code),
             PublishError::Transport { .. } => "TRANSPORT",
             PublishError::Config { .. } => "CONFIG",
             PublishError::Shutdown { .. } => "SHUTDOWN",
@@ -261,6 +287,52 @@ fn remedy(code: ServerCode) -> &'static str {
         }
         Some(C::MessageCorrupted) => "the body digest did not match; replay it from quarantine",
         _ => "inspect the message in quarantine and fix the route's mapping",
+    }
+}
+
+/// True for the gRPC statuses that refuse this one request rather than say
+/// the endpoint is down: a message that gets one again and again while its
+/// neighbours pass is poison. UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
+/// ABORTED (outages, failovers, dropped connections) are not among them;
+/// UNAUTHENTICATED / PERMISSION_DENIED are the route's (credentials).
+pub(crate) fn grpc_refuses_request(code: tonic::Code) -> bool {
+    use tonic::Code as G;
+    matches!(
+        code,
+        // tonic's answer to a request above the server's
+        // max_decoding_message_size; a proxy out of some per-request quota.
+        G::ResourceExhausted
+            | G::InvalidArgument
+            | G::OutOfRange
+            | G::FailedPrecondition
+            // A proxy failing on this request (a handler's error or panic).
+            | G::Internal
+            | G::Unknown
+            | G::DataLoss
+    )
+}
+
+fn grpc_remedy(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::ResourceExhausted => {
+            "the request is likely larger than the 5.x proxy accepts (its gRPC max inbound \
+             message size): raise that limit on the proxy"
+        }
+        _ => "the 5.x proxy refuses this request itself: see the proxy's log for why",
+    }
+}
+
+fn grpc_label(code: tonic::Code) -> &'static str {
+    use tonic::Code as G;
+    match code {
+        G::ResourceExhausted => "GRPC_RESOURCE_EXHAUSTED",
+        G::InvalidArgument => "GRPC_INVALID_ARGUMENT",
+        G::OutOfRange => "GRPC_OUT_OF_RANGE",
+        G::FailedPrecondition => "GRPC_FAILED_PRECONDITION",
+        G::Internal => "GRPC_INTERNAL",
+        G::Unknown => "GRPC_UNKNOWN",
+        G::DataLoss => "GRPC_DATA_LOSS",
+        _ => "GRPC_OTHER",
     }
 }
 
@@ -441,6 +513,48 @@ mod tests {
             assert_eq!(server(code).disposition(), want, "{code:?}");
         }
         assert_eq!(RpcLike(49999).disposition(), Disposition::Suspect);
+    }
+
+    #[test]
+    fn grpc_refusals_of_the_request_are_suspect_and_outages_transient() {
+        use tonic::Code as G;
+        let grpc = |code| {
+            super::super::client::RpcFailure::Grpc {
+                endpoint: "proxy:8081".into(),
+                code,
+                message: "x".into(),
+                attempts: 3,
+            }
+            .into_publish_error(super::super::client::FailureContext {
+                topic: "t",
+                message_id: Some("m"),
+                body_len: 1,
+                max_body_size: 10,
+                rpc: "SendMessage",
+            })
+        };
+        for code in [
+            G::ResourceExhausted,
+            G::InvalidArgument,
+            G::OutOfRange,
+            G::Internal,
+        ] {
+            assert_eq!(grpc(code).disposition(), Disposition::Suspect, "{code:?}");
+            assert!(!grpc(code).is_permanent());
+        }
+        for code in [
+            G::Unavailable,
+            G::DeadlineExceeded,
+            G::Cancelled,
+            G::Aborted,
+        ] {
+            assert_eq!(grpc(code).disposition(), Disposition::Transient, "{code:?}");
+        }
+        assert_eq!(grpc(G::Unauthenticated).disposition(), Disposition::Route);
+        let e = grpc(G::ResourceExhausted);
+        assert_eq!(e.code_label(), "GRPC_RESOURCE_EXHAUSTED");
+        let s = e.to_string();
+        assert!(s.contains("proxy:8081") && s.contains("message m") && s.contains("max inbound"));
     }
 
     /// The PublishError the client builds for a server answer with `code`.

@@ -29,6 +29,50 @@ use super::*;
 pub(crate) enum Script {
     Grpc(tonic::Code),
     V2(pb::Code),
+    /// Accept the send, then spoil the answer this way.
+    Mangle(Mangle),
+}
+
+/// A non-conforming SendMessage answer (the message is stored all the same).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mangle {
+    /// No top-level status and no entry status.
+    NoStatus,
+    /// Top-level OK, the entries without status.
+    EntryWithoutStatus,
+    /// Top-level OK, the entries CODE_UNSPECIFIED.
+    EntryUnspecified,
+    /// The entries name another message id.
+    OtherMessageId,
+    /// One entry more than messages sent.
+    ExtraEntry,
+}
+
+impl Mangle {
+    fn apply(self, answer: &mut pb::SendMessageResponse) {
+        match self {
+            Mangle::NoStatus => {
+                answer.status = None;
+                answer.entries.iter_mut().for_each(|e| e.status = None);
+            }
+            Mangle::EntryWithoutStatus => answer.entries.iter_mut().for_each(|e| e.status = None),
+            Mangle::EntryUnspecified => answer.entries.iter_mut().for_each(|e| {
+                e.status = Some(pb::Status {
+                    code: pb::Code::Unspecified as i32,
+                    message: String::new(),
+                })
+            }),
+            Mangle::OtherMessageId => answer
+                .entries
+                .iter_mut()
+                .for_each(|e| e.message_id = format!("OTHER-{}", e.message_id)),
+            Mangle::ExtraEntry => {
+                if let Some(last) = answer.entries.last().cloned() {
+                    answer.entries.push(last);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -187,7 +231,7 @@ impl MessagingService for Fake {
                     entries: vec![],
                 }))
             }
-            None => {}
+            Some(Script::Mangle(_)) | None => {}
         }
         let entries = req
             .messages
@@ -209,10 +253,14 @@ impl MessagingService for Fake {
                 }
             })
             .collect();
-        Ok(Response::new(pb::SendMessageResponse {
+        let mut answer = pb::SendMessageResponse {
             status: ok(),
             entries,
-        }))
+        };
+        if let Some(Script::Mangle(mangle)) = script {
+            mangle.apply(&mut answer);
+        }
+        Ok(Response::new(answer))
     }
 
     type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
@@ -341,6 +389,80 @@ pub(crate) async fn start_fake_on(fake: Fake, addr: &str) -> SocketAddr {
             .await;
     });
     addr
+}
+
+/// A TCP relay in front of a server, to play a half-open connection: while
+/// `forward` is off it accepts connections and never answers nor closes
+/// them (a black hole: a lost host, a NAT or load balancer that forgot the
+/// flow); while on it relays new connections to the server. `silence()`
+/// turns every relayed connection open now into a black hole as well.
+pub(crate) struct Relay {
+    pub(crate) addr: SocketAddr,
+    /// Connections accepted so far.
+    pub(crate) accepted: Arc<std::sync::atomic::AtomicUsize>,
+    forward: Arc<std::sync::atomic::AtomicBool>,
+    silence: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn forward(&self, on: bool) {
+        self.forward.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn silence(&self) {
+        self.silence.send_modify(|n| *n += 1);
+    }
+}
+
+/// Starts a [`Relay`] to `server`, forwarding from the start if `forward`.
+pub(crate) async fn start_relay(server: SocketAddr, forward: bool) -> Relay {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let relay = Relay {
+        addr: listener.local_addr().expect("local addr"),
+        accepted: Arc::new(AtomicUsize::new(0)),
+        forward: Arc::new(AtomicBool::new(forward)),
+        silence: Arc::new(tokio::sync::watch::channel(0).0),
+    };
+    let (accepted, forwarding, silence) = (
+        Arc::clone(&relay.accepted),
+        Arc::clone(&relay.forward),
+        Arc::clone(&relay.silence),
+    );
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let relayed = forwarding.load(Ordering::SeqCst);
+            let mut silenced = silence.subscribe();
+            tokio::spawn(async move {
+                if relayed {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    let went_silent = {
+                        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                        tokio::select! {
+                            _ = copy => false,
+                            _ = silenced.changed() => true,
+                        }
+                    };
+                    if !went_silent {
+                        return;
+                    }
+                }
+                // Hold the socket open and say nothing, for good.
+                std::future::pending::<()>().await;
+                drop(client);
+            });
+        }
+    });
+    relay
 }
 
 pub(crate) fn fast_retry() -> RetryPolicy {

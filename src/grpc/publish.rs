@@ -353,6 +353,7 @@ impl Publisher {
             max_body_size: self.max_body_size(),
             rpc,
         };
+        let ids = [message.message_id.as_str()];
         let sent = self
             .client
             .unary(
@@ -361,7 +362,7 @@ impl Publisher {
                 self.client.request_timeout(),
                 build,
                 |mut c, r| async move { c.send_message(r).await },
-                send_status,
+                |r: &pb::SendMessageResponse| send_status(r, &ids),
             )
             .await;
         let (resp, endpoint) = match sent {
@@ -386,13 +387,9 @@ impl Publisher {
                 })
             }
         };
-        let message_id = if entry.message_id.is_empty() {
-            message.message_id.clone()
-        } else {
-            entry.message_id.clone()
-        };
+        // `send_status` checked that the entry names this message.
         let mut receipt = SendReceipt {
-            message_id,
+            message_id: message.message_id.clone(),
             transaction_id: None,
             offset: entry.offset,
             queue_id,
@@ -509,6 +506,7 @@ impl Publisher {
             }
         };
         let total: usize = messages.iter().map(|m| m.body.len()).sum();
+        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
         let result = self
             .client
             .unary(
@@ -517,7 +515,7 @@ impl Publisher {
                 self.client.request_timeout(),
                 build,
                 |mut c, r| async move { c.send_message(r).await },
-                send_status,
+                |r: &pb::SendMessageResponse| send_status(r, &ids),
             )
             .await;
         let (resp, _) = match result {
@@ -707,75 +705,112 @@ fn grpc_failure(p: &Publisher, s: tonic::Status) -> RpcFailure {
     }
 }
 
-/// The receipts of an acknowledged packed SendMessage. Two answers are
-/// understood:
-/// - one entry per message (in order);
+/// Whether `entries` acknowledge exactly the messages `ids`, in order. Two
+/// answers are understood:
+/// - one entry per message, naming its id;
 /// - one entry for the whole request whose message id lists every
 ///   message's id, comma-separated, in order: a Java 5.x proxy forwards a
 ///   packed request to its broker as one 4.x batch and answers with that
 ///   batch's single `SendResult` (`MQClientAPIImpl.processSendResponse`
-///   joins the ids); its offset is the first message's, the others follow.
+///   joins the ids).
 ///
-/// Anything else is an error (the caller retries).
-fn batch_receipts(
-    entries: Vec<pb::SendResultEntry>,
-    messages: &[OutgoingMessage],
-    queue_id: i32,
-) -> Result<Vec<SendReceipt>, String> {
-    if entries.len() == messages.len() {
-        return Ok(entries
-            .into_iter()
-            .zip(messages)
-            .map(|(e, m)| SendReceipt {
-                message_id: if e.message_id.is_empty() {
-                    m.message_id.clone()
-                } else {
-                    e.message_id
-                },
-                transaction_id: None,
-                offset: e.offset,
-                queue_id,
-            })
-            .collect());
-    }
-    if let [one] = &entries[..] {
-        let mut listed = one.message_id.split(',').filter(|id| !id.is_empty());
-        let all_listed = messages
-            .iter()
-            .all(|m| listed.next() == Some(m.message_id.as_str()))
-            && listed.next().is_none();
-        if all_listed {
-            return Ok(messages
-                .iter()
-                .zip(0..)
-                .map(|(m, i)| SendReceipt {
-                    message_id: m.message_id.clone(),
-                    transaction_id: None,
-                    offset: one.offset + i,
-                    queue_id,
-                })
-                .collect());
-        }
+/// Anything else (another message's id, an empty id, one entry too many or
+/// too few) does not say that these messages were stored.
+fn acknowledges(entries: &[pb::SendResultEntry], ids: &[&str]) -> Result<(), String> {
+    let per_entry =
+        entries.len() == ids.len() && entries.iter().zip(ids).all(|(e, id)| e.message_id == *id);
+    let joined = || match entries {
+        [one] => one.message_id.split(',').eq(ids.iter().copied()),
+        _ => false,
+    };
+    if per_entry || joined() {
+        return Ok(());
     }
     Err(format!(
-        "the server acknowledged {} entries (ids {:?}) for {} messages",
+        "the answer acknowledges {} entries with ids {:?} for the {} message(s) {:?} sent, \
+         so it does not say they were stored (a proxy answering another request?); the \
+         bridge sends again",
         entries.len(),
         entries
             .iter()
             .map(|e| e.message_id.as_str())
             .collect::<Vec<_>>(),
-        messages.len()
+        ids.len(),
+        ids
     ))
 }
 
-/// The status that decides a SendMessage: the first non-OK entry, else the
-/// response status (as the Java client reads it).
-fn send_status(r: &pb::SendMessageResponse) -> Option<pb::Status> {
-    r.entries
+/// The receipts of an acknowledged packed SendMessage (see [`acknowledges`]
+/// for the answers understood); with one joined entry, its offset is the
+/// first message's and the others follow.
+fn batch_receipts(
+    entries: Vec<pb::SendResultEntry>,
+    messages: &[OutgoingMessage],
+    queue_id: i32,
+) -> Result<Vec<SendReceipt>, String> {
+    let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    acknowledges(&entries, &ids)?;
+    let first_offset = entries.first().map_or(0, |e| e.offset);
+    let per_entry = entries.len() == messages.len();
+    Ok(messages
         .iter()
-        .filter_map(|e| e.status.clone())
-        .find(|s| s.code != pb::Code::Ok as i32)
-        .or_else(|| r.status.clone())
+        .zip(0..)
+        .map(|(m, i)| SendReceipt {
+            message_id: m.message_id.clone(),
+            transaction_id: None,
+            offset: if per_entry {
+                entries.get(i as usize).map_or(0, |e| e.offset)
+            } else {
+                first_offset + i
+            },
+            queue_id,
+        })
+        .collect())
+}
+
+/// The status that decides a SendMessage of the messages `ids`: the first
+/// non-OK entry, else the response status (as the Java client reads it),
+/// else whether the entries acknowledge exactly these messages. An absent
+/// status is CODE_UNSPECIFIED (as protobuf gives the Java client), which is
+/// a failure; so is an answer that names other messages (INTERNAL_ERROR).
+/// Always `Some`: `Client::unary` must never take this answer as OK by
+/// default.
+fn send_status(r: &pb::SendMessageResponse, ids: &[&str]) -> Option<pb::Status> {
+    let failure = |code: pb::Code, message: String| {
+        Some(pb::Status {
+            code: code as i32,
+            message,
+        })
+    };
+    let no_status = |what: &str| {
+        failure(
+            pb::Code::Unspecified,
+            format!(
+                "{what} carries no status, which does not say the message was stored (a 5.x \
+                 proxy always sets one; check the proxy's version); the bridge sends again"
+            ),
+        )
+    };
+    for (i, entry) in r.entries.iter().enumerate() {
+        match &entry.status {
+            None => return no_status(&format!("entry {i} of the answer")),
+            Some(st) if super::error::classify(st.code) != super::error::CodeClass::Ok => {
+                return Some(st.clone())
+            }
+            Some(_) => {}
+        }
+    }
+    match &r.status {
+        None => return no_status("the answer"),
+        Some(st) if super::error::classify(st.code) != super::error::CodeClass::Ok => {
+            return Some(st.clone())
+        }
+        Some(_) => {}
+    }
+    match acknowledges(&r.entries, ids) {
+        Ok(()) => r.status.clone(),
+        Err(reason) => failure(pb::Code::InternalError, reason),
+    }
 }
 
 #[cfg(test)]
@@ -831,6 +866,55 @@ mod tests {
             );
         }
         assert!(batch_receipts(vec![entry("A1", 0), entry("A2", 1)], &msgs, 0).is_err());
+    }
+
+    #[test]
+    fn only_an_ok_answer_naming_the_messages_is_ok() {
+        let ok = || {
+            Some(pb::Status {
+                code: pb::Code::Ok as i32,
+                message: String::new(),
+            })
+        };
+        let entry = |id: &str| pb::SendResultEntry {
+            status: ok(),
+            message_id: id.into(),
+            ..Default::default()
+        };
+        let code = |r: &pb::SendMessageResponse, ids: &[&str]| {
+            send_status(r, ids)
+                .map(|s| s.code)
+                .expect("always a status")
+        };
+        let answer = |status, entries| pb::SendMessageResponse { status, entries };
+        let good = answer(ok(), vec![entry("A")]);
+        assert_eq!(code(&good, &["A"]), pb::Code::Ok as i32);
+        let unspecified = pb::Code::Unspecified as i32;
+        assert_eq!(code(&answer(None, vec![entry("A")]), &["A"]), unspecified);
+        let mut bare = entry("A");
+        bare.status = None;
+        assert_eq!(code(&answer(ok(), vec![bare]), &["A"]), unspecified);
+        let internal = pb::Code::InternalError as i32;
+        assert_eq!(code(&good, &["B"]), internal);
+        assert_eq!(code(&answer(ok(), vec![entry("")]), &["A"]), internal);
+        assert_eq!(code(&answer(ok(), vec![]), &["A"]), internal);
+        assert_eq!(
+            code(&answer(ok(), vec![entry("A"), entry("A")]), &["A"]),
+            internal
+        );
+        assert_eq!(
+            code(&answer(ok(), vec![entry("A,B")]), &["A", "B"]),
+            pb::Code::Ok as i32
+        );
+        // A refusal is reported as such, whatever the entries.
+        let refused = answer(
+            Some(pb::Status {
+                code: pb::Code::TooManyRequests as i32,
+                message: "slow down".into(),
+            }),
+            vec![],
+        );
+        assert_eq!(code(&refused, &["A"]), pb::Code::TooManyRequests as i32);
     }
 
     #[test]

@@ -439,3 +439,73 @@ async fn orphan_check_backs_commit_what_was_committed_and_roll_back_what_failed(
     assert_eq!(resolution("TX-FAIL"), rollback, "{checks:?}");
     assert_eq!(resolution("TX-UNKNOWN"), commit, "{checks:?}");
 }
+
+/// An answer that does not positively acknowledge the message sent (no
+/// status, CODE_UNSPECIFIED, another message's id, a wrong number of
+/// entries) is a failure the pipeline may count as a refusal, never an
+/// acceptance.
+#[tokio::test]
+async fn an_answer_that_does_not_acknowledge_the_message_is_not_accepted() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    for (i, mangle) in [
+        Mangle::NoStatus,
+        Mangle::EntryWithoutStatus,
+        Mangle::EntryUnspecified,
+        Mangle::OtherMessageId,
+        Mangle::ExtraEntry,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Every attempt (fast_retry makes three) gets the spoilt answer.
+        fake.st().script = VecDeque::from(vec![Script::Mangle(mangle); 3]);
+        let id = format!("ID-{i}");
+        let sent = p.send(&message("orders", &id, MessageKind::Normal)).await;
+        let err = match sent {
+            Ok(receipt) => panic!("{mangle:?} was taken as accepted: {receipt:?}"),
+            Err(err) => err,
+        };
+        assert_eq!(err.disposition(), Disposition::Suspect, "{mangle:?}: {err}");
+        assert!(err.to_string().contains(&id), "{err}");
+        assert!(fake.st().script.is_empty(), "{mangle:?} was retried");
+    }
+    // A later good answer is accepted.
+    p.send(&message("orders", "ID-ok", MessageKind::Normal))
+        .await
+        .expect("a conforming answer");
+}
+
+#[tokio::test]
+async fn a_packed_answer_naming_other_messages_is_not_accepted() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    let batch = [
+        message("orders", "B-1", MessageKind::Normal),
+        message("orders", "B-2", MessageKind::Normal),
+    ];
+    for mangle in [Mangle::OtherMessageId, Mangle::EntryWithoutStatus] {
+        fake.st().script = VecDeque::from(vec![Script::Mangle(mangle); 3]);
+        let err = p.send_batch(&batch).await.unwrap_err();
+        assert_eq!(err.disposition(), Disposition::Suspect, "{mangle:?}: {err}");
+    }
+}
+
+/// A gRPC status that refuses this one request (RESOURCE_EXHAUSTED for an
+/// oversized message) must reach the poison rule; an outage must not.
+#[tokio::test]
+async fn a_grpc_refusal_of_the_request_is_suspect_and_an_outage_transient() {
+    let (fake, p, _) = setup(&[pb::MessageType::Normal]).await;
+    for (code, want) in [
+        (tonic::Code::ResourceExhausted, Disposition::Suspect),
+        (tonic::Code::InvalidArgument, Disposition::Suspect),
+        (tonic::Code::Unavailable, Disposition::Transient),
+        (tonic::Code::DeadlineExceeded, Disposition::Transient),
+    ] {
+        fake.st().script = VecDeque::from(vec![Script::Grpc(code); 3]);
+        let err = p
+            .send(&message("orders", "ID-1", MessageKind::Normal))
+            .await
+            .unwrap_err();
+        assert_eq!(err.disposition(), want, "{code:?}: {err}");
+        assert!(err.to_string().contains("ID-1"), "{err}");
+    }
+}
