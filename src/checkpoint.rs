@@ -692,9 +692,29 @@ impl CheckpointStore {
         Ok(out)
     }
 
-    fn quarantine_key(route: &str, queue: &SourceQueue, offset: i64) -> Vec<u8> {
+    /// The key a release before issue 16 wrote: (route, queue, offset). A
+    /// queue reset reuses offsets, so a second message at one offset
+    /// overwrote the first; still read, replayed and dropped.
+    fn quarantine_legacy_key(route: &str, queue: &SourceQueue, offset: i64) -> Vec<u8> {
         let mut k = queue_key(route, queue);
         k.extend_from_slice(&offset.to_be_bytes());
+        k
+    }
+
+    /// (route, queue, offset, message): the legacy key followed by the
+    /// message id, or, for a record without one (undecodable), the CRC-32 of
+    /// what is kept. Two different messages at one reused offset get two
+    /// keys; the same message quarantined again (re-read after a restart)
+    /// gets the same key, so it is kept once.
+    fn quarantine_key(entry: &QuarantineEntry) -> Vec<u8> {
+        let mut k = Self::quarantine_legacy_key(&entry.route, &entry.queue, entry.offset);
+        if entry.message_id.is_empty() {
+            k.push(1);
+            k.extend_from_slice(&crc32fast::hash(entry.message_json.as_bytes()).to_be_bytes());
+        } else {
+            k.push(0);
+            k.extend_from_slice(entry.message_id.as_bytes());
+        }
         k
     }
 
@@ -705,21 +725,16 @@ impl CheckpointStore {
             what: e.to_string(),
         })?;
         let cf = Self::cf(&db, CF_QUARANTINE)?;
-        db.put_cf_opt(
-            cf,
-            Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
-            value,
-            &self.write_opts(),
-        )
-        .map_err(|e| {
-            self.write_err(
-                format!(
-                    "quarantined message (route {} queue {} offset {})",
-                    entry.route, entry.queue, entry.offset
-                ),
-                e,
-            )
-        })
+        db.put_cf_opt(cf, Self::quarantine_key(entry), value, &self.write_opts())
+            .map_err(|e| {
+                self.write_err(
+                    format!(
+                        "quarantined message (route {} queue {} offset {})",
+                        entry.route, entry.queue, entry.offset
+                    ),
+                    e,
+                )
+            })
     }
 
     /// `quarantine_put` off the async runtime's threads (a slow or full
@@ -744,12 +759,17 @@ impl CheckpointStore {
     pub fn quarantine_remove(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
         let db = self.db()?;
         let cf = Self::cf(&db, CF_QUARANTINE)?;
-        db.delete_cf_opt(
-            cf,
-            Self::quarantine_key(&entry.route, &entry.queue, entry.offset),
-            &self.write_opts(),
-        )
-        .map_err(|e| {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf, Self::quarantine_key(entry));
+        // An entry of the old key format is removed only when it is this
+        // very entry (another message may sit under that key).
+        let legacy = Self::quarantine_legacy_key(&entry.route, &entry.queue, entry.offset);
+        if let Some(v) = db.get_cf(cf, &legacy).map_err(|e| self.read_err(e))? {
+            if serde_json::from_slice::<QuarantineEntry>(&v).ok().as_ref() == Some(entry) {
+                batch.delete_cf(cf, &legacy);
+            }
+        }
+        db.write_opt(batch, &self.write_opts()).map_err(|e| {
             self.write_err(
                 format!(
                     "removal of quarantined message (route {} queue {} offset {})",
@@ -896,6 +916,74 @@ mod tests {
         );
         assert_eq!(store.quarantine_list(None).unwrap().len(), 1);
         store.quarantine_remove(&entry).unwrap();
+        assert!(store.quarantine_list(None).unwrap().is_empty());
+    }
+
+    fn quarantined(offset: i64, id: &str, json: &str) -> QuarantineEntry {
+        QuarantineEntry {
+            route: "r".into(),
+            queue: q("b", 1),
+            offset,
+            message_id: id.into(),
+            reason: "type mismatch".into(),
+            quarantined_at_ms: 1,
+            message_json: json.into(),
+        }
+    }
+
+    #[test]
+    fn two_messages_at_one_reused_offset_are_both_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        // Before and after a 4.x queue reset: one offset, two messages.
+        let before = quarantined(7, "ID-OLD", "{\"a\":1}");
+        let after = quarantined(7, "ID-NEW", "{\"a\":2}");
+        // Undecodable records have no id; they differ by what is kept.
+        let raw_a = quarantined(7, "", "{\"raw\":1}");
+        let raw_b = quarantined(7, "", "{\"raw\":2}");
+        for e in [&before, &after, &raw_a, &raw_b] {
+            store.quarantine_put(e).unwrap();
+        }
+        let listed = store.quarantine_list(Some("r")).unwrap();
+        assert_eq!(listed.len(), 4, "{listed:?}");
+        for e in [&before, &after, &raw_a, &raw_b] {
+            assert!(listed.contains(e), "{e:?} lost");
+        }
+        // The same message quarantined again (re-read after a restart) is kept once.
+        store.quarantine_put(&after).unwrap();
+        assert_eq!(store.quarantine_list(Some("r")).unwrap().len(), 4);
+        // Removing one leaves the others.
+        store.quarantine_remove(&before).unwrap();
+        let listed = store.quarantine_list(Some("r")).unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(!listed.contains(&before));
+    }
+
+    #[test]
+    fn entries_of_the_old_key_format_list_and_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let old = quarantined(7, "ID-OLD", "{}");
+        {
+            // Written as a release before issue 16 did.
+            let db = store.db().unwrap();
+            let cf = CheckpointStore::cf(&db, CF_QUARANTINE).unwrap();
+            db.put_cf(
+                cf,
+                CheckpointStore::quarantine_legacy_key("r", &old.queue, 7),
+                serde_json::to_vec(&old).unwrap(),
+            )
+            .unwrap();
+        }
+        let new = quarantined(7, "ID-NEW", "{}");
+        store.quarantine_put(&new).unwrap();
+        let listed = store.quarantine_list(Some("r")).unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.contains(&old) && listed.contains(&new));
+        // Removing the new one keeps the old-format one, and vice versa.
+        store.quarantine_remove(&new).unwrap();
+        assert_eq!(store.quarantine_list(Some("r")).unwrap(), vec![old.clone()]);
+        store.quarantine_remove(&old).unwrap();
         assert!(store.quarantine_list(None).unwrap().is_empty());
     }
 

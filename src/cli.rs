@@ -11,12 +11,13 @@ use base64::Engine;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{now_ms, CheckpointStore, QuarantineEntry};
 use crate::config::{self, BridgeConfig};
-use crate::grpc::Publisher;
+use crate::grpc::{MessageKind, OutgoingMessage, Publisher};
 use crate::pipeline::{self, quarantine::codec as quarantine_codec};
 use crate::remoting::{MessageRecord, NameServers, RemotingClient, RemotingClientConfig};
 use crate::source::{PullOutcome, SourceSettings, TopicSource};
+use crate::translate;
 
 pub fn init_logging(default_level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
@@ -381,10 +382,72 @@ fn open_for_write(cfg: &BridgeConfig) -> anyhow::Result<CheckpointStore> {
     })
 }
 
+/// What `quarantine replay` sends for a kept message: a DELAY delivery time
+/// that has passed (or is nearer than `min_lead`) becomes `now_ms +
+/// min_lead`, the earliest time the target accepts, as the live pipeline
+/// clamps (`translate::clamp_delivery`, `[translate] delay_min_lead_ms`):
+/// some 5.x servers refuse a past time ("Delivery time is invalid").
+pub fn replay_message(
+    mut msg: OutgoingMessage,
+    now_ms: i64,
+    min_lead: Duration,
+) -> OutgoingMessage {
+    if let MessageKind::Delay {
+        delivery_timestamp_ms,
+    } = msg.kind
+    {
+        msg.kind = MessageKind::Delay {
+            delivery_timestamp_ms: translate::clamp_delivery(
+                delivery_timestamp_ms,
+                now_ms,
+                min_lead,
+            ),
+        };
+    }
+    msg
+}
+
+/// The entries `quarantine replay|drop` address: those at `offset` (when
+/// given) with message id `msg_id` (when given). Offsets repeat across
+/// queues and, after a 4.x queue reset, within one queue, so an `--offset`
+/// that matches several messages is refused unless `--msg-id` picks one or
+/// `all` says every match is meant.
+pub fn select_quarantined(
+    entries: Vec<QuarantineEntry>,
+    offset: Option<i64>,
+    msg_id: Option<&str>,
+    all: bool,
+) -> anyhow::Result<Vec<QuarantineEntry>> {
+    let chosen: Vec<QuarantineEntry> = entries
+        .into_iter()
+        .filter(|e| offset.map_or(true, |o| o == e.offset))
+        .filter(|e| msg_id.map_or(true, |id| id == e.message_id))
+        .collect();
+    if offset.is_some() && msg_id.is_none() && !all && chosen.len() > 1 {
+        let names: Vec<String> = chosen
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} offset {} msg_id `{}`",
+                    e.route, e.queue, e.offset, e.message_id
+                )
+            })
+            .collect();
+        bail!(
+            "--offset matches {} quarantined messages ({}); name one with --msg-id (and --route), or pass --all for every match",
+            chosen.len(),
+            names.join("; ")
+        );
+    }
+    Ok(chosen)
+}
+
 pub async fn quarantine_replay(
     path: &Path,
     route: Option<&str>,
     offset: Option<i64>,
+    msg_id: Option<&str>,
+    all: bool,
 ) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = open_for_write(&cfg)?;
@@ -393,10 +456,8 @@ pub async fn quarantine_replay(
         .map_err(|e| anyhow!("5.x: {e}"))?;
     let mut sent = 0;
     let mut failed = 0;
-    for e in store.quarantine_list(route).map_err(|e| anyhow!("{e}"))? {
-        if offset.is_some_and(|o| o != e.offset) {
-            continue;
-        }
+    let listed = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
+    for e in select_quarantined(listed, offset, msg_id, all)? {
         if e.message_json.is_empty() {
             println!(
                 "{} {} offset {}: not replayable (translation failed: {})",
@@ -419,6 +480,7 @@ pub async fn quarantine_replay(
                 continue;
             }
         };
+        let msg = replay_message(msg, now_ms(), cfg.translate.delay_min_lead);
         match publisher.send(&msg).await {
             Ok(_) => {
                 store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
@@ -446,18 +508,17 @@ pub fn quarantine_drop(
     path: &Path,
     route: Option<&str>,
     offset: Option<i64>,
+    msg_id: Option<&str>,
     all: bool,
 ) -> anyhow::Result<()> {
-    if offset.is_none() && !all {
-        bail!("name the message with --offset (and --route), or pass --all to drop every match");
+    if offset.is_none() && msg_id.is_none() && !all {
+        bail!("name the message with --offset and/or --msg-id (and --route), or pass --all to drop every match");
     }
     let cfg = load(path)?;
     let store = open_for_write(&cfg)?;
     let mut dropped = 0;
-    for e in store.quarantine_list(route).map_err(|e| anyhow!("{e}"))? {
-        if offset.is_some_and(|o| o != e.offset) {
-            continue;
-        }
+    let listed = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
+    for e in select_quarantined(listed, offset, msg_id, all)? {
         store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
         println!(
             "dropped {} {} offset {} ({})",
@@ -736,5 +797,99 @@ mod reset_route_tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no checkpoint store"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+    use crate::checkpoint::SourceQueue;
+
+    fn delayed(at_ms: i64) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: "t".into(),
+            message_id: "id".into(),
+            body: bytes::Bytes::from_static(b"b"),
+            tag: None,
+            keys: vec![],
+            user_properties: Default::default(),
+            born_timestamp_ms: 1,
+            born_host: "h".into(),
+            kind: MessageKind::Delay {
+                delivery_timestamp_ms: at_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn replay_moves_a_past_delivery_time_to_the_earliest_accepted() {
+        let lead = Duration::from_secs(1);
+        let now = 1_000_000;
+        let past = replay_message(delayed(now - 60_000), now, lead);
+        assert_eq!(
+            past.kind,
+            MessageKind::Delay {
+                delivery_timestamp_ms: now + 1_000
+            }
+        );
+        // Too near counts as past; a time far enough ahead is kept.
+        let near = replay_message(delayed(now + 10), now, lead);
+        assert_eq!(
+            near.kind,
+            MessageKind::Delay {
+                delivery_timestamp_ms: now + 1_000
+            }
+        );
+        let future = replay_message(delayed(now + 60_000), now, lead);
+        assert_eq!(
+            future.kind,
+            MessageKind::Delay {
+                delivery_timestamp_ms: now + 60_000
+            }
+        );
+        // Other kinds are sent as kept.
+        let mut normal = delayed(0);
+        normal.kind = MessageKind::Normal;
+        assert_eq!(replay_message(normal.clone(), now, lead), normal);
+    }
+
+    fn entry(queue_id: i32, offset: i64, id: &str) -> QuarantineEntry {
+        QuarantineEntry {
+            route: "r".into(),
+            queue: SourceQueue {
+                broker_name: "b".into(),
+                queue_id,
+            },
+            offset,
+            message_id: id.into(),
+            reason: "x".into(),
+            quarantined_at_ms: 1,
+            message_json: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_offset_matching_several_messages_needs_msg_id_or_all() {
+        let all = vec![entry(0, 7, "A"), entry(0, 7, "B"), entry(1, 8, "C")];
+        let err = select_quarantined(all.clone(), Some(7), None, false).unwrap_err();
+        assert!(err.to_string().contains("--msg-id"), "{err}");
+        let one = select_quarantined(all.clone(), Some(7), Some("B"), false).unwrap();
+        assert_eq!(one, vec![entry(0, 7, "B")]);
+        assert_eq!(
+            select_quarantined(all.clone(), Some(7), None, true)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            select_quarantined(all.clone(), Some(8), None, false).unwrap(),
+            vec![entry(1, 8, "C")]
+        );
+        assert_eq!(
+            select_quarantined(all, None, Some("C"), false)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

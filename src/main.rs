@@ -137,6 +137,13 @@ enum QuarantineAction {
         route: Option<String>,
         #[arg(long)]
         offset: Option<i64>,
+        /// The message id (`msg_id` in `quarantine list`): picks one of
+        /// several messages at one offset (a 4.x queue reset reuses offsets).
+        #[arg(long)]
+        msg_id: Option<String>,
+        /// Replay every match of an --offset that names several messages.
+        #[arg(long)]
+        all: bool,
     },
     /// Delete quarantined messages (stop the daemon first).
     Drop {
@@ -146,7 +153,11 @@ enum QuarantineAction {
         route: Option<String>,
         #[arg(long)]
         offset: Option<i64>,
-        /// Required to drop everything matching without --offset.
+        /// The message id (`msg_id` in `quarantine list`).
+        #[arg(long)]
+        msg_id: Option<String>,
+        /// Required to drop everything matching without --offset or
+        /// --msg-id, or every message at an --offset that names several.
         #[arg(long)]
         all: bool,
     },
@@ -230,13 +241,31 @@ fn main() -> ExitCode {
                         config,
                         route,
                         offset,
-                    } => cli::quarantine_replay(&config, route.as_deref(), offset).await,
+                        msg_id,
+                        all,
+                    } => {
+                        cli::quarantine_replay(
+                            &config,
+                            route.as_deref(),
+                            offset,
+                            msg_id.as_deref(),
+                            all,
+                        )
+                        .await
+                    }
                     QuarantineAction::Drop {
                         config,
                         route,
                         offset,
+                        msg_id,
                         all,
-                    } => cli::quarantine_drop(&config, route.as_deref(), offset, all),
+                    } => cli::quarantine_drop(
+                        &config,
+                        route.as_deref(),
+                        offset,
+                        msg_id.as_deref(),
+                        all,
+                    ),
                 }
             }
             Command::ResetRoute { config, route } => {
