@@ -151,10 +151,15 @@ impl JournalEntry {
     /// older bridges carries (`accepted; environments ["gray"]; queues at
     /// ...`); entries with a `rule` say it there.
     pub fn note_environments(&self) -> Option<Vec<String>> {
-        let rest = self.note.split_once("environments ")?.1;
-        let end = rest.find(']')?;
-        serde_json::from_str(&rest[..=end]).ok()
+        note_environments(&self.note)
     }
+}
+
+/// The environment list in a note `... environments ["gray"]; ...`.
+pub fn note_environments(note: &str) -> Option<Vec<String>> {
+    let rest = note.split_once("environments ")?.1;
+    let end = rest.find(']')?;
+    serde_json::from_str(&rest[..=end]).ok()
 }
 
 /// A cutover rule as journaled: what decided which messages went to 5.x.

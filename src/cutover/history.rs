@@ -38,18 +38,7 @@ pub struct QueueHistory {
 /// The environment list an "accepted" entry's note carries (entries of
 /// bridges before the journal recorded rules as data).
 pub fn environments_in_note(note: &str) -> Option<Vec<String>> {
-    JournalEntry {
-        route: String::new(),
-        generation: 0,
-        from_percent: 0,
-        to_percent: 0,
-        changed_at_ms: 0,
-        queue: None,
-        offset: None,
-        note: note.to_string(),
-        rule: None,
-    }
-    .note_environments()
+    crate::checkpoint::note_environments(note)
 }
 
 impl QueueHistory {

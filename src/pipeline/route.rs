@@ -102,47 +102,6 @@ async fn resolve_start(
     })
 }
 
-/// Journals the rule a route starts with, as an accepted change, when it
-/// is not the rule the journal last accepted: the route's first start, or
-/// a config edited while it was stopped or together with a key that
-/// restarts the route (SPEC section 5: every change is journaled).
-fn journal_accepted_at_start(
-    store: &crate::checkpoint::CheckpointStore,
-    route: &str,
-    journal: &[JournalEntry],
-    rule: &RouteRule,
-) {
-    let last = journal.iter().rev().find(|e| e.queue.is_none());
-    let last_rule = last.map(|e| match &e.rule {
-        Some(r) => r.clone(),
-        None => crate::checkpoint::JournalRule {
-            percent: e.to_percent,
-            environments: e.note_environments().unwrap_or_default(),
-            filter: String::new(),
-        },
-    });
-    if last_rule.as_ref() == Some(&rule.journaled) {
-        return;
-    }
-    let entry = JournalEntry {
-        route: route.to_string(),
-        generation: rule.generation,
-        from_percent: last.map(|e| e.to_percent).unwrap_or(rule.journaled.percent),
-        to_percent: rule.journaled.percent,
-        changed_at_ms: now_ms(),
-        queue: None,
-        offset: None,
-        note: format!(
-            "accepted at start; environments {:?}; filter {}",
-            rule.journaled.environments, rule.journaled.filter
-        ),
-        rule: Some(rule.journaled.clone()),
-    };
-    if let Err(e) = store.journal_append(&entry) {
-        tracing::error!(route, error = %e, "cannot journal the cutover rule the route starts with");
-    }
-}
-
 /// Where a queue without a checkpoint starts. Only the queues of a new
 /// route (no checkpoint of the route existed when this process first
 /// discovered its queues) start at the configured position. Any other queue
@@ -209,7 +168,7 @@ async fn run_route(
     };
     let mut generation = crate::checkpoint::next_generation(&journal);
     let rule = build_rule(generation, &cfg, &route, target_types.clone());
-    journal_accepted_at_start(&shared.store, &name, &journal, &rule);
+    super::rule::journal_start(&shared.store, &name, &journal, &rule, None);
     metrics::gauge!(m::CUTOVER_PERCENT, "route" => name.clone()).set(route.cutover_percent as f64);
     let (rule_tx, rule_rx) = watch::channel(Arc::new(rule));
     let (worker_stop_tx, worker_stop_rx) = watch::channel(false);
@@ -342,7 +301,7 @@ async fn run_route(
                                     continue;
                                 }
                             };
-                            super::rule::journal_start(&shared.store, &name, &journal, &rule_rx.borrow(), &queue, offset);
+                            super::rule::journal_start(&shared.store, &name, &journal, &rule_rx.borrow(), Some((&queue, offset)));
                             let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone(), &sender, &admitter);
                             queues.insert(queue, task);
                         }

@@ -93,49 +93,59 @@ pub fn journal_effect(
     }));
 }
 
-/// Records, as a route's queue starts at `offset`, the rule it starts with
-/// when the journal does not already say so for that queue: the route's
-/// first start, a config edited while the daemon was stopped, or an edit
-/// that restarted the route (a key that is not hot-reloaded changed along
-/// with the percent). `journal` is the route's journal as read at start.
-/// Without this, `verify` would judge the offsets from here on by the last
-/// rule journaled before the restart.
+/// Journals the rule a route starts with where the journal (`journal`, as
+/// read at the route's start) does not already say so: for the route as an
+/// accepted change (`at = None`), or where one of its queues starts
+/// (`at = Some((queue, offset))`). That is the route's first start, a
+/// config edited while the daemon was stopped, or an edit that restarted
+/// the route (a key that is not hot-reloaded changed along with the
+/// percent). Without it, `verify` would judge the offsets from here on by
+/// the last rule journaled before the restart (SPEC section 5: every change
+/// is journaled).
 pub fn journal_start(
     store: &CheckpointStore,
     route: &str,
     journal: &[JournalEntry],
     rule: &RouteRule,
-    queue: &SourceQueue,
-    offset: i64,
+    at: Option<(&SourceQueue, i64)>,
 ) {
-    let last = last_rule_of_queue(journal, queue);
+    let last = last_rule(journal, at.map(|(q, _)| q));
     if last.as_ref() == Some(&rule.journaled) {
         return;
     }
+    let new = &rule.journaled;
     let entry = JournalEntry {
         route: route.to_string(),
         generation: rule.generation,
-        from_percent: last.map(|r| r.percent).unwrap_or(rule.journaled.percent),
-        to_percent: rule.journaled.percent,
+        from_percent: last.map(|r| r.percent).unwrap_or(new.percent),
+        to_percent: new.percent,
         changed_at_ms: now_ms(),
-        queue: Some(queue.clone()),
-        offset: Some(offset),
-        note: "in force at start".into(),
-        rule: Some(rule.journaled.clone()),
+        queue: at.map(|(q, _)| q.clone()),
+        offset: at.map(|(_, o)| o),
+        note: match at {
+            None => format!(
+                "accepted at start; environments {:?}; filter {}",
+                new.environments, new.filter
+            ),
+            Some(_) => "in force at start".into(),
+        },
+        rule: Some(new.clone()),
     };
     if let Err(e) = store.journal_append(&entry) {
-        tracing::error!(route, %queue, error = %e, "cannot journal the cutover rule the queue starts with");
+        tracing::error!(route, queue = ?at.map(|(q, _)| q.to_string()), error = %e,
+            "cannot journal the cutover rule the route starts with");
     }
 }
 
-/// The rule the journal says was last in force on `queue`: its last
-/// "took effect" entry (entries of older bridges carry no rule: then the
-/// percent and the environments of the accepted entry of that generation).
-pub fn last_rule_of_queue(journal: &[JournalEntry], queue: &SourceQueue) -> Option<JournalRule> {
+/// The rule the journal last recorded: of the route (its last accepted
+/// entry) with `queue = None`, else the last "took effect" entry of that
+/// queue. Entries of older bridges carry no rule: then the percent, and
+/// the environments of the accepted entry of that generation (no filter).
+pub fn last_rule(journal: &[JournalEntry], queue: Option<&SourceQueue>) -> Option<JournalRule> {
     let last = journal
         .iter()
         .rev()
-        .find(|e| e.queue.as_ref() == Some(queue) && e.offset.is_some())?;
+        .find(|e| e.queue.as_ref() == queue && e.offset.is_some() == queue.is_some())?;
     if let Some(rule) = &last.rule {
         return Some(rule.clone());
     }
@@ -192,17 +202,23 @@ mod tests {
             queue_id: 0,
         };
         // Run 1 starts at 30 % for gray and forwards up to offset 40.
-        journal_start(&store, "r", &[], &rule(1, 30, &["gray"]), &q0, 0);
+        journal_start(&store, "r", &[], &rule(1, 30, &["gray"]), Some((&q0, 0)));
         // Run 2: the config says 100 % for everyone; q0 resumes at 40.
         let journal = store.journal("r").expect("journal");
         let generation = next_generation(&journal);
         assert!(journal.iter().all(|e| e.generation < generation));
-        journal_start(&store, "r", &journal, &rule(generation, 100, &[]), &q0, 40);
+        journal_start(
+            &store,
+            "r",
+            &journal,
+            &rule(generation, 100, &[]),
+            Some((&q0, 40)),
+        );
         // Run 3 with the same rule adds nothing.
         let journal = store.journal("r").expect("journal");
         let n = journal.len();
         let same = rule(next_generation(&journal), 100, &[]);
-        journal_start(&store, "r", &journal, &same, &q0, 55);
+        journal_start(&store, "r", &journal, &same, Some((&q0, 55)));
         let journal = store.journal("r").expect("journal");
         assert_eq!(journal.len(), n, "an unchanged rule was journaled again");
 
