@@ -785,13 +785,26 @@ async fn sigkill_during_stream_loses_nothing() {
 /// stays unforwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_added_while_stopped_are_forwarded_from_their_start() {
-    let p = pair("e2e-grow", &[("grow", 4, "NORMAL")]).await;
-    // The 4.x topic starts with 2 queues (the 5.x one has its 4 already).
+    // Both topics start with 2 queues; the 4.x one grows to 4 below.
+    let p = pair("e2e-grow", &[("grow", 2, "NORMAL")]).await;
     let grow = |queues: i32| testkit::create_topic(&p.client, &p.source, "grow", queues, None);
-    grow(2).await.expect("4.x topic with 2 queues");
     let routes = vec![RouteSpec::new("grow", "grow", "grow", 100).with("start", "\"latest\"")];
     testkit::write_config(&p.config_path(), &p.config("", &routes)).unwrap();
     let before = produce_into(&p, "grow", "BF", 2, 6).await;
+    // The broker counts a message in its queue's max offset a moment after
+    // storing it: wait, so that `latest` lies above every one of them.
+    testkit::eventually(
+        "4.x max offsets count the 6",
+        Duration::from_secs(10),
+        || async {
+            let n = testkit::topic_size(&p.client, &p.source, "grow")
+                .await
+                .ok()?;
+            (n >= 6).then_some(())
+        },
+    )
+    .await
+    .expect("messages in the 4.x queues");
 
     let mut bridge = start_bridge(&p.config_path(), &p.log_path());
     // Both queues have started at `latest` once their lag series show.
