@@ -504,8 +504,18 @@ impl Ctx<'_> {
                 scope,
                 "verify",
                 format!(
-                    "FAILED {when} ago: {} missing, {} damaged of {}",
-                    v.missing, v.damaged, v.expected
+                    "FAILED {when} ago: {} missing, {} damaged of {}{}",
+                    v.missing,
+                    v.damaged,
+                    v.expected,
+                    if v.expired > 0 {
+                        format!(
+                            ", {} offset(s) removed from 4.x while verify read them (not verified)",
+                            v.expired
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 remedy,
             );
@@ -1191,6 +1201,7 @@ mod coverage_tests {
             damaged: 0,
             expected: 0,
             quarantined: 0,
+            expired: 0,
             verified_to: ranges
                 .iter()
                 .map(|(id, _, to)| (q(*id).to_string(), *to))

@@ -44,6 +44,10 @@ pub struct Counts {
     pub not_forwardable: u64,
     /// Not expected, yet found in 5.x (the rule history says skip).
     pub unexpected_found: u64,
+    /// Offsets of the range no longer stored on 4.x when verify read them
+    /// (retention while it ran): not verified, so not clean.
+    #[serde(default)]
+    pub expired: u64,
 }
 
 impl Counts {
@@ -59,10 +63,11 @@ impl Counts {
         self.quarantined += o.quarantined;
         self.not_forwardable += o.not_forwardable;
         self.unexpected_found += o.unexpected_found;
+        self.expired += o.expired;
     }
 
     pub fn is_clean(&self) -> bool {
-        self.missing == 0 && self.damaged == 0
+        self.missing == 0 && self.damaged == 0 && self.expired == 0
     }
 }
 
@@ -250,6 +255,9 @@ pub struct RouteVerdict {
     /// In quarantine then, so not in 5.x (see `rmq-bridge quarantine list`).
     #[serde(default)]
     pub quarantined: u64,
+    /// Offsets gone from 4.x before verify could read them (not verified).
+    #[serde(default)]
+    pub expired: u64,
     /// Per source queue: the offset verified up to (the checkpoint then).
     pub verified_to: BTreeMap<String, i64>,
     /// Per source queue: the offset verified from (verdicts of older
@@ -288,6 +296,7 @@ impl StoredVerdict {
                             damaged: r.totals.damaged,
                             expected: r.totals.expected,
                             quarantined: r.totals.quarantined,
+                            expired: r.totals.expired,
                             verified_to: r.queues.iter().map(|q| (q.queue.clone(), q.to)).collect(),
                             verified_from: r
                                 .queues
@@ -348,6 +357,7 @@ pub fn export_metrics(report: &Report) {
             ("damaged", c.damaged),
             ("duplicated", c.duplicated),
             ("quarantined", c.quarantined),
+            ("expired", c.expired),
         ] {
             metrics::gauge!(m::VERIFY_MESSAGES, "route" => r.route.clone(), "state" => state)
                 .set(v as f64);
@@ -395,6 +405,24 @@ mod tests {
                 ..Default::default()
             }],
         )
+    }
+
+    #[test]
+    fn offsets_removed_while_verify_read_them_fail_the_verdict() {
+        let mut r = report("a", 0);
+        r.routes[0].queues[0].counts.expired = 3;
+        r.routes[0].totals.expired = 3;
+        let r = Report::new(Path::new("b.toml"), r.routes);
+        assert!(!r.is_clean(), "an expired range was not verified");
+        let kept = StoredVerdict::of(&r);
+        let v = &kept.routes["a"];
+        assert_eq!((v.verdict.as_str(), v.expired), ("failed", 3));
+        // Verdicts of older bridges have no count: read as 0.
+        let old: RouteVerdict = serde_json::from_str(
+            r#"{"verdict":"clean","at_ms":1,"missing":0,"damaged":0,"expected":5,"verified_to":{}}"#,
+        )
+        .expect("old verdict");
+        assert_eq!(old.expired, 0);
     }
 
     #[test]
