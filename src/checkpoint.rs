@@ -37,6 +37,7 @@ const ALL_CFS: [&str; 5] = [
 ];
 
 mod scheduled;
+pub use scheduled::{ForwardEntry, ForwardState};
 
 /// A 4.x source queue: positions are per (broker name, queue id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

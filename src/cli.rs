@@ -309,7 +309,7 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
             println!("  4.x not reachable: lag unknown");
         }
         if r.scheduled == crate::config::ScheduledMode::Forward {
-            let side = pipeline::scheduled::schedule_side_name(&r.name);
+            let side = pipeline::schedule_ledger::schedule_side_name(&r.name);
             let queues = store.route_checkpoints(&side).map_err(|e| anyhow!("{e}"))?;
             let (remembered, latest) = store
                 .scheduled_summary(&r.name)
@@ -567,7 +567,7 @@ pub fn reset_route(path: &Path, route: &str) -> anyhow::Result<()> {
     }
     // The schedule side of `scheduled = "forward"` starts over with it
     // (remembered forwarded ids are kept: their real copies stay skipped).
-    let side = pipeline::scheduled::schedule_side_name(route);
+    let side = pipeline::schedule_ledger::schedule_side_name(route);
     let side_reset = store.reset_route(&side).map_err(|e| anyhow!("{e}"))?;
     if !side_reset.checkpoints.is_empty() {
         println!(

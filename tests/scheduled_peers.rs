@@ -275,6 +275,47 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
         "a pending message reached the real topic already; the test proves nothing"
     );
 
+    // `check --decommission` (read-only, beside the daemon): what 5.x
+    // confirmed counts as forwarded; with a delay table that lacks levels 5
+    // and 6 the same messages are named, not skipped.
+    let scheduled_line = |config: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+            .args(["check", "--decommission", "-c"])
+            .arg(config)
+            .output()
+            .expect("run rmq-bridge check --decommission");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.contains("topic sched_src") && l.contains(" scheduled "))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no scheduled line for sched_src:\n{text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    };
+    let line = scheduled_line(&config);
+    assert!(
+        line.starts_with("GREEN") && line.contains("(5 forwarded early)"),
+        "{line}"
+    );
+    let short = dir.path().join("short.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &short,
+        text.replace(
+            &format!("delay_levels = \"{LEVELS}\""),
+            "delay_levels = \"1s 5s 10s 20s\"",
+        ),
+    )
+    .expect("write");
+    let line = scheduled_line(&short);
+    assert!(
+        line.starts_with("RED") && line.contains("5 delay message(s) pending at a level"),
+        "{line}"
+    );
+
     // SIGKILL once the checkpoints are flushed; what was remembered must
     // survive it.
     tokio::time::sleep(Duration::from_secs(3)).await;

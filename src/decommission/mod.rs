@@ -41,6 +41,9 @@ use crate::verify::report::StoredVerdict;
 
 pub const HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
 pub const OP_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
+/// Queues of `SCHEDULE_TOPIC_XXXX` on a Java 4.x broker (and the peers):
+/// one per level of the default table.
+const SCHEDULE_QUEUES: i32 = 18;
 /// The group a broker's transaction check service consumes the half topic as.
 const TRANS_CHECK_GROUP: &str = "CID_RMQ_SYS_TRANS";
 
@@ -295,7 +298,46 @@ struct ScheduleScan {
     forwarded: BTreeMap<String, u64>,
     /// Per retry topic (`%RETRY%group`): waiting for their next attempt.
     retries: BTreeMap<String, (u64, Option<i64>)>,
+    /// Per source topic: past their deadline, not moved into the topic by
+    /// the broker yet, not forwarded early.
+    overdue: BTreeMap<String, u64>,
+    /// Per source topic: not moved yet, of a level `[source] delay_levels`
+    /// does not have (deadline unknown).
+    unknown_level: BTreeMap<String, u64>,
     errors: Vec<String>,
+}
+
+/// Where one schedule-topic record stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Slot {
+    /// The broker moved it into its real topic.
+    Delivered,
+    /// Not due yet (its deadline).
+    Pending(i64),
+    /// Past its deadline, not moved yet (its deadline).
+    Overdue(i64),
+    /// Not moved, of a level the bridge's table does not have.
+    UnknownLevel,
+}
+
+/// `moved`: the broker's delay offset of the record's level (below it
+/// every record was moved); `delay`: the level's delay in `[source]
+/// delay_levels`.
+fn schedule_slot(
+    store_ms: i64,
+    offset: i64,
+    delay: Option<Duration>,
+    moved: i64,
+    now: i64,
+) -> Slot {
+    if offset < moved {
+        return Slot::Delivered;
+    }
+    match delay.map(|d| deadline_ms(store_ms, d)) {
+        None => Slot::UnknownLevel,
+        Some(deadline) if deadline > now => Slot::Pending(deadline),
+        Some(deadline) => Slot::Overdue(deadline),
+    }
 }
 
 impl ScheduleScan {
@@ -316,6 +358,12 @@ impl ScheduleScan {
             let e = self.retries.entry(k).or_default();
             e.0 += n;
             e.1 = earliest(e.1, d);
+        }
+        for (k, n) in other.overdue {
+            *self.overdue.entry(k).or_default() += n;
+        }
+        for (k, n) in other.unknown_level {
+            *self.unknown_level.entry(k).or_default() += n;
         }
         self.errors.extend(other.errors);
     }
@@ -433,12 +481,14 @@ impl Ctx<'_> {
             report.green(&scope, "lag", "0 messages");
         }
 
-        // Quarantine.
-        match self
-            .store
-            .as_ref()
-            .map(|s| s.quarantine_list(Some(&route.name)))
-        {
+        // Quarantine: the route's and its schedule side's (`<route>#scheduled`,
+        // pending scheduled messages 5.x refused).
+        let side = pipeline::schedule_ledger::schedule_side_name(&route.name);
+        match self.store.as_ref().map(|s| {
+            let mut entries = s.quarantine_list(Some(&route.name))?;
+            entries.extend(s.quarantine_list(Some(&side))?);
+            Ok::<_, crate::checkpoint::StoreError>(entries)
+        }) {
             Some(Ok(entries)) if !entries.is_empty() => {
                 let oldest = entries
                     .iter()
@@ -560,7 +610,26 @@ impl Ctx<'_> {
         let levels = &self.cfg.source.delay_levels;
         let brokers: BTreeSet<&String> = topics.values().flatten().collect();
         for broker in brokers {
-            for queue_id in 0..levels.len() as i32 {
+            // How far the broker delivered each level; the levels it has
+            // beyond the bridge's table are read too.
+            let moved = match probe::delay_offsets(&self.client, broker).await {
+                Ok(moved) => moved,
+                Err(e) => {
+                    scan.errors.push(format!("{e}"));
+                    continue;
+                }
+            };
+            // Java brokers create the schedule topic with 18 queues whatever
+            // their table; a longer table or delay offsets name more.
+            let last_level = moved
+                .keys()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(levels.len() as i32)
+                .max(SCHEDULE_QUEUES);
+            for queue_id in 0..last_level {
+                let delivered_below = moved.get(&level_of_queue(queue_id)).copied().unwrap_or(0);
                 let (min, max) = match probe::queue_range(
                     &self.client,
                     broker,
@@ -583,7 +652,7 @@ impl Ctx<'_> {
                     queue_id,
                     min,
                     max,
-                    |r| self.classify_scheduled(r, queue_id, topics, &mut found),
+                    |r| self.classify_scheduled(r, queue_id, delivered_below, topics, &mut found),
                 )
                 .await;
                 if let Err(e) = result {
@@ -595,35 +664,46 @@ impl Ctx<'_> {
         scan
     }
 
-    /// Counts one schedule-topic record if it is still pending: per real
-    /// topic (forwarded early or not) or per retry topic. Records are not
-    /// kept, so memory does not grow with the schedule topic.
+    /// Counts one schedule-topic record the broker has not moved into its
+    /// real topic yet (`moved`: its level's delay offset): per real topic
+    /// (forwarded early, pending, overdue or of an unknown level) or per
+    /// retry topic. Records are not kept, so memory does not grow with the
+    /// schedule topic.
     fn classify_scheduled(
         &self,
         r: &crate::remoting::MessageRecord,
         queue_id: i32,
+        moved: i64,
         topics: &BTreeMap<String, Vec<String>>,
         scan: &mut ScheduleScan,
     ) {
         let levels = &self.cfg.source.delay_levels;
-        // The schedule topic also holds every message already delivered.
-        let Some(delay) = levels.delay(level_of_queue(queue_id)) else {
-            return;
+        let delay = levels.delay(level_of_queue(queue_id));
+        let slot = schedule_slot(r.store_timestamp_ms, r.queue_offset, delay, moved, self.now);
+        let deadline = match slot {
+            Slot::Delivered => return,
+            Slot::Pending(d) | Slot::Overdue(d) => Some(d),
+            Slot::UnknownLevel => None,
         };
-        let deadline = deadline_ms(r.store_timestamp_ms, delay);
-        if deadline <= self.now {
-            return;
-        }
+        let earliest = |e: Option<i64>| match (e, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let real = r.properties.get(names::REAL_TOPIC).unwrap_or("");
         if real.starts_with("%RETRY%") {
             let e = scan.retries.entry(real.to_string()).or_default();
             e.0 += 1;
-            e.1 = Some(e.1.map_or(deadline, |d| d.min(deadline)));
+            e.1 = earliest(e.1);
             return;
         }
         if !topics.contains_key(real) {
             return;
         }
+        if slot == Slot::UnknownLevel {
+            *scan.unknown_level.entry(real.to_string()).or_default() += 1;
+            return;
+        }
+        // Forwarded early only where 5.x confirmed the send.
         let forwarded = self.cfg.routes.iter().any(|route| {
             route.source_topic == real
                 && route.scheduled == ScheduledMode::Forward
@@ -642,18 +722,20 @@ impl Ctx<'_> {
                     .store
                     .as_ref()
                     .and_then(|s| {
-                        s.scheduled_forwarded(&route.name, &forward_key(r))
+                        s.scheduled_entry(&route.name, &forward_key(r))
                             .ok()
                             .flatten()
                     })
-                    .is_some()
+                    .is_some_and(|e| e.state == crate::checkpoint::ForwardState::Confirmed)
         });
         if forwarded {
             *scan.forwarded.entry(real.to_string()).or_default() += 1;
+        } else if let Slot::Overdue(_) = slot {
+            *scan.overdue.entry(real.to_string()).or_default() += 1;
         } else {
             let e = scan.pending.entry(real.to_string()).or_default();
             e.0 += 1;
-            e.1 = Some(e.1.map_or(deadline, |d| d.min(deadline)));
+            e.1 = earliest(e.1);
         }
     }
 
@@ -672,6 +754,29 @@ impl Ctx<'_> {
                     "scheduled",
                     format!("{SCHEDULE_TOPIC} not fully read: {}", scan.errors.join("; ")),
                     "make the 4.x brokers reachable (and [source] delay_levels match their messageDelayLevel), then re-run",
+                );
+                continue;
+            }
+            let overdue = scan.overdue.get(topic).copied().unwrap_or(0);
+            let unknown = scan.unknown_level.get(topic).copied().unwrap_or(0);
+            if overdue > 0 || unknown > 0 {
+                let mut what = Vec::new();
+                if overdue > 0 {
+                    what.push(format!(
+                        "{overdue} delay message(s) past their deadline that the 4.x broker has not moved into the topic yet"
+                    ));
+                }
+                if unknown > 0 {
+                    what.push(format!(
+                        "{unknown} delay message(s) pending at a level [source] delay_levels does not have"
+                    ));
+                }
+                report.red(
+                    &scope,
+                    "scheduled",
+                    format!("{} in {SCHEDULE_TOPIC}, not forwarded", what.join("; ")),
+                    "keep 4.x up until its schedule service has moved them and the bridge forwarded them \
+                     (set delay_levels to the brokers' messageDelayLevel so the schedule side can forward them early)",
                 );
                 continue;
             }
@@ -1171,6 +1276,27 @@ mod tests {
         assert!(text.contains("RED    group g"));
         assert!(text.contains("-> look at them"));
         assert!(text.contains("NOT READY — 1 red line(s)"));
+    }
+
+    #[test]
+    fn a_schedule_record_counts_until_the_broker_moved_it() {
+        let (store, now) = (1_000_000, 2_000_000);
+        let d = Some(Duration::from_secs(60));
+        // Below the broker's delay offset: moved into the topic.
+        assert_eq!(schedule_slot(store, 4, d, 5, now), Slot::Delivered);
+        assert_eq!(schedule_slot(store, 4, None, 5, now), Slot::Delivered);
+        // Not moved, deadline passed (a broker behind, or stopped): it
+        // still needs 4.x; it used to be taken as delivered.
+        assert_eq!(
+            schedule_slot(store, 5, d, 5, now),
+            Slot::Overdue(store + 60_000)
+        );
+        assert_eq!(
+            schedule_slot(store, 5, d, 0, store + 1),
+            Slot::Pending(store + 60_000)
+        );
+        // A level the bridge's table lacks: it used to be skipped.
+        assert_eq!(schedule_slot(store, 5, None, 5, now), Slot::UnknownLevel);
     }
 
     #[test]

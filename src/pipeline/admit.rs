@@ -18,8 +18,8 @@ use crate::metrics as m;
 use crate::remoting::MessageRecord;
 use crate::translate::{self, SourceContext};
 
-use super::route::RouteRule;
-use super::scheduled::ScheduledRole;
+use super::rule::RouteRule;
+use super::schedule_ledger::ScheduleLedger;
 use super::share::{Held, RouteShare};
 
 /// What became of a record.
@@ -38,6 +38,18 @@ pub enum Admission {
     Deferred(Box<MessageRecord>),
 }
 
+/// A side of a route that admits its records itself (the schedule side,
+/// scheduled.rs), using [`Admitter::hold`] for what it sends.
+pub trait OwnAdmission: Send + Sync {
+    fn admit(
+        &self,
+        admitter: &Admitter,
+        rule: &RouteRule,
+        queue: &SourceQueue,
+        record: MessageRecord,
+    ) -> Admission;
+}
+
 /// One route's admission settings.
 #[derive(Clone)]
 pub struct Admitter {
@@ -47,17 +59,22 @@ pub struct Admitter {
     pub counters: m::RouteMessages,
     /// The largest body the 5.x target accepts (for the dry run).
     pub max_body_size: usize,
-    /// Pending scheduled messages (scheduled.rs): the topic path skips
-    /// copies of messages forwarded early; the schedule side admits its own.
-    pub scheduled: Option<ScheduledRole>,
+    /// The topic path: skips the broker's copies of pending scheduled
+    /// messages 5.x already has (schedule_ledger.rs).
+    pub copies: Option<Arc<ScheduleLedger>>,
+    /// A side with its own admission (the schedule side).
+    pub own: Option<Arc<dyn OwnAdmission>>,
 }
 
 impl Admitter {
     pub fn admit(&self, rule: &RouteRule, queue: &SourceQueue, record: MessageRecord) -> Admission {
-        match &self.scheduled {
-            Some(ScheduledRole::Schedule(side)) => return side.admit(self, rule, queue, record),
-            Some(ScheduledRole::Topic(ids)) if ids.skip_copy(&record) => return Admission::Done,
-            _ => {}
+        if let Some(own) = &self.own {
+            return own.admit(self, rule, queue, record);
+        }
+        if let Some(copies) = &self.copies {
+            if copies.copy_delivered(queue, &record) {
+                return Admission::Done;
+            }
         }
         let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
         let source_ctx = SourceContext {

@@ -21,6 +21,7 @@ pub mod publishers;
 pub mod quarantine;
 pub mod route;
 pub mod rule;
+pub mod schedule_ledger;
 pub mod scheduled;
 pub mod send;
 pub mod share;
@@ -522,7 +523,7 @@ mod tests {
 pub fn quarantine_sizes(store: &CheckpointStore, routes: &[&str]) -> BTreeMap<String, usize> {
     let mut sizes: BTreeMap<String, usize> = routes
         .iter()
-        .flat_map(|r| [r.to_string(), scheduled::schedule_side_name(r)])
+        .flat_map(|r| [r.to_string(), schedule_ledger::schedule_side_name(r)])
         .map(|r| (r, 0))
         .collect();
     match store.quarantine_list(None) {
@@ -547,7 +548,7 @@ mod quarantine_gauge_tests {
     fn the_gauge_counts_schedule_side_entries_kept_by_an_earlier_run() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = CheckpointStore::open(dir.path(), false).expect("store");
-        let side = scheduled::schedule_side_name("r");
+        let side = schedule_ledger::schedule_side_name("r");
         let entries = store.quarantine_list(None).expect("list");
         assert!(entries.is_empty());
         let entry = QuarantineEntry {

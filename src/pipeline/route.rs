@@ -20,7 +20,8 @@ use super::admit::Admitter;
 use super::health::RouteHealth;
 use super::progress::{CheckpointFlusher, QueueProgress};
 use super::quarantine::Quarantine;
-use super::scheduled::{spawn_schedule_side, ForwardedIds, ScheduledRole};
+use super::schedule_ledger::ScheduleLedger;
+use super::scheduled::spawn_schedule_side;
 use super::send::Sender;
 use super::worker::{run_queue_worker, QueueContext};
 use super::Shared;
@@ -192,16 +193,15 @@ async fn run_route(
         scheduled: None,
         retry_log: Default::default(),
     });
+    let ledger = Arc::new(ScheduleLedger::new(shared.store.clone(), &name));
     let admitter = Admitter {
         route: name.clone(),
         target_topic: route.target_topic.clone(),
         share,
         counters,
         max_body_size: shared.publishers.first().max_body_size(),
-        scheduled: Some(ScheduledRole::Topic(ForwardedIds::new(
-            shared.store.clone(),
-            &name,
-        ))),
+        copies: Some(ledger.clone()),
+        own: None,
     };
     // scheduled = "forward": also the messages pending in the schedule topic.
     let schedule_side = (route.scheduled == ScheduledMode::Forward).then(|| {
@@ -210,9 +210,9 @@ async fn run_route(
             &cfg,
             &route,
             rule_rx.clone(),
-            worker_stop_rx.clone(),
             &sender,
             &admitter,
+            &ledger,
         )
     });
 
@@ -319,7 +319,7 @@ async fn run_route(
                 housekeeping_ticks += 1;
                 if prune_now {
                     let watermark = super::scheduled::topic_watermark(queues.values().map(|t| &t.progress), now_ms());
-                    super::scheduled::prune(&shared.store, &name, watermark);
+                    super::schedule_ledger::prune(&shared.store, &name, watermark);
                 }
                 if let Some(group) = current_route.commit_as_group.clone() {
                     let current_rule = rule_rx.borrow().cutover.clone();

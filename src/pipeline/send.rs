@@ -26,7 +26,7 @@ use super::health::{Refusals, RouteHealth, TopicHealth};
 use super::order::OrderLocks;
 use super::publishers::PublisherPool;
 use super::quarantine::{Payload, Quarantine};
-use super::scheduled::ScheduleSide;
+use super::schedule_ledger::{Claim, ScheduleLedger};
 use super::share::{Held, RouteShare, SendPermit};
 
 /// How a send ended for the window.
@@ -36,6 +36,9 @@ pub enum SendOutcome {
     Quarantined,
     /// Stopped before it was settled: not done, re-sent after restart.
     Abandoned,
+    /// Done without a send: a pending scheduled message 5.x already has,
+    /// or one left to the topic path (schedule_ledger.rs).
+    NotNeeded,
 }
 
 /// What every send of one route shares.
@@ -54,9 +57,9 @@ pub struct Sender {
     /// Counted refusals after which a message is poison; 0 = never.
     pub poison_threshold: u32,
     pub stop: Shutdown,
-    /// The schedule side of a route: "forwarded early" is made durable
-    /// before each send (scheduled.rs).
-    pub scheduled: Option<Arc<ScheduleSide>>,
+    /// The schedule side of a route: its ledger is asked before, during
+    /// and after each send (schedule_ledger.rs).
+    pub scheduled: Option<Arc<ScheduleLedger>>,
     /// Keeps "send failed; retrying" to one line per interval.
     pub retry_log: Arc<RetryLog>,
 }
@@ -135,11 +138,15 @@ impl Sender {
             }
             _ => None,
         };
-        if let Some(side) = &self.scheduled {
-            if !side.remember(&out, &mut stop).await {
-                return SendOutcome::Abandoned;
-            }
-        }
+        let claimed = match &self.scheduled {
+            None => None,
+            Some(ledger) => match ledger.claim(&out.queue, out.offset, &mut stop).await {
+                Claim::Unclaimed => None,
+                Claim::Send(key) => Some((ledger, key)),
+                Claim::Settled => return SendOutcome::NotNeeded,
+                Claim::Stopped => return SendOutcome::Abandoned,
+            },
+        };
         let mut message = out.message;
         let mut refusals = Refusals::default();
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
@@ -151,6 +158,13 @@ impl Sender {
                     None => return SendOutcome::Abandoned,
                 },
             };
+            if let Some((ledger, key)) = &claimed {
+                if ledger.released(key) {
+                    // The broker delivered it meanwhile; the topic path
+                    // forwards its copy.
+                    return SendOutcome::NotNeeded;
+                }
+            }
             // A retry can outlive the clamp made at translation time.
             if let MessageKind::Delay {
                 delivery_timestamp_ms,
@@ -167,6 +181,11 @@ impl Sender {
             let e = match result {
                 Ok(_) => {
                     self.accepted(std::slice::from_ref(&out.store_ms));
+                    if let Some((ledger, key)) = &claimed {
+                        if !ledger.confirm(key, &mut stop).await {
+                            return SendOutcome::Abandoned;
+                        }
+                    }
                     return SendOutcome::Forwarded;
                 }
                 Err(e) => e,
