@@ -690,6 +690,16 @@ impl Ctx<'_> {
             (a, b) => a.or(b),
         };
         let real = r.properties.get(names::REAL_TOPIC).unwrap_or("");
+        tracing::debug!(
+            queue_id,
+            offset = r.queue_offset,
+            moved,
+            ?slot,
+            real,
+            msg_id = r.message_id(),
+            now = self.now,
+            "schedule-topic record not moved by the broker yet"
+        );
         if real.starts_with("%RETRY%") {
             let e = scan.retries.entry(real.to_string()).or_default();
             e.0 += 1;
