@@ -1178,3 +1178,52 @@ async fn send_retrying(
         }
     }
 }
+
+/// LOCK_BATCH_MQ / UNLOCK_BATCH_MQ on the peer broker, which issue 18's
+/// queue ownership rests on: a queue locked by one client id is refused to
+/// another (on its own connection) until released; the holder's renewal
+/// keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_locks_are_exclusive_per_client_until_released() {
+    use rmq_bridge::remoting::cmd::lock::LockQueue;
+    const INSTANCES: &str = "rmq_bridge_lock_test";
+    let cluster = start_cluster("locks").await;
+    let (a, b) = (testkit::client(), testkit::client());
+    create_topic(&a, &cluster, "locked", 2).await;
+    let broker = cluster.broker_addr.clone();
+    let queues: Vec<LockQueue> = (0..2)
+        .map(|queue_id| LockQueue {
+            topic: "locked".into(),
+            broker_name: cluster.broker_name.clone(),
+            queue_id,
+        })
+        .collect();
+    let lock = |client: &RemotingClient, id: &'static str, qs: Vec<LockQueue>| {
+        let (client, broker) = (client.clone(), broker.clone());
+        async move {
+            client
+                .lock_queues(&broker, INSTANCES, id, &qs)
+                .await
+                .unwrap_or_else(|e| panic!("lock for {id}: {e}"))
+        }
+    };
+    assert_eq!(lock(&a, "10.0.0.1@a", queues.clone()).await, queues);
+    assert_eq!(
+        lock(&b, "10.0.0.2@b", queues.clone()).await,
+        vec![],
+        "a queue locked by another client must be refused"
+    );
+    assert_eq!(
+        lock(&a, "10.0.0.1@a", queues.clone()).await,
+        queues,
+        "renewal"
+    );
+    a.unlock_queues(&broker, INSTANCES, "10.0.0.1@a", &queues[..1])
+        .await
+        .expect("unlock");
+    assert_eq!(
+        lock(&b, "10.0.0.2@b", queues.clone()).await,
+        queues[..1].to_vec(),
+        "the released queue goes to the other client, the held one stays"
+    );
+}

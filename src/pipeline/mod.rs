@@ -16,6 +16,7 @@
 pub mod admit;
 pub mod health;
 pub mod order;
+pub mod ownership;
 pub mod progress;
 pub mod publishers;
 pub mod quarantine;

@@ -4,6 +4,7 @@
 //! parsing are plain functions, tested without a socket.
 
 pub mod consumer;
+pub mod lock;
 pub mod offset;
 pub mod pull;
 pub mod route;
