@@ -172,22 +172,7 @@ impl CheckpointStore {
         key: &str,
         entry: &ForwardEntry,
     ) -> Result<(), StoreError> {
-        let db = self.db()?;
-        let cf = Self::cf(&db, CF_SCHEDULED)?;
-        let mut batch = WriteBatch::default();
-        if let Some(old) = self.scheduled_entry(route, key)? {
-            if old.deadline_ms != entry.deadline_ms {
-                batch.delete_cf(cf, due_key(route, old.deadline_ms, key));
-            }
-        }
-        batch.put_cf(cf, id_key(route, key), entry.encode());
-        batch.put_cf(cf, due_key(route, entry.deadline_ms, key), []);
-        db.write_opt(batch, &self.write_opts()).map_err(|e| {
-            self.write_err(
-                format!("forwarded scheduled message {key} of route {route}"),
-                e,
-            )
-        })
+        self.scheduled_write(route, key, entry, &self.write_opts())
     }
 
     /// Like [`Self::scheduled_put`] but never waits for the disk: for the
@@ -200,14 +185,29 @@ impl CheckpointStore {
         key: &str,
         entry: &ForwardEntry,
     ) -> Result<(), StoreError> {
+        let mut unsynced = rocksdb::WriteOptions::default();
+        unsynced.set_sync(false);
+        self.scheduled_write(route, key, entry, &unsynced)
+    }
+
+    fn scheduled_write(
+        &self,
+        route: &str,
+        key: &str,
+        entry: &ForwardEntry,
+        opts: &rocksdb::WriteOptions,
+    ) -> Result<(), StoreError> {
         let db = self.db()?;
         let cf = Self::cf(&db, CF_SCHEDULED)?;
-        let mut w = rocksdb::WriteOptions::default();
-        w.set_sync(false);
         let mut batch = WriteBatch::default();
+        if let Some(old) = self.scheduled_entry(route, key)? {
+            if old.deadline_ms != entry.deadline_ms {
+                batch.delete_cf(cf, due_key(route, old.deadline_ms, key));
+            }
+        }
         batch.put_cf(cf, id_key(route, key), entry.encode());
         batch.put_cf(cf, due_key(route, entry.deadline_ms, key), []);
-        db.write_opt(batch, &w).map_err(|e| {
+        db.write_opt(batch, opts).map_err(|e| {
             self.write_err(
                 format!("forwarded scheduled message {key} of route {route}"),
                 e,
