@@ -247,6 +247,57 @@ fn fmt_ms(ms: i64) -> String {
     ms.to_string()
 }
 
+/// `[instances] coordinate = true`: the group's members and the queues
+/// each owns by the allocation every member computes, with the group's
+/// position of each queue (what the next owner starts from).
+async fn print_instances(source: &TopicSource, group: &str) {
+    let queues = match source.refresh_route().await {
+        Ok(q) => q,
+        Err(e) => {
+            println!("  instances: cannot read the route: {e}");
+            return;
+        }
+    };
+    let Some(first) = queues.iter().map(|q| q.broker_name.clone()).min() else {
+        return;
+    };
+    let Some(addr) = source.broker_addrs(&first).into_iter().next() else {
+        return;
+    };
+    let members = match source
+        .client()
+        .get_consumer_list_by_group(&addr, group)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            println!("  instances: cannot list the members of group `{group}`: {e}");
+            return;
+        }
+    };
+    println!("  instances (group `{group}`): {}", members.len());
+    let mut sorted = members.clone();
+    sorted.sort();
+    for member in &sorted {
+        let owned = pipeline::ownership::allocate(&queues, &members, member);
+        let mut shown = Vec::new();
+        for q in &owned {
+            let at = source.group_offset(q, group).await.ok().flatten();
+            shown.push(format!(
+                "{q}@{}",
+                at.map(|o| o.to_string()).unwrap_or_else(|| "?".into())
+            ));
+        }
+        println!("    {member}: {} queue(s) {}", owned.len(), shown.join(" "));
+    }
+    if members.is_empty() {
+        println!(
+            "    none live: no queue is forwarded ({} queue(s) unowned)",
+            queues.len()
+        );
+    }
+}
+
 pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = CheckpointStore::open_read_only(&cfg.checkpoint.dir).map_err(|e| anyhow!("{e}"))?;
@@ -307,6 +358,14 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
             println!("  total lag: {total_lag} message(s)");
         } else if online {
             println!("  4.x not reachable: lag unknown");
+        }
+        if cfg.instances.coordinate && reachable {
+            print_instances(&source, &cfg.source.consumer_group).await;
+        } else if cfg.instances.coordinate {
+            println!(
+                "  instances: shared through group `{}` (4.x not reachable: members unknown)",
+                cfg.source.consumer_group
+            );
         }
         if r.scheduled == crate::config::ScheduledMode::Forward {
             let side = pipeline::schedule_ledger::schedule_side_name(&r.name);

@@ -269,7 +269,17 @@ pub struct BridgeConfig {
     pub translate: TranslateConfig,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub instances: InstancesConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[instances]`: several bridge processes with one config share the
+/// estate through the 4.x consumer group `[source] consumer_group`
+/// (pipeline/coordinate.rs). Off by default: one instance forwards every
+/// queue, exactly as before.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InstancesConfig {
+    pub coordinate: bool,
 }
 
 impl BridgeConfig {
@@ -490,7 +500,12 @@ struct RawConfig {
     pipeline: RawPipeline,
     translate: RawTranslate,
     log: RawLog,
+    instances: RawInstances,
     routes: Vec<RawRoute>,
+}
+
+struct RawInstances {
+    coordinate: Option<bool>,
 }
 
 impl RawConfig {
@@ -510,6 +525,9 @@ impl RawConfig {
             log: t.section("log", |t| RawLog {
                 format: t.opt("format"),
                 level: t.opt("level"),
+            }),
+            instances: t.section("instances", |t| RawInstances {
+                coordinate: t.opt("coordinate"),
             }),
             routes: t.sections("routes", RawRoute::read),
         }
@@ -847,6 +865,25 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
             "no [[routes]] defined; add at least one route (source_topic, target_topic)",
         );
     }
+    let instances = InstancesConfig {
+        coordinate: raw.instances.coordinate.unwrap_or(false),
+    };
+    if instances.coordinate {
+        for (i, route) in routes.iter().enumerate() {
+            if route.scheduled == ScheduledMode::Forward {
+                p.push(
+                    format!("routes[{i}].scheduled"),
+                    format!(
+                        "route `{}` forwards pending scheduled messages, which instances.coordinate = true \
+                         does not support yet: the schedule side's positions and ids live in one \
+                         instance's state directory. Use scheduled = \"ignore\" (the broker's copies are \
+                         forwarded when due), or run a single instance",
+                        route.name
+                    ),
+                );
+            }
+        }
+    }
 
     BridgeConfig {
         file: path.to_path_buf(),
@@ -859,6 +896,7 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
         translate,
         log_format,
         log_level,
+        instances,
         routes,
     }
 }
@@ -1425,6 +1463,26 @@ cutover_percent = 30
         ] {
             assert!(e.contains(key), "error should name `{key}`:\n{e}");
         }
+    }
+
+    #[test]
+    fn instances_coordinate_is_off_by_default_and_refuses_the_schedule_side() {
+        assert!(!parse_text(MINIMAL).expect("minimal").instances.coordinate);
+        let on = format!("{MINIMAL}\n[instances]\ncoordinate = true\n");
+        assert!(parse_text(&on).expect("coordinate").instances.coordinate);
+        let forward = on.replace(
+            "cutover_percent = 30",
+            "cutover_percent = 30\nscheduled = \"forward\"",
+        );
+        let e = parse_text(&forward)
+            .expect_err("forward with coordinate")
+            .to_string();
+        assert!(
+            e.contains("routes[0].scheduled") && e.contains("instances.coordinate"),
+            "{e}"
+        );
+        let typo = format!("{MINIMAL}\n[instances]\ncoordinated = true\n");
+        assert!(parse_text(&typo).is_err(), "unknown keys are errors");
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub const ROUTE_STALLED: &str = "rmq_bridge_route_stalled";
 /// 1 while a route refuses to write its progress back to its 4.x group
 /// (`commit_as_group`): live or unconfirmed 4.x consumers; the log says which.
 pub const COMMIT_REFUSED: &str = "rmq_bridge_commit_refused";
+/// Source queues this instance holds the broker's lock on and forwards, per
+/// route (`[instances] coordinate = true`; otherwise every queue).
+pub const OWNED_QUEUES: &str = "rmq_bridge_owned_queues";
+/// Source queues of a route whose owner, by the group's member list, is not
+/// known to hold them: this instance's own assigned queues it could not
+/// lock yet. Summed over instances it is the estate's unowned queues.
+pub const UNOWNED_QUEUES: &str = "rmq_bridge_unowned_queues";
 
 // `rmq-bridge verify --follow` (its own endpoint, `--metrics-listen`).
 /// Messages of the verified range per route and `state`: expected, found,
@@ -122,6 +129,16 @@ fn describe() {
         "4.x store time to 5.x acknowledgement"
     );
     describe_gauge!(CUTOVER_PERCENT, "cutover percent in force, per route");
+    describe_gauge!(
+        OWNED_QUEUES,
+        Unit::Count,
+        "source queues this instance holds and forwards, per route"
+    );
+    describe_gauge!(
+        UNOWNED_QUEUES,
+        Unit::Count,
+        "source queues assigned to this instance that it could not lock yet, per route"
+    );
     describe_gauge!(
         CHECKPOINT_AGE_SECONDS,
         Unit::Seconds,

@@ -14,6 +14,7 @@
 //! in-flight sends and writes checkpoints before returning.
 
 pub mod admit;
+pub mod coordinate;
 pub mod health;
 pub mod order;
 pub mod ownership;
@@ -72,6 +73,9 @@ pub struct Shared {
     pub order: Arc<order::OrderLocks>,
     /// Accepted / refused counts per target topic (the poison rule).
     pub topics: Arc<health::TopicHealthMap>,
+    /// `[instances] coordinate = true`: this instance's identity in the
+    /// group the instances share the queues through (coordinate.rs).
+    pub coordination: Option<Arc<coordinate::Coordination>>,
 }
 
 pub fn client_id() -> String {
@@ -199,6 +203,10 @@ impl Bridge {
             cfg.pipeline.max_concurrent_sends,
             cfg.pipeline.max_inflight_mib.saturating_mul(1024),
         );
+        let coordination = cfg
+            .instances
+            .coordinate
+            .then(|| coordinate::Coordination::new(client_id(), cfg.source.consumer_group.clone()));
         Ok(Bridge {
             config: Arc::new(cfg),
             shared: Shared {
@@ -211,6 +219,7 @@ impl Bridge {
                 shares,
                 order: order::OrderLocks::new(),
                 topics: health::TopicHealthMap::new(),
+                coordination,
             },
             routes: BTreeMap::new(),
             flusher_stop,
@@ -242,6 +251,13 @@ impl Bridge {
     /// Applies a new, already validated config. Returns an error (and changes
     /// nothing) when the change is not safe to apply in place.
     pub async fn apply(&mut self, new: BridgeConfig) -> Result<(), String> {
+        if new.instances != self.config.instances {
+            return Err(format!(
+                "[instances] coordinate changed from {} to {}: joining or leaving the instances' group \
+                 moves queue ownership, which a running bridge does not do; restart it to apply this",
+                self.config.instances.coordinate, new.instances.coordinate
+            ));
+        }
         for route in &new.routes {
             if let Some(old) = self.routes.get(&route.name) {
                 if let Some(why) = incompatible_change(&old.config, route) {
@@ -339,6 +355,14 @@ async fn heartbeat_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let client_id = client_id();
+    // Coordinating instances heartbeat well inside the brokers' 120 s
+    // expiry of a silent member: a member list that lost a live instance
+    // would give its queues away.
+    let every = if shared.coordination.is_some() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(30)
+    };
     loop {
         let cfg = config.borrow().clone();
         let topics: Vec<String> = cfg.routes.iter().map(|r| r.source_topic.clone()).collect();
@@ -361,8 +385,78 @@ async fn heartbeat_loop(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Bumps the coordination's change counter when a broker says the group's
+/// members changed (NOTIFY_CONSUMER_IDS_CHANGED; rocketmq-rust 1.0.0 brokers
+/// send it on joins only, so routes also rebalance on a timer).
+async fn membership_listener(
+    shared: Shared,
+    coordination: Arc<coordinate::Coordination>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut requests = shared.remoting.subscribe_server_requests();
+    loop {
+        let request = tokio::select! {
+            r = requests.recv() => r,
+            _ = stop.changed() => return,
+        };
+        match request {
+            Ok(r)
+                if r.command.code
+                    == crate::remoting::codes::request::NOTIFY_CONSUMER_IDS_CHANGED =>
+            {
+                let group = r.command.ext("consumerGroup").unwrap_or_default();
+                if group == coordination.group {
+                    tracing::info!(broker = %r.addr, group, "the group's members changed; rebalancing");
+                    coordination.changed.send_modify(|n| *n += 1);
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                coordination.changed.send_modify(|n| *n += 1);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Leaves the group at once on a clean stop (after every route released
+/// its queues), so the others take them without waiting for the brokers'
+/// expiry of a silent member.
+async fn leave_group(shared: &Shared, cfg: &BridgeConfig, coordination: &coordinate::Coordination) {
+    let mut addrs = Vec::new();
+    for route in &cfg.routes {
+        if let Ok(Some(r)) = shared
+            .namesrv
+            .topic_route(&shared.remoting, &route.source_topic)
+            .await
+        {
+            for b in &r.broker_datas {
+                for addr in b.broker_addrs.values() {
+                    if !addrs.contains(addr) {
+                        addrs.push(addr.clone());
+                    }
+                }
+            }
+        }
+    }
+    for addr in &addrs {
+        if let Err(e) = shared
+            .remoting
+            .unregister_client(
+                addr,
+                &coordination.client_id,
+                None,
+                Some(&coordination.group),
+            )
+            .await
+        {
+            tracing::warn!(%addr, error = %e, "cannot leave the instances' group; the broker drops this member within 120 s");
         }
     }
 }
@@ -405,15 +499,26 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let path = cfg.file.clone();
     let mut bridge = Bridge::connect(cfg).await?;
-    bridge.start_routes();
 
     let (config_tx, config_rx) = watch::channel(bridge.config.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Heartbeats first: a coordinating instance owns no queue before the
+    // brokers list it as a member.
     tokio::spawn(heartbeat_loop(
         bridge.shared.clone(),
         config_rx,
         stop_rx.clone(),
     ));
+    if let Some(coordination) = bridge.shared.coordination.clone() {
+        tracing::info!(group = %coordination.group, client_id = %coordination.client_id,
+            "sharing the estate with the other instances of this group");
+        tokio::spawn(membership_listener(
+            bridge.shared.clone(),
+            coordination,
+            stop_rx.clone(),
+        ));
+    }
+    bridge.start_routes();
     if let Some(half) = crate::systemd::watchdog_interval() {
         tokio::spawn(watchdog(
             bridge.shared.flusher.clone(),
@@ -469,7 +574,12 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     tracing::info!("stopping: draining in-flight sends and writing checkpoints");
     crate::systemd::stopping();
     let _ = stop_tx.send(true);
+    let coordination = bridge.shared.coordination.clone();
+    let (shared, cfg) = (bridge.shared.clone(), bridge.config.clone());
     bridge.shutdown().await;
+    if let Some(coordination) = coordination {
+        leave_group(&shared, &cfg, &coordination).await;
+    }
     Ok(())
 }
 

@@ -8,7 +8,8 @@
 //!   the broker. Brokers keep a lock 60 s and fence nothing themselves; a
 //!   holder counts its lock as expired [`LOCAL_LOCK_TTL`] after it *sent*
 //!   the lock request (the broker's timer starts later), so it stops before
-//!   any other member can take the queue.
+//!   any other member can take the queue;
+//! - [`Fence`]: the same rule where the sends happen.
 //!
 //! Must not touch: the requests (remoting::cmd::lock, consumer), the
 //! pipeline's queue workers.
@@ -87,6 +88,52 @@ impl Lease {
     }
 }
 
+/// The send side of one owned queue's [`Lease`]: the send layer asks it
+/// before each attempt (`send.rs`), so a queue whose lease ended sends
+/// nothing more, whatever its tasks were doing (a process resumed after
+/// SIGSTOP checks the monotonic clock, not a timer that has yet to fire).
+#[derive(Debug)]
+pub struct Fence {
+    until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Fence {
+    /// Open until `lease` ends.
+    pub fn new(lease: &Lease) -> Self {
+        Fence {
+            until: std::sync::Mutex::new(Some(lease.expires_at())),
+        }
+    }
+
+    /// Follows a renewed lease.
+    pub fn extend(&self, lease: &Lease) {
+        if let Ok(mut until) = self.until.lock() {
+            if until.is_some() {
+                *until = Some(lease.expires_at());
+            }
+        }
+    }
+
+    /// Closed for good: the queue is being released or was lost.
+    pub fn close(&self) {
+        if let Ok(mut until) = self.until.lock() {
+            *until = None;
+        }
+    }
+
+    /// Whether a send (or an offset commit) for the queue may start now.
+    pub fn open_at(&self, now: Instant) -> bool {
+        match self.until.lock() {
+            Ok(until) => until.is_some_and(|u| now < u),
+            Err(_) => false,
+        }
+    }
+
+    pub fn open(&self) -> bool {
+        self.open_at(Instant::now())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +196,28 @@ mod tests {
         // An older renewal answered late never moves the end back.
         lease.renewed(t0 + Duration::from_secs(5));
         assert_eq!(lease.expires_at(), t0 + RENEW_EVERY + LOCAL_LOCK_TTL);
+    }
+
+    #[test]
+    fn a_fence_follows_its_lease_and_never_reopens_once_closed() {
+        let t0 = Instant::now();
+        let mut lease = Lease::granted(t0);
+        let fence = Fence::new(&lease);
+        assert!(fence.open_at(t0 + Duration::from_secs(29)));
+        assert!(
+            !fence.open_at(t0 + LOCAL_LOCK_TTL),
+            "closed when the lease ends"
+        );
+        lease.renewed(t0 + RENEW_EVERY);
+        fence.extend(&lease);
+        assert!(fence.open_at(t0 + Duration::from_secs(45)));
+        fence.close();
+        assert!(!fence.open_at(t0));
+        lease.renewed(t0 + Duration::from_secs(40));
+        fence.extend(&lease);
+        assert!(
+            !fence.open_at(t0 + Duration::from_secs(41)),
+            "a closed fence stays closed"
+        );
     }
 }

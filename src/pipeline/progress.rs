@@ -117,6 +117,12 @@ impl QueueProgress {
         self.retired.store(true, Ordering::Release);
         self.moved();
     }
+    /// Sets this queue's lag gauge to 0: another instance forwards it now
+    /// (its gauge there counts the lag; summed, they must not count twice).
+    pub fn zero_lag(&self) {
+        self.published_lag.store(0, Ordering::Release);
+        self.lag_gauge.set(0.0);
+    }
     /// Messages stored on 4.x and not yet checkpointed.
     pub fn lag(&self) -> i64 {
         (self.max_offset() - self.durable()).max(0)

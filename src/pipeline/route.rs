@@ -17,7 +17,9 @@ use crate::metrics as m;
 use crate::source::{SourceError, SourceSettings, TopicSource};
 
 use super::admit::Admitter;
+use super::coordinate::{committed_offset, RouteOwnership};
 use super::health::RouteHealth;
+use super::ownership::Fence;
 use super::progress::{CheckpointFlusher, QueueProgress};
 use super::quarantine::Quarantine;
 use super::schedule_ledger::ScheduleLedger;
@@ -126,7 +128,33 @@ fn start_for_queue(configured: &StartPosition, queue_of_new_route: bool) -> Star
 struct QueueTask {
     progress: Arc<QueueProgress>,
     worker: JoinHandle<()>,
+    /// Stops this queue's puller and worker alone (a released queue).
+    stop_tx: watch::Sender<bool>,
 }
+
+impl QueueTask {
+    /// Stops the queue and waits until its worker drained (bounded by
+    /// `pipeline.shutdown_drain_timeout`) and its last position is durable.
+    async fn stop(self) -> Arc<QueueProgress> {
+        let _ = self.stop_tx.send(true);
+        let _ = self.worker.await;
+        let done = self.progress.done();
+        let mut durable = self.progress.watch_durable();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while *durable.borrow_and_update() < done {
+                if durable.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.progress
+    }
+}
+
+/// How often a coordinating instance rebalances and renews its locks
+/// (also on NOTIFY_CONSUMER_IDS_CHANGED): within ownership::RENEW_EVERY.
+const REBALANCE_EVERY: Duration = Duration::from_secs(10);
 
 async fn run_route(
     shared: Shared,
@@ -192,6 +220,7 @@ async fn run_route(
         stop: Shutdown::new(worker_stop_rx.clone()),
         scheduled: None,
         retry_log: Default::default(),
+        fence: None,
     });
     let ledger = Arc::new(ScheduleLedger::new(shared.store.clone(), &name));
     let admitter = Admitter {
@@ -236,6 +265,20 @@ async fn run_route(
         % PRUNE_IDLE_EVERY;
     let mut housekeeping_ticks = 0u64;
     let mut commit_refusal_logged_at = 0i64;
+    // `[instances] coordinate = true`: this instance runs only the queues
+    // it holds the broker's lock on (coordinate.rs).
+    let mut ownership = shared
+        .coordination
+        .clone()
+        .map(|c| RouteOwnership::new(&name, c));
+    let mut membership_rx = shared.coordination.as_ref().map(|c| c.changed.subscribe());
+    let mut rebalance = tokio::time::interval(REBALANCE_EVERY);
+    rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known: Vec<SourceQueue> = Vec::new();
+    // Queues stopping here (released or lost); not taken again until done.
+    let mut releasing: BTreeMap<SourceQueue, JoinHandle<()>> = BTreeMap::new();
 
     loop {
         tokio::select! {
@@ -251,58 +294,36 @@ async fn run_route(
                 match source.refresh_route().await {
                     Ok(found) => {
                         if new_route_queues.is_none() {
-                            match shared.store.route_checkpoints(&name) {
-                                Ok(known) => new_route_queues = Some(if known.is_empty() {
+                            let group = shared.coordination.as_ref().map(|c| c.group.as_str());
+                            match route_is_new(&shared, &source, &name, &found, group).await {
+                                Ok(new) => new_route_queues = Some(if new {
                                     found.iter().cloned().collect()
                                 } else {
                                     Default::default()
                                 }),
                                 Err(e) => {
-                                    tracing::error!(route = %name, error = %e, "cannot read the route's checkpoints; will retry");
+                                    tracing::error!(route = %name, error = %e, "cannot tell whether the route is new (its checkpoints or the instances' group offsets); will retry");
                                     refresh.reset_after(Duration::from_secs(2));
                                     continue;
                                 }
                             }
+                        }
+                        if ownership.is_some() {
+                            // Coordinating: the rebalance decides what runs here.
+                            known = found;
+                            rebalance.reset_immediately();
+                            continue;
                         }
                         let new_route = new_route_queues.as_ref().cloned().unwrap_or_default();
                         for queue in found {
                             if queues.contains_key(&queue) {
                                 continue;
                             }
-                            let start = start_for_queue(&current_route.start, new_route.contains(&queue));
-                            let offset = match shared.store.get(&name, &queue) {
-                                Ok(Some(cp)) => cp.offset,
-                                Ok(None) => match resolve_start(&source, &queue, &start, &name).await {
-                                    Ok(o) => {
-                                        if let Err(e) = shared.store.record_route_start(&name, &queue, o) {
-                                            tracing::error!(route = %name, %queue, error = %e, "cannot record start position");
-                                            continue;
-                                        }
-                                        if let Err(e) = shared.store.advance(&[(name.clone(), queue.clone(), o)]) {
-                                            tracing::error!(route = %name, %queue, error = %e, "cannot record start position");
-                                            continue;
-                                        }
-                                        if new_route.contains(&queue) {
-                                            tracing::info!(route = %name, %queue, offset = o, start = %start, "starting queue of a new route");
-                                        } else {
-                                            tracing::warn!(route = %name, %queue, offset = o, start = %start, configured = %current_route.start,
-                                                "a queue new to this route (topic grown, or a broker joined or was unreachable when the route started): \
-                                                 forwarding it from {start}, not from the route's configured start, so nothing written to it is skipped");
-                                        }
-                                        o
-                                    }
-                                    Err(e) => {
-                                        tracing::error!(route = %name, %queue, error = %e, "cannot resolve start position; will retry");
-                                        continue;
-                                    }
-                                },
-                                Err(e) => {
-                                    tracing::error!(route = %name, %queue, error = %e, "cannot read checkpoint; will retry");
-                                    continue;
-                                }
+                            let Some(offset) = queue_start(&shared, &source, &name, &queue, &current_route.start, new_route.contains(&queue)).await else {
+                                continue;
                             };
                             super::rule::journal_start(&shared.store, &name, &journal, &rule_rx.borrow(), Some((&queue, offset)));
-                            let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone(), &sender, &admitter);
+                            let task = start_queue(&shared, &source, &cfg, &current_route, queue.clone(), offset, rule_rx.clone(), worker_stop_rx.clone(), &sender, &admitter, None);
                             queues.insert(queue, task);
                         }
                     }
@@ -310,6 +331,30 @@ async fn run_route(
                         metrics::counter!(m::SOURCE_ERRORS_TOTAL, "kind" => "route").increment(1);
                         tracing::error!(route = %name, error = %e, "cannot refresh the 4.x route; retrying");
                         refresh.reset_after(Duration::from_secs(2));
+                    }
+                }
+            }
+            _ = rebalance.tick(), if ownership.is_some() => {
+                if let Some(own) = ownership.as_mut() {
+                    let new_route = new_route_queues.as_ref().cloned().unwrap_or_default();
+                    let mut ctx = RebalanceContext {
+                        shared: &shared, source: &source, cfg: &cfg, route: &current_route,
+                        journal: &journal, rule_rx: &rule_rx, worker_stop_rx: &worker_stop_rx,
+                        sender: &sender, admitter: &admitter, new_route: &new_route,
+                    };
+                    rebalance_route(&mut ctx, own, &known, &mut queues, &mut releasing).await;
+                }
+            }
+            _ = members_changed(&mut membership_rx) => {
+                rebalance.reset_immediately();
+            }
+            _ = commit_tick.tick(), if ownership.is_some() => {
+                if let Some(own) = ownership.as_mut() {
+                    // Positions shared through the group: what 5.x confirmed
+                    // and the local store holds, while the lease is ours.
+                    let step = (cfg.pipeline.inflight_per_queue / 4).max(1) as i64;
+                    for (queue, task) in &queues {
+                        own.commit(&source, queue, task.progress.durable(), step).await;
                     }
                 }
             }
@@ -362,11 +407,331 @@ async fn run_route(
     }
 
     let _ = worker_stop_tx.send(true);
-    for (_, task) in queues {
-        let _ = task.worker.await;
+    match ownership.as_mut() {
+        // Hand every queue over: position written to the group, then unlocked.
+        Some(own) => {
+            let releases: Vec<_> = std::mem::take(&mut queues)
+                .into_iter()
+                .map(|(queue, task)| release_queue(own, &source, &name, queue, task))
+                .collect();
+            futures::future::join_all(releases).await;
+        }
+        None => {
+            for (_, task) in queues {
+                let _ = task.worker.await;
+            }
+        }
+    }
+    for (_, release) in releasing {
+        let _ = release.await;
     }
     if let Some(side) = schedule_side {
         let _ = side.await;
+    }
+}
+
+/// Whether the route is new: no checkpoint of it here and, where instances
+/// share the estate, no position of the instances' group on any of its
+/// queues (a replacement instance without its state directory is not a new
+/// route).
+async fn route_is_new(
+    shared: &Shared,
+    source: &TopicSource,
+    route: &str,
+    found: &[SourceQueue],
+    group: Option<&str>,
+) -> Result<bool, String> {
+    let known = shared
+        .store
+        .route_checkpoints(route)
+        .map_err(|e| e.to_string())?;
+    if !known.is_empty() {
+        return Ok(false);
+    }
+    let Some(group) = group else {
+        return Ok(true);
+    };
+    for queue in found {
+        if committed_offset(source, group, queue).await?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Where a queue without a running task starts: its checkpoint, or (none
+/// yet) the route's start rules, recorded as its start.
+async fn queue_start(
+    shared: &Shared,
+    source: &TopicSource,
+    name: &str,
+    queue: &SourceQueue,
+    configured: &StartPosition,
+    of_new_route: bool,
+) -> Option<i64> {
+    match shared.store.get(name, queue) {
+        Ok(Some(cp)) => Some(cp.offset),
+        Ok(None) => fresh_queue_start(shared, source, name, queue, configured, of_new_route).await,
+        Err(e) => {
+            tracing::error!(route = %name, %queue, error = %e, "cannot read checkpoint; will retry");
+            None
+        }
+    }
+}
+
+/// The start of a queue that has no position anywhere, recorded in the store.
+async fn fresh_queue_start(
+    shared: &Shared,
+    source: &TopicSource,
+    name: &str,
+    queue: &SourceQueue,
+    configured: &StartPosition,
+    of_new_route: bool,
+) -> Option<i64> {
+    let start = start_for_queue(configured, of_new_route);
+    let o = match resolve_start(source, queue, &start, name).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(route = %name, %queue, error = %e, "cannot resolve start position; will retry");
+            return None;
+        }
+    };
+    if let Err(e) = shared.store.record_route_start(name, queue, o) {
+        tracing::error!(route = %name, %queue, error = %e, "cannot record start position");
+        return None;
+    }
+    if let Err(e) = shared
+        .store
+        .advance(&[(name.to_string(), queue.clone(), o)])
+    {
+        tracing::error!(route = %name, %queue, error = %e, "cannot record start position");
+        return None;
+    }
+    if of_new_route {
+        tracing::info!(route = %name, %queue, offset = o, start = %start, "starting queue of a new route");
+    } else {
+        tracing::warn!(route = %name, %queue, offset = o, start = %start, configured = %configured,
+            "a queue new to this route (topic grown, or a broker joined or was unreachable when the route started): \
+             forwarding it from {start}, not from the route's configured start, so nothing written to it is skipped");
+    }
+    Some(o)
+}
+
+/// Resolves when the instances' group changed members; never without
+/// coordination.
+async fn members_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// What a rebalance needs of its route.
+struct RebalanceContext<'a> {
+    shared: &'a Shared,
+    source: &'a TopicSource,
+    cfg: &'a Arc<BridgeConfig>,
+    route: &'a RouteConfig,
+    journal: &'a [JournalEntry],
+    rule_rx: &'a watch::Receiver<Arc<RouteRule>>,
+    worker_stop_rx: &'a watch::Receiver<bool>,
+    sender: &'a Arc<Sender>,
+    admitter: &'a Admitter,
+    new_route: &'a std::collections::BTreeSet<SourceQueue>,
+}
+
+/// One rebalance of a coordinating route: stops queues whose lease ended,
+/// hands over those now assigned to another member, takes or renews the
+/// locks of its own, and starts the ones newly locked.
+async fn rebalance_route(
+    ctx: &mut RebalanceContext<'_>,
+    own: &mut RouteOwnership,
+    known: &[SourceQueue],
+    queues: &mut BTreeMap<SourceQueue, QueueTask>,
+    releasing: &mut BTreeMap<SourceQueue, JoinHandle<()>>,
+) {
+    let name = ctx.route.name.clone();
+    releasing.retain(|_, r| !r.is_finished());
+    for queue in own.take_expired(std::time::Instant::now()) {
+        if let Some(task) = queues.remove(&queue) {
+            tracing::error!(route = %name, %queue, "the queue's lock was not renewed in time (broker unreachable, or this process was paused); stopped sending for it");
+            releasing.insert(
+                queue.clone(),
+                tokio::spawn(stop_lost(task, name.clone(), queue)),
+            );
+        }
+    }
+    if known.is_empty() {
+        return;
+    }
+    let assigned = match own.assigned(ctx.source, known).await {
+        Ok(a) => a,
+        Err(e) => {
+            // Keep what is held (the locks say who may send); renew it.
+            tracing::warn!(route = %name, error = %e, "cannot list the instances; keeping the queues held");
+            queues.keys().cloned().collect()
+        }
+    };
+    let leaving: Vec<SourceQueue> = queues
+        .keys()
+        .filter(|q| !assigned.contains(q))
+        .cloned()
+        .collect();
+    for queue in leaving {
+        if let Some(task) = queues.remove(&queue) {
+            let release = release_queue(own, ctx.source, &name, queue.clone(), task);
+            releasing.insert(queue, tokio::spawn(release));
+        }
+    }
+    let wanted: Vec<SourceQueue> = assigned
+        .iter()
+        .filter(|q| !releasing.contains_key(*q))
+        .cloned()
+        .collect();
+    let granted = own.lock(ctx.source, &wanted).await;
+    // Held before and refused now: another instance has it.
+    let lost: Vec<SourceQueue> = queues.keys().filter(|q| !own.holds(q)).cloned().collect();
+    for queue in lost {
+        if let Some(task) = queues.remove(&queue) {
+            releasing.insert(
+                queue.clone(),
+                tokio::spawn(stop_lost(task, name.clone(), queue)),
+            );
+        }
+    }
+    for queue in granted {
+        if queues.contains_key(&queue) {
+            continue;
+        }
+        match take_over(ctx, own, &queue).await {
+            Some(task) => {
+                queues.insert(queue, task);
+            }
+            None => {
+                // Not started: let the lease go (taken again next time).
+                own.close(&queue);
+            }
+        }
+    }
+    metrics::gauge!(m::OWNED_QUEUES, "route" => name.clone()).set(queues.len() as f64);
+    let unowned = assigned.iter().filter(|q| !queues.contains_key(*q)).count();
+    metrics::gauge!(m::UNOWNED_QUEUES, "route" => name).set(unowned as f64);
+}
+
+/// Starts a queue this instance just locked, from the later of its own
+/// checkpoint and the group's position.
+async fn take_over(
+    ctx: &mut RebalanceContext<'_>,
+    own: &mut RouteOwnership,
+    queue: &SourceQueue,
+) -> Option<QueueTask> {
+    let name = &ctx.route.name;
+    let group = &own.coordination().group;
+    let from_group = match committed_offset(ctx.source, group, queue).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(route = %name, %queue, error = %e, "cannot read the group's position of a locked queue; not starting it yet");
+            return None;
+        }
+    };
+    let local = match ctx.shared.store.get(name, queue) {
+        Ok(cp) => cp.map(|c| c.offset),
+        Err(e) => {
+            tracing::error!(route = %name, %queue, error = %e, "cannot read checkpoint; will retry");
+            return None;
+        }
+    };
+    let offset = match super::coordinate::takeover_offset(local, from_group) {
+        Some(o) => {
+            if local != Some(o) {
+                if let Err(e) = ctx
+                    .shared
+                    .store
+                    .advance(&[(name.clone(), queue.clone(), o)])
+                {
+                    tracing::error!(route = %name, %queue, error = %e, "cannot record the taken-over position");
+                    return None;
+                }
+            }
+            o
+        }
+        None => {
+            fresh_queue_start(
+                ctx.shared,
+                ctx.source,
+                name,
+                queue,
+                &ctx.route.start,
+                ctx.new_route.contains(queue),
+            )
+            .await?
+        }
+    };
+    // The position is the group's before anything is sent: an instance
+    // taking the queue over after a crash here starts from it, not from
+    // the route's start.
+    own.commit(ctx.source, queue, offset, 1).await;
+    tracing::info!(route = %name, %queue, offset, own_checkpoint = ?local, group_position = ?from_group,
+        client_id = %own.client_id(), "owning queue");
+    super::rule::journal_start(
+        &ctx.shared.store,
+        name,
+        ctx.journal,
+        &ctx.rule_rx.borrow(),
+        Some((queue, offset)),
+    );
+    Some(start_queue(
+        ctx.shared,
+        ctx.source,
+        ctx.cfg,
+        ctx.route,
+        queue.clone(),
+        offset,
+        ctx.rule_rx.clone(),
+        ctx.worker_stop_rx.clone(),
+        ctx.sender,
+        ctx.admitter,
+        own.fence(queue),
+    ))
+}
+
+/// Stops a queue whose lock this instance no longer holds (its fence is
+/// already closed); nothing is written to the group.
+async fn stop_lost(task: QueueTask, route: String, queue: SourceQueue) {
+    let progress = task.stop().await;
+    progress.zero_lag();
+    tracing::info!(route = %route, %queue, offset = progress.durable(), "stopped queue: its lock is lost");
+}
+
+/// Releases a queue now assigned to another member: stops admitting and
+/// sending, waits for in-flight sends (bounded) and the durable position,
+/// writes it to the group, reads it back, then unlocks.
+fn release_queue(
+    own: &mut RouteOwnership,
+    source: &TopicSource,
+    name: &str,
+    queue: SourceQueue,
+    task: QueueTask,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let lease_end = own.close(&queue).map(|(_, end)| end);
+    let coordination = own.coordination().clone();
+    let (source, name) = (source.clone(), name.to_string());
+    async move {
+        let progress = task.stop().await;
+        progress.zero_lag();
+        let offset = progress.durable();
+        tracing::info!(route = %name, %queue, offset, "stopped queue: releasing it");
+        if lease_end.is_some_and(|end| std::time::Instant::now() < end) {
+            super::coordinate::release_lock(&source, &coordination, &name, &queue, offset).await;
+            tracing::info!(route = %name, %queue, offset, "released queue to another instance");
+        } else {
+            tracing::warn!(route = %name, %queue, offset,
+                "released queue after its lease ended: its position is not written (the next owner may re-send from an older one)");
+        }
     }
 }
 
@@ -382,7 +747,20 @@ fn start_queue(
     stop_rx: watch::Receiver<bool>,
     sender: &Arc<Sender>,
     admitter: &Admitter,
+    fence: Option<Arc<Fence>>,
 ) -> QueueTask {
+    // A queue held through a lease stops alone (released or lost), and its
+    // sends ask the lease's fence; any other stops with its route.
+    let (stop_tx, queue_stop_rx) = watch::channel(false);
+    let (stop_rx, sender) = match fence {
+        Some(fence) => {
+            let mut own = (**sender).clone();
+            own.stop = Shutdown::new(queue_stop_rx.clone());
+            own.fence = Some(fence);
+            (queue_stop_rx, Arc::new(own))
+        }
+        None => (stop_rx, sender.clone()),
+    };
     let progress = QueueProgress::new(&route.name, queue.clone(), offset);
     shared.flusher.register(progress.clone());
     // Prefetch: a few pulled batches hide the pull round trip; more would
@@ -391,7 +769,7 @@ fn start_queue(
         (cfg.pipeline.inflight_per_queue / cfg.source.pull_batch_size.max(1) as usize).clamp(1, 4);
     let batches = source.spawn_puller(queue.clone(), offset, prefetch, stop_rx);
     let ctx = QueueContext {
-        sender: sender.clone(),
+        sender,
         admitter: admitter.clone(),
         store: shared.store.clone(),
         flusher: shared.flusher.clone(),
@@ -401,7 +779,11 @@ fn start_queue(
         send_batch_size: cfg.pipeline.send_batch_size,
     };
     let worker = tokio::spawn(run_queue_worker(ctx, queue, progress.clone(), batches));
-    QueueTask { progress, worker }
+    QueueTask {
+        progress,
+        worker,
+        stop_tx,
+    }
 }
 
 /// Learns the target topic's accepted message types, retrying until it

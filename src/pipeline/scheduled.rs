@@ -216,6 +216,7 @@ pub fn spawn_schedule_side(
         counters: counters.clone(),
         scheduled: Some(ledger.clone()),
         retry_log: Default::default(),
+        fence: None,
         ..(**sender).clone()
     });
     let admitter = Admitter {

@@ -24,6 +24,7 @@ use crate::translate;
 
 use super::health::{Refusals, RouteHealth, TopicHealth};
 use super::order::OrderLocks;
+use super::ownership::Fence;
 use super::publishers::PublisherPool;
 use super::quarantine::{Payload, Quarantine};
 use super::schedule_ledger::{Claim, ScheduleLedger};
@@ -62,6 +63,10 @@ pub struct Sender {
     pub scheduled: Option<Arc<ScheduleLedger>>,
     /// Keeps "send failed; retrying" to one line per interval.
     pub retry_log: Arc<RetryLog>,
+    /// The queue's lease where instances share the estate (ownership.rs):
+    /// no attempt starts once it is closed. None: the queue is this
+    /// instance's alone.
+    pub fence: Option<Arc<Fence>>,
 }
 
 /// During an outage every message in flight fails and retries: logging each
@@ -158,6 +163,9 @@ impl Sender {
                     None => return SendOutcome::Abandoned,
                 },
             };
+            if !self.fenced_open() {
+                return SendOutcome::Abandoned;
+            }
             if let Some((ledger, key)) = &claimed {
                 if ledger.released(key) {
                     // The broker delivered it meanwhile; the topic path
@@ -279,6 +287,13 @@ impl Sender {
                     }
                 },
             };
+            if !self.fenced_open() {
+                drop(p);
+                batch
+                    .iter()
+                    .for_each(|o| settled(o.offset, SendOutcome::Abandoned));
+                return;
+            }
             let result = self.publishers.next().send_batch(&messages).await;
             drop(p);
             let e = match result {
@@ -325,6 +340,11 @@ impl Sender {
                 return;
             }
         }
+    }
+
+    /// Whether this queue may still send: always, unless its lease closed.
+    fn fenced_open(&self) -> bool {
+        self.fence.as_ref().map_or(true, |f| f.open())
     }
 
     fn accepted(&self, store_ms: &[i64]) {

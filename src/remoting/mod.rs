@@ -35,6 +35,7 @@ pub use cmd::consumer::{
     ConsumeFromWhere, ConsumeType, ConsumerData, HeartbeatData, MessageModel, ProducerData,
     SubscriptionData,
 };
+pub use cmd::lock::LockQueue;
 pub use cmd::pull::{PullRequest, PullResult, PullStatus};
 pub use cmd::send::{BatchEntry, SendBatchRequest, SendRequest, SendResult, SendStatus};
 pub use cmd::topic::TopicConfig;

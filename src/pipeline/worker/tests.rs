@@ -101,6 +101,7 @@ async fn start_with_budget(
         "r",
         "t",
         1,
+        None,
     )
     .await
 }
@@ -117,6 +118,7 @@ async fn start_on(
     route: &str,
     topic: &str,
     batch_size: usize,
+    fence: Option<Arc<crate::pipeline::ownership::Fence>>,
 ) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = CheckpointStore::open(dir.path(), false).expect("open store");
@@ -163,6 +165,7 @@ async fn start_on(
         poison_threshold: 3,
         scheduled: None,
         retry_log: Default::default(),
+        fence,
         stop: Shutdown::new(stop_rx),
     });
     let ctx = QueueContext {
@@ -665,6 +668,7 @@ async fn a_misconfigured_route_stalls_alone_and_recovers() {
         "bad",
         "gone",
         1,
+        None,
     )
     .await;
     let good = start_on(
@@ -678,6 +682,7 @@ async fn a_misconfigured_route_stalls_alone_and_recovers() {
         "good",
         "t",
         1,
+        None,
     )
     .await;
     bad.batches
@@ -720,6 +725,7 @@ async fn one_group_in_two_queues_never_has_two_sends_in_flight() {
         "r",
         "t",
         1,
+        None,
     )
     .await;
     let b = start_on(
@@ -733,6 +739,7 @@ async fn one_group_in_two_queues_never_has_two_sends_in_flight() {
         "r2",
         "t",
         1,
+        None,
     )
     .await;
     // The same group in both queues (a queue count change, a failover).
@@ -771,6 +778,7 @@ async fn a_refused_packed_batch_meets_the_poison_rule_message_by_message() {
         "r",
         "t",
         4,
+        None,
     )
     .await;
     // A batch with ID-0005 in it is refused as a whole.
@@ -853,5 +861,48 @@ async fn a_translation_failure_keeps_the_record_for_replay() {
         assert_eq!(record.message_id(), e.message_id);
         assert_eq!(record.queue_offset, e.offset);
     }
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_fence_stops_every_send_of_its_queue() {
+    use crate::pipeline::ownership::{Fence, Lease};
+    let (fake, publisher, _config) = setup(&[pb::MessageType::Normal]).await;
+    let pool = crate::pipeline::PublisherPool::new(vec![publisher]).expect("publishers");
+    let fence = Arc::new(Fence::new(&Lease::granted(std::time::Instant::now())));
+    let h = start_on(
+        fake,
+        pool,
+        Shares::new(4, 16 * 1024),
+        OrderLocks::new(),
+        TopicMessageType::Normal,
+        100,
+        queue(),
+        "r",
+        "t",
+        1,
+        Some(fence.clone()),
+    )
+    .await;
+    h.batches
+        .send(records_range(0, 10, &[""], None))
+        .await
+        .expect("feed");
+    wait_durable(&h.progress, 10).await;
+    assert_eq!(h.fake.st().sends.len(), 10, "sent while the lease holds");
+    // The lease is lost (another instance may hold the queue now): what
+    // is pulled later is admitted but never sent, and never done.
+    fence.close();
+    h.batches
+        .send(records_range(10, 20, &[""], None))
+        .await
+        .expect("feed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.fake.st().sends.len(),
+        10,
+        "no send starts once the fence is closed"
+    );
+    assert_eq!(h.progress.done(), 10, "nothing past the fence is done");
     h.finish().await;
 }

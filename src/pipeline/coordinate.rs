@@ -1,0 +1,386 @@
+//! Several instances, one estate (issue 18): one route's share of the
+//! queues when `[instances] coordinate = true`. Every instance heartbeats as
+//! a member of the bridge's own 4.x consumer group (`[source]
+//! consumer_group`, pipeline/mod.rs), lists the members, takes the queues
+//! `ownership::allocate` gives it, and forwards a queue only while it holds
+//! the broker's lock on it (LOCK_BATCH_MQ), renewed at every rebalance. The
+//! send layer asks the queue's [`Fence`] before each attempt; positions
+//! are shared as the group's committed offsets (UPDATE_CONSUMER_OFFSET),
+//! written only while the fence is open, so a former owner never moves a
+//! position another instance has taken over.
+//!
+//! The route runner (route.rs) owns the queue tasks and decides when to
+//! start and stop them; this file owns the leases and speaks to the brokers.
+//!
+//! Must not touch: the queue workers, the window, the checkpoint store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::checkpoint::SourceQueue;
+use crate::remoting::LockQueue;
+use crate::source::TopicSource;
+
+use super::ownership::{allocate, Fence, Lease};
+
+/// What every route of a coordinating instance shares: who it is, its
+/// group, and a counter the membership listener bumps when a broker says
+/// the group's members changed (NOTIFY_CONSUMER_IDS_CHANGED).
+#[derive(Debug)]
+pub struct Coordination {
+    pub client_id: String,
+    pub group: String,
+    pub changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Coordination {
+    pub fn new(client_id: String, group: String) -> Arc<Self> {
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Arc::new(Coordination {
+            client_id,
+            group,
+            changed,
+        })
+    }
+}
+
+/// One held queue.
+struct Held {
+    lease: Lease,
+    fence: Arc<Fence>,
+    /// The last offset written to the group for it, and when.
+    committed: Option<(i64, Instant)>,
+}
+
+/// A held queue's position is written to the group once it moved this far
+/// past the last write, or this long after it (whichever comes first):
+/// what a successor re-sends after a crash is at most the in-flight window
+/// plus `step`, or [`COMMIT_AT_LEAST_EVERY`] of a slow queue's traffic.
+pub const COMMIT_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a queue at `offset` is due for a write to the group.
+pub fn commit_due(last: Option<(i64, Instant)>, offset: i64, step: i64, now: Instant) -> bool {
+    match last {
+        None => true,
+        Some((at, _)) if at == offset => false,
+        Some((at, when)) => {
+            offset.abs_diff(at) >= step.max(1) as u64
+                || now.saturating_duration_since(when) >= COMMIT_AT_LEAST_EVERY
+        }
+    }
+}
+
+/// One route's leases.
+pub struct RouteOwnership {
+    route: String,
+    coordination: Arc<Coordination>,
+    held: BTreeMap<SourceQueue, Held>,
+}
+
+impl RouteOwnership {
+    pub fn new(route: &str, coordination: Arc<Coordination>) -> Self {
+        RouteOwnership {
+            route: route.to_string(),
+            coordination,
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.coordination.client_id
+    }
+
+    /// The queues this instance should own among `queues`, from the group's
+    /// member list as the topic's first broker (by name) sees it. An error
+    /// when that list cannot be read: the caller keeps what it holds.
+    pub async fn assigned(
+        &self,
+        source: &TopicSource,
+        queues: &[SourceQueue],
+    ) -> Result<Vec<SourceQueue>, String> {
+        let Some(first) = queues.iter().map(|q| &q.broker_name).min() else {
+            return Ok(Vec::new());
+        };
+        let addr = source
+            .broker_addrs(first)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no address for broker {first}"))?;
+        let members = source
+            .client()
+            .get_consumer_list_by_group(&addr, &self.coordination.group)
+            .await
+            .map_err(|e| {
+                format!(
+                    "listing the members of group `{}` on {addr}: {e}",
+                    self.coordination.group
+                )
+            })?;
+        let mine = allocate(queues, &members, &self.coordination.client_id);
+        if !members.contains(&self.coordination.client_id) {
+            tracing::warn!(route = %self.route, group = %self.coordination.group, client_id = %self.coordination.client_id,
+                members = ?members, "this instance is not (yet) in its group's member list; owning no queue until its heartbeat is seen");
+        }
+        Ok(mine)
+    }
+
+    /// Asks each broker for the locks on `wanted` (taking or renewing them);
+    /// returns those held now. A queue held before and not in the answer
+    /// is lost: its fence closes at once.
+    pub async fn lock(&mut self, source: &TopicSource, wanted: &[SourceQueue]) -> Vec<SourceQueue> {
+        let mut by_broker: BTreeMap<&str, Vec<LockQueue>> = BTreeMap::new();
+        for q in wanted {
+            by_broker
+                .entry(q.broker_name.as_str())
+                .or_default()
+                .push(LockQueue {
+                    topic: source.topic().to_string(),
+                    broker_name: q.broker_name.clone(),
+                    queue_id: q.queue_id,
+                });
+        }
+        let mut granted = Vec::new();
+        for (broker, asked) in by_broker {
+            let Some(addr) = source.broker_addrs(broker).into_iter().next() else {
+                continue;
+            };
+            let sent_at = Instant::now();
+            let answer = source
+                .client()
+                .lock_queues(
+                    &addr,
+                    &self.coordination.group,
+                    &self.coordination.client_id,
+                    &asked,
+                )
+                .await;
+            let locked = match answer {
+                Ok(locked) => locked,
+                Err(e) => {
+                    // Leases run on; they end by themselves if this lasts.
+                    tracing::warn!(route = %self.route, broker, error = %e, "cannot take or renew queue locks; retrying at the next rebalance");
+                    continue;
+                }
+            };
+            for a in &asked {
+                let queue = SourceQueue {
+                    broker_name: a.broker_name.clone(),
+                    queue_id: a.queue_id,
+                };
+                if locked.contains(a) {
+                    match self.held.get_mut(&queue) {
+                        Some(h) => {
+                            h.lease.renewed(sent_at);
+                            h.fence.extend(&h.lease);
+                        }
+                        None => {
+                            let lease = Lease::granted(sent_at);
+                            let fence = Arc::new(Fence::new(&lease));
+                            self.held.insert(
+                                queue.clone(),
+                                Held {
+                                    lease,
+                                    fence,
+                                    committed: None,
+                                },
+                            );
+                        }
+                    }
+                    granted.push(queue);
+                } else if let Some(h) = self.held.remove(&queue) {
+                    h.fence.close();
+                    tracing::error!(route = %self.route, %queue, "the broker gave this queue's lock to another instance; stopped sending for it");
+                }
+            }
+        }
+        granted
+    }
+
+    /// The fence of a held queue.
+    pub fn fence(&self, queue: &SourceQueue) -> Option<Arc<Fence>> {
+        self.held.get(queue).map(|h| h.fence.clone())
+    }
+
+    /// Held queues whose lease ended without a renewal (broker unreachable,
+    /// process paused): forgotten here, their fences closed.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<SourceQueue> {
+        let expired: Vec<SourceQueue> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.lease.valid_at(now))
+            .map(|(q, _)| q.clone())
+            .collect();
+        for q in &expired {
+            if let Some(h) = self.held.remove(q) {
+                h.fence.close();
+            }
+        }
+        expired
+    }
+
+    /// Stops sending for `queue` and forgets its lease; returns its fence
+    /// and when the lease ends (the caller releases the lock with
+    /// [`release_lock`] once the position is durable, if still before then).
+    pub fn close(&mut self, queue: &SourceQueue) -> Option<(Arc<Fence>, Instant)> {
+        let h = self.held.remove(queue)?;
+        h.fence.close();
+        Some((h.fence, h.lease.expires_at()))
+    }
+
+    pub fn holds(&self, queue: &SourceQueue) -> bool {
+        self.held.contains_key(queue)
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Writes `offset` as the group's position of a held queue whose
+    /// fence is open, when [`commit_due`] (`step`: see there).
+    pub async fn commit(
+        &mut self,
+        source: &TopicSource,
+        queue: &SourceQueue,
+        offset: i64,
+        step: i64,
+    ) {
+        let Some(h) = self.held.get_mut(queue) else {
+            return;
+        };
+        let now = Instant::now();
+        if !commit_due(h.committed, offset, step, now) || !h.fence.open() {
+            return;
+        }
+        match commit_offset(source, &self.coordination.group, queue, offset).await {
+            Ok(()) => h.committed = Some((offset, now)),
+            Err(e) => {
+                tracing::warn!(route = %self.route, %queue, offset, error = %e, "cannot write the queue's position to the group; retrying")
+            }
+        }
+    }
+
+    pub fn coordination(&self) -> &Arc<Coordination> {
+        &self.coordination
+    }
+}
+
+/// The group's committed offset on a queue (None: none yet).
+pub async fn committed_offset(
+    source: &TopicSource,
+    group: &str,
+    queue: &SourceQueue,
+) -> Result<Option<i64>, String> {
+    source
+        .group_offset(queue, group)
+        .await
+        .map(|o| o.filter(|o| *o >= 0))
+        .map_err(|e| e.to_string())
+}
+
+async fn commit_offset(
+    source: &TopicSource,
+    group: &str,
+    queue: &SourceQueue,
+    offset: i64,
+) -> Result<(), String> {
+    let addr = source.master_addr(queue).map_err(|e| e.to_string())?;
+    source
+        .client()
+        .update_consumer_offset(&addr, group, source.topic(), queue.queue_id, offset)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The last step of releasing a queue whose tasks have stopped and whose
+/// position is durable: writes `offset` to the group, reads it back (a
+/// broker answers success and writes nothing while a server-side reset is
+/// pending), then unlocks. A position that did not take is logged; the
+/// next owner then starts lower and re-sends (duplicates, never a gap).
+pub async fn release_lock(
+    source: &TopicSource,
+    coordination: &Coordination,
+    route: &str,
+    queue: &SourceQueue,
+    offset: i64,
+) {
+    let group = &coordination.group;
+    match commit_offset(source, group, queue, offset).await {
+        Ok(()) => match committed_offset(source, group, queue).await {
+            Ok(Some(read)) if read == offset => {}
+            other => {
+                tracing::warn!(route, %queue, offset, read_back = ?other,
+                    "the group's position did not take (a reset pending on the broker?); the next owner may re-send from an older offset")
+            }
+        },
+        Err(e) => tracing::warn!(route, %queue, offset, error = %e,
+            "cannot write the released queue's position; the next owner may re-send from an older offset"),
+    }
+    let Ok(addr) = source.master_addr(queue) else {
+        return;
+    };
+    let unlock = [LockQueue {
+        topic: source.topic().to_string(),
+        broker_name: queue.broker_name.clone(),
+        queue_id: queue.queue_id,
+    }];
+    if let Err(e) = source
+        .client()
+        .unlock_queues(&addr, group, &coordination.client_id, &unlock)
+        .await
+    {
+        tracing::warn!(route, %queue, error = %e, "cannot unlock the released queue; the broker frees it within 60 s");
+    }
+}
+
+/// Where a queue this instance takes over starts: the later of its own
+/// checkpoint and the group's committed offset (what another instance
+/// confirmed). Both are positions below which 5.x confirmed everything.
+pub fn takeover_offset(local: Option<i64>, group: Option<i64>) -> Option<i64> {
+    match (local, group) {
+        (Some(l), Some(g)) => Some(l.max(g)),
+        (l, g) => l.or(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_takeover_never_goes_back_past_what_another_instance_confirmed() {
+        // Another instance moved the queue to 900 while this one's own
+        // checkpoint stayed at 400 from when it owned it before.
+        assert_eq!(takeover_offset(Some(400), Some(900)), Some(900));
+        // This instance confirmed up to 950 but its last commit to the group
+        // said 900: its own checkpoint is confirmed by 5.x too.
+        assert_eq!(takeover_offset(Some(950), Some(900)), Some(950));
+        // A replacement without its state directory starts from the group.
+        assert_eq!(takeover_offset(None, Some(900)), Some(900));
+        assert_eq!(takeover_offset(Some(10), None), Some(10));
+        // Neither: the route's start rules decide.
+        assert_eq!(takeover_offset(None, None), None);
+    }
+
+    #[test]
+    fn positions_reach_the_group_within_a_step_or_a_few_seconds() {
+        let t0 = Instant::now();
+        assert!(commit_due(None, 0, 16, t0), "the start is written at once");
+        assert!(!commit_due(
+            Some((100, t0)),
+            100,
+            16,
+            t0 + COMMIT_AT_LEAST_EVERY * 2
+        ));
+        assert!(!commit_due(Some((100, t0)), 115, 16, t0));
+        assert!(commit_due(Some((100, t0)), 116, 16, t0));
+        assert!(commit_due(
+            Some((100, t0)),
+            101,
+            16,
+            t0 + COMMIT_AT_LEAST_EVERY
+        ));
+        // A queue reset below its position is written too.
+        assert!(commit_due(Some((100, t0)), 10, 16, t0));
+    }
+}

@@ -1,0 +1,380 @@
+//! Several bridge instances sharing one estate through the 4.x consumer
+//! group `[source] consumer_group` (`[instances] coordinate = true`, issue
+//! 18), as daemon processes between real 4.x and 5.x peers.
+//!
+//! Who sent for which queue when comes from each instance's log: a queue is
+//! taken with "owning queue" (after the broker granted its lock, before
+//! its first send) and given up with "stopped queue" (after its last send
+//! settled or was abandoned). A killed instance stops at its kill.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
+use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::testkit::{self, metric, RouteSpec};
+use rmq_bridge::remoting::{RemotingClient, SendRequest};
+
+const QUEUES: i32 = 16;
+const WINDOW: usize = 64;
+
+struct Estate {
+    source: LocalCluster,
+    target: LocalCluster,
+    client: RemotingClient,
+    dir: tempfile::TempDir,
+}
+
+struct Instance {
+    name: String,
+    dir: PathBuf,
+    metrics: String,
+    process: Option<BridgeProcess>,
+    /// When this run of it was SIGKILLed (its sending ended there).
+    killed_at: Vec<f64>,
+}
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Estate {
+    async fn new(name: &str, topic: &str) -> Estate {
+        let source = testkit::start_source_cluster(&format!("{name}-src")).expect("4.x peers");
+        let target = testkit::start_target_cluster(&format!("{name}-dst")).expect("5.x peers");
+        let client = testkit::client();
+        testkit::create_topic(&client, &source, topic, QUEUES, None)
+            .await
+            .expect("4.x topic");
+        testkit::create_topic(&client, &target, topic, QUEUES, Some("NORMAL"))
+            .await
+            .expect("5.x topic");
+        Estate {
+            source,
+            target,
+            client,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// One instance: its own state directory and metrics port, the same
+    /// group and routes as every other.
+    fn instance(&self, name: &str, topic: &str) -> Instance {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("instance dir");
+        let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
+        let routes = vec![RouteSpec::new(topic, topic, topic, 100)];
+        let extra = format!(
+            "[instances]\ncoordinate = true\n\n[pipeline]\ninflight_per_queue = {WINDOW}\n"
+        );
+        let text = testkit::render_config(
+            &self.source,
+            &self.target,
+            &dir.join("checkpoints"),
+            &metrics,
+            &extra,
+            &routes,
+        )
+        .expect("config");
+        testkit::write_config(&dir.join("bridge.toml"), &text).expect("write config");
+        Instance {
+            name: name.to_string(),
+            dir,
+            metrics,
+            process: None,
+            killed_at: Vec::new(),
+        }
+    }
+}
+
+impl Instance {
+    fn log(&self) -> PathBuf {
+        self.dir.join("bridge.log")
+    }
+    fn start(&mut self) {
+        self.process = Some(BridgeProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_rmq-bridge")),
+            &self.dir.join("bridge.toml"),
+            &self.log(),
+        ));
+    }
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+            self.killed_at.push(now_s());
+        }
+    }
+    fn terminate(&mut self) -> bool {
+        self.process.take().map_or(true, |mut p| p.terminate())
+    }
+    /// Queues this instance owns by its metrics; 0 when it does not answer.
+    fn owned(&self, route: &str) -> f64 {
+        if self.process.is_none() {
+            return 0.0;
+        }
+        metric(
+            &scrape(&self.metrics),
+            "rmq_bridge_owned_queues",
+            &[("route", route)],
+        )
+    }
+}
+
+/// The owned counts of the running instances once they add up to every
+/// queue, each within one of an even split.
+async fn wait_even(instances: &[&Instance], route: &str, within: Duration) -> Vec<f64> {
+    let running = instances.len();
+    testkit::eventually(
+        &format!("{running} instances owning all {QUEUES} queues evenly"),
+        within,
+        || async {
+            let owned: Vec<f64> = instances.iter().map(|i| i.owned(route)).collect();
+            let total: f64 = owned.iter().sum();
+            let even = QUEUES as f64 / running as f64;
+            let ok = total == QUEUES as f64 && owned.iter().all(|o| (*o - even).abs() < 1.0);
+            ok.then_some(owned)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let owned: Vec<f64> = instances.iter().map(|i| i.owned(route)).collect();
+        panic!("{e}; owned now: {owned:?}")
+    })
+}
+
+/// A steady stream into every queue: `total` messages over about
+/// `total / rate` seconds; returns their ids.
+fn produce(
+    estate: &Estate,
+    topic: &str,
+    label: &'static str,
+    total: usize,
+    rate: usize,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let broker = estate.source.broker_addr.clone();
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let mut client = testkit::client();
+        let mut ids = Vec::with_capacity(total);
+        let started = Instant::now();
+        for i in 0..total {
+            let id = format!("{label}{i:028}");
+            let mut req = SendRequest::new(
+                "instances_producer",
+                &topic,
+                (i as i32) % QUEUES,
+                format!("body-{i}").into_bytes(),
+            );
+            req.properties.insert("UNIQ_KEY", id.clone());
+            loop {
+                match client.send_message(&broker, &req).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        eprintln!("producer retry: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        client = testkit::client();
+                    }
+                }
+            }
+            ids.push(id);
+            // Pace to `rate` per second.
+            let due = Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        ids
+    })
+}
+
+/// Waits until every id is in the 5.x topic; returns the copies per id.
+async fn landed(estate: &Estate, topic: &str, ids: &[String]) -> BTreeMap<String, usize> {
+    let want: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let records = testkit::read_back(&estate.client, &estate.target, topic)
+            .await
+            .expect("read back 5.x");
+        let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &records {
+            *copies.entry(r.message_id().to_string()).or_default() += 1;
+        }
+        let missing = want.iter().filter(|id| !copies.contains_key(**id)).count();
+        if missing == 0 {
+            return copies;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} messages never reached 5.x",
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// (queue, instance, from, to) from the instances' logs: when each sent for
+/// which queue. An interval still open ends at the instance's kill, or now.
+fn ownership_intervals(instances: &[&Instance]) -> Vec<(String, String, f64, f64)> {
+    let mut out = Vec::new();
+    for inst in instances {
+        let text = std::fs::read_to_string(inst.log()).unwrap_or_default();
+        let mut open: BTreeMap<String, f64> = BTreeMap::new();
+        let mut kills = inst.killed_at.iter().copied();
+        for line in text.lines() {
+            // A new run of the process closes what its killed run left open.
+            if line.contains("sharing the estate") && !open.is_empty() {
+                let end = kills.next().unwrap_or_else(now_s);
+                for (q, from) in std::mem::take(&mut open) {
+                    out.push((q, inst.name.clone(), from, end));
+                }
+            }
+            let Some(at) = line_time(line) else { continue };
+            let Some(queue) = field(line, "queue") else {
+                continue;
+            };
+            if line.contains("owning queue") {
+                open.insert(queue, at);
+            } else if line.contains("stopped queue") {
+                if let Some(from) = open.remove(&queue) {
+                    out.push((queue, inst.name.clone(), from, at));
+                }
+            }
+        }
+        let end = kills.next().unwrap_or_else(now_s);
+        for (q, from) in open {
+            out.push((q, inst.name.clone(), from, end));
+        }
+    }
+    out
+}
+
+/// The seconds since the epoch of a log line's RFC 3339 timestamp.
+fn line_time(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let t = chrono_like(stamp)?;
+    Some(t)
+}
+
+/// Parses `2026-12-03T18:49:22.123456Z` without a date crate.
+fn chrono_like(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
+/// `name=value` of a human log line.
+fn field(line: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=");
+    let start = line.find(&key)? + key.len();
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// No two instances sent for one queue at the same moment.
+fn assert_exclusive(intervals: &[(String, String, f64, f64)]) {
+    let mut by_queue: BTreeMap<&str, Vec<(&str, f64, f64)>> = BTreeMap::new();
+    for (q, who, from, to) in intervals {
+        by_queue.entry(q).or_default().push((who, *from, *to));
+    }
+    for (q, mut spans) in by_queue {
+        spans.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for w in spans.windows(2) {
+            assert!(
+                w[1].1 >= w[0].2,
+                "queue {q}: {} sent from {:.3} to {:.3} while {} started at {:.3}",
+                w[0].0,
+                w[0].1,
+                w[0].2,
+                w[1].0,
+                w[1].1
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() {
+    let topic = "estate";
+    let estate = Estate::new("inst-kill", topic).await;
+    let mut a = estate.instance("a", topic);
+    let mut b = estate.instance("b", topic);
+    let mut c = estate.instance("c", topic);
+    a.start();
+    b.start();
+    c.start();
+    let owned = wait_even(&[&a, &b, &c], topic, Duration::from_secs(90)).await;
+    eprintln!("three instances own {owned:?} of {QUEUES} queues");
+
+    const TOTAL: usize = 4_000;
+    const RATE: usize = 250;
+    let producer = produce(&estate, topic, "INST", TOTAL, RATE);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let moved = c.owned(topic);
+    c.kill9();
+    let killed = Instant::now();
+    std::fs::remove_dir_all(c.dir.join("checkpoints")).expect("delete c's state directory");
+    let owned = wait_even(&[&a, &b], topic, Duration::from_secs(150)).await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {takeover:?}; survivors own {owned:?}");
+
+    let ids = producer.await.expect("producer");
+    let copies = landed(&estate, topic, &ids).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copies = {
+        let again = landed(&estate, topic, &ids).await;
+        if again.values().sum::<usize>() >= copies.values().sum::<usize>() {
+            again
+        } else {
+            copies
+        }
+    };
+    let strays: Vec<&String> = copies
+        .keys()
+        .filter(|id| !ids.contains(*id))
+        .take(5)
+        .collect();
+    assert!(strays.is_empty(), "strays in the 5.x topic: {strays:?}");
+    let duplicates: usize = copies.values().map(|n| n - 1).sum();
+    // What the killed instance had admitted beyond its durable checkpoint
+    // (the window), plus what its durable position had moved past the last
+    // write to the group (a quarter window, or 5 s of a slow queue).
+    let per_queue_rate = RATE as f64 / QUEUES as f64;
+    let bound = (moved as usize) * (WINDOW + WINDOW / 4 + (per_queue_rate * 5.0) as usize);
+    eprintln!(
+        "instances: {TOTAL} messages, 1 SIGKILL moving {moved} queues, {duplicates} duplicates (bound {bound}), takeover {takeover:?}"
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates exceed the bound {bound}"
+    );
+    // A lock lives 60 s on the broker after the killed instance's last
+    // renewal; the survivors rebalance every 10 s and on member changes.
+    assert!(
+        takeover <= Duration::from_secs(60 + 10 + 15),
+        "takeover took {takeover:?}"
+    );
+
+    assert_exclusive(&ownership_intervals(&[&a, &b, &c]));
+    assert!(a.terminate());
+    assert!(b.terminate());
+}
