@@ -217,6 +217,7 @@ pub struct TranslateConfig {
     pub provenance_broker_property: String,
     pub provenance_queue_property: String,
     pub provenance_offset_property: String,
+    pub provenance_instance_property: String,
     pub source_cluster_name: String,
 }
 
@@ -635,6 +636,7 @@ struct RawTranslate {
     provenance_broker_property: Option<String>,
     provenance_queue_property: Option<String>,
     provenance_offset_property: Option<String>,
+    provenance_instance_property: Option<String>,
 }
 
 impl RawTranslate {
@@ -647,6 +649,7 @@ impl RawTranslate {
             provenance_broker_property: t.opt("provenance_broker_property"),
             provenance_queue_property: t.opt("provenance_queue_property"),
             provenance_offset_property: t.opt("provenance_offset_property"),
+            provenance_instance_property: t.opt("provenance_instance_property"),
         }
     }
 }
@@ -1073,6 +1076,10 @@ fn validate_translate(raw: &RawTranslate, source: &RawSource, p: &Problems) -> T
             .provenance_offset_property
             .clone()
             .unwrap_or_else(|| "bridge_source_offset".into()),
+        provenance_instance_property: raw
+            .provenance_instance_property
+            .clone()
+            .unwrap_or_else(|| "bridge_instance".into()),
         source_cluster_name: source.cluster_name.clone().unwrap_or_else(|| "4.x".into()),
     }
 }

@@ -52,8 +52,14 @@ pub fn build_rule(
                 broker: t.provenance_broker_property.clone(),
                 queue: t.provenance_queue_property.clone(),
                 offset: t.provenance_offset_property.clone(),
+                instance: t.provenance_instance_property.clone(),
             }),
             source_cluster: t.source_cluster_name.clone(),
+            instance: if cfg.instances.coordinate {
+                super::client_id()
+            } else {
+                String::new()
+            },
             delay_clamp_min_ahead: t.delay_min_lead,
         },
     }

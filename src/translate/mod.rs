@@ -68,6 +68,8 @@ pub struct ProvenanceNames {
     pub broker: String,
     pub queue: String,
     pub offset: String,
+    /// The forwarding instance's client id, where instances share the estate.
+    pub instance: String,
 }
 
 impl Default for ProvenanceNames {
@@ -77,6 +79,7 @@ impl Default for ProvenanceNames {
             broker: "bridge_source_broker".to_string(),
             queue: "bridge_source_queue".to_string(),
             offset: "bridge_source_offset".to_string(),
+            instance: "bridge_instance".to_string(),
         }
     }
 }
@@ -90,6 +93,9 @@ pub struct TranslateOptions {
     pub provenance: Option<ProvenanceNames>,
     /// Name of the 4.x cluster, for the provenance stamp.
     pub source_cluster: String,
+    /// The forwarding instance's client id for the provenance stamp; empty
+    /// (no stamp) unless instances share the estate.
+    pub instance: String,
     /// The smallest lead over `now` that a DELAY delivery time is sent with;
     /// see [`translate`] for the clamp.
     pub delay_clamp_min_ahead: Duration,
@@ -101,6 +107,7 @@ impl Default for TranslateOptions {
             fifo_group_from: FifoGroupSource::default(),
             provenance: None,
             source_cluster: String::new(),
+            instance: String::new(),
             delay_clamp_min_ahead: DEFAULT_DELAY_CLAMP_MIN_AHEAD,
         }
     }
@@ -504,6 +511,9 @@ fn user_properties(
         out.insert(names.broker.clone(), ctx.broker_name.to_string());
         out.insert(names.queue.clone(), ctx.queue_id.to_string());
         out.insert(names.offset.clone(), record.queue_offset.to_string());
+        if !opts.instance.is_empty() {
+            out.insert(names.instance.clone(), opts.instance.clone());
+        }
     }
     out
 }

@@ -577,6 +577,7 @@ fn provenance_off_by_default_and_on_when_named() {
             broker: "src_broker".into(),
             queue: "src_queue".into(),
             offset: "src_offset".into(),
+            instance: "src_instance".into(),
         }),
         source_cluster: "c1".into(),
         ..TranslateOptions::default()
@@ -587,6 +588,15 @@ fn provenance_off_by_default_and_on_when_named() {
     assert_eq!(msg.user_properties["src_queue"], "3");
     assert_eq!(msg.user_properties["src_offset"], "12345");
     assert_eq!(msg.user_properties.len(), 6);
+
+    // Instances sharing the estate also name the one that forwarded it.
+    let shared = TranslateOptions {
+        instance: "host-b@rmq-bridge@42".into(),
+        ..custom
+    };
+    let msg = run(&record, &[T::Normal], &shared).unwrap();
+    assert_eq!(msg.user_properties["src_instance"], "host-b@rmq-bridge@42");
+    assert_eq!(msg.user_properties.len(), 7);
 }
 
 #[test]
