@@ -22,7 +22,7 @@ step() {
 step "Debian build dependencies (libclang, g++, make; seconds if present)"
 scripts/install-deps.sh
 
-step "test peers: rocketmq-namesrv, -broker, -proxy 1.0.0 from crates.io (first time about 20 min on 2 cores, built once into ~/.cargo/bin)"
+step "test peers: rocketmq-namesrv, -broker, -proxy 1.0.0 from crates.io (first time about 35 min on 2 cores, built once into ~/.cargo/bin)"
 scripts/install-peers.sh
 export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 

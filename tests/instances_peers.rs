@@ -466,7 +466,7 @@ fn produce_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_a_long_pause_and_a_rolling_restart_keep_one_sender_per_queue() {
     let topic = "scale";
-    let estate = Estate::new("inst-scale", topic).await;
+    let mut estate = Estate::new("inst-scale", topic).await;
     let mut a = estate.instance("a", topic);
     let mut b = estate.instance("b", topic);
     let mut c = estate.instance("c", topic);
@@ -495,8 +495,14 @@ async fn scaling_a_long_pause_and_a_rolling_restart_keep_one_sender_per_queue() 
     // broker's expiry of a silent member (about 120 s): a and b take its
     // queues meanwhile.
     let c_pid = c.process.as_ref().and_then(|p| p.pid()).expect("c runs");
+    // With the 5.x proxy down, c's sends are retrying when it is paused:
+    // resumed, their backoff ends at once, and only the fence keeps them
+    // from sending for queues that are no longer c's.
+    estate.target.stop_proxy();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     signal(c_pid, "STOP");
     let paused_at = now_s();
+    estate.target.start_proxy().expect("5.x proxy back");
     wait_even(&[&a, &b], topic, Duration::from_secs(200)).await;
     signal(c_pid, "CONT");
     let resumed_at = now_s();
