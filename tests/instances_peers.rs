@@ -18,6 +18,8 @@ use rmq_bridge::remoting::{RemotingClient, SendRequest};
 
 const QUEUES: i32 = 16;
 const WINDOW: usize = 64;
+/// FIFO groups of the kill test (two per queue).
+const FIFO_GROUPS: usize = 32;
 
 struct Estate {
     source: LocalCluster,
@@ -43,14 +45,14 @@ fn now_s() -> f64 {
 }
 
 impl Estate {
-    async fn new(name: &str, topic: &str) -> Estate {
+    async fn new(name: &str, topic: &str, kind: &str) -> Estate {
         let source = testkit::start_source_cluster(&format!("{name}-src")).expect("4.x peers");
         let target = testkit::start_target_cluster(&format!("{name}-dst")).expect("5.x peers");
         let client = testkit::client();
         testkit::create_topic(&client, &source, topic, QUEUES, None)
             .await
             .expect("4.x topic");
-        testkit::create_topic(&client, &target, topic, QUEUES, Some("NORMAL"))
+        testkit::create_topic(&client, &target, topic, QUEUES, Some(kind))
             .await
             .expect("5.x topic");
         Estate {
@@ -279,7 +281,8 @@ fn assert_exclusive(intervals: &[(String, String, f64, f64)]) {
     }
 }
 
-/// `RMQ_INSTANCES_KILLS` (default 1) SIGKILLs, each of another instance
+/// Three instances forward a 16-queue FIFO estate (32 message groups from
+/// an orderly 4.x producer). `RMQ_INSTANCES_KILLS` (default 1) SIGKILLs, each of another instance
 /// whose state directory is then deleted, restarted fresh once the
 /// survivors took its queues. The note's takeover figures come from
 /// `RMQ_INSTANCES_KILLS=10 cargo nextest run --test instances_peers three_ --no-capture`.
@@ -289,7 +292,7 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
         .expect("RMQ_INSTANCES_KILLS")
         .unwrap_or(1);
     let topic = "estate";
-    let estate = Estate::new("inst-kill", topic).await;
+    let estate = Estate::new("inst-kill", topic, "FIFO").await;
     let mut instances = [
         estate.instance("a", topic),
         estate.instance("b", topic),
@@ -309,7 +312,7 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
     // A long run of kills streams slower: the read-back at the end stays small.
     let rate: usize = if kills > 1 { 60 } else { 250 };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let producer = produce_until(&estate, topic, "INST", rate, stop_rx);
+    let producer = produce_until(&estate, topic, "INST", Some(FIFO_GROUPS), rate, stop_rx);
     let mut takeovers = Vec::new();
     let mut moved_total = 0usize;
     for k in 0..kills {
@@ -364,6 +367,7 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
         .take(5)
         .collect();
     assert!(strays.is_empty(), "strays in the 5.x topic: {strays:?}");
+    assert_fifo_order(&estate, topic, &ids).await;
     let duplicates: usize = copies.values().map(|n| n - 1).sum();
     // What a killed instance had admitted beyond its durable checkpoint
     // (the window), plus what its durable position had moved past its last
@@ -398,6 +402,46 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
     }
 }
 
+/// Message i belongs to group i % FIFO_GROUPS as its (i / FIFO_GROUPS)th:
+/// in 5.x (queue, offset) order each group stays in one queue and the first
+/// copy of each message comes after the first copies of the group's earlier
+/// ones (a re-send after a takeover is a duplicate, not a reordering).
+async fn assert_fifo_order(estate: &Estate, topic: &str, ids: &[String]) {
+    let index: BTreeMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut records = testkit::read_back(&estate.client, &estate.target, topic)
+        .await
+        .expect("read back 5.x");
+    records.sort_by_key(|r| (r.queue_id, r.queue_offset));
+    let mut next: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut queue_of: BTreeMap<usize, i32> = BTreeMap::new();
+    for r in &records {
+        let Some(&i) = index.get(r.message_id()) else {
+            continue;
+        };
+        let (group, seq) = (i % FIFO_GROUPS, i / FIFO_GROUPS);
+        let q = *queue_of.entry(group).or_insert(r.queue_id);
+        assert_eq!(
+            q, r.queue_id,
+            "group g{group} in 5.x queues {q} and {}",
+            r.queue_id
+        );
+        let want = next.entry(group).or_insert(0);
+        assert!(
+            seq <= *want,
+            "group g{group}: message {seq} landed (5.x queue {} offset {}) before message {want}",
+            r.queue_id,
+            r.queue_offset
+        );
+        if seq == *want {
+            *want += 1;
+        }
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -418,6 +462,7 @@ fn produce_until(
     estate: &Estate,
     topic: &str,
     label: &'static str,
+    groups: Option<usize>,
     rate: usize,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
@@ -437,6 +482,11 @@ fn produce_until(
                 format!("body-{i}").into_bytes(),
             );
             req.properties.insert("UNIQ_KEY", id.clone());
+            if let Some(groups) = groups {
+                // An orderly 4.x producer: group g always in queue g % QUEUES.
+                req.properties
+                    .insert("__SHARDINGKEY", format!("g{}", i % groups));
+            }
             match client.send_message(&broker, &req).await {
                 Ok(_) => {
                     ids.push(id);
@@ -466,7 +516,7 @@ fn produce_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_a_long_pause_and_a_rolling_restart_keep_one_sender_per_queue() {
     let topic = "scale";
-    let mut estate = Estate::new("inst-scale", topic).await;
+    let mut estate = Estate::new("inst-scale", topic, "NORMAL").await;
     let mut a = estate.instance("a", topic);
     let mut b = estate.instance("b", topic);
     let mut c = estate.instance("c", topic);
@@ -484,7 +534,7 @@ async fn scaling_a_long_pause_and_a_rolling_restart_keep_one_sender_per_queue() 
     a.start();
     wait_even(&[&a], topic, Duration::from_secs(60)).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let producer = produce_until(&estate, topic, "SCALE", 120, stop_rx);
+    let producer = produce_until(&estate, topic, "SCALE", None, 120, stop_rx);
 
     // 1 -> 3.
     b.start();
