@@ -23,7 +23,7 @@ pub const ROUTE_STALLED: &str = "rmq_bridge_route_stalled";
 /// (`commit_as_group`): live or unconfirmed 4.x consumers; the log says which.
 pub const COMMIT_REFUSED: &str = "rmq_bridge_commit_refused";
 /// Source queues this instance holds the broker's lock on and forwards, per
-/// route (`[instances] coordinate = true`; otherwise every queue).
+/// route (exported only with `[instances] coordinate = true`).
 pub const OWNED_QUEUES: &str = "rmq_bridge_owned_queues";
 /// Source queues of a route whose owner, by the group's member list, is not
 /// known to hold them: this instance's own assigned queues it could not

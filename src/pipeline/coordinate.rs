@@ -71,11 +71,50 @@ pub fn commit_due(last: Option<(i64, Instant)>, offset: i64, step: i64, now: Ins
     }
 }
 
+/// A queue newly assigned to this instance is locked only once every
+/// rebalance for this long has assigned it here. Member lists are briefly
+/// incomplete (a 4.x broker restarted: its lock table is empty and only the
+/// members that heartbeated since are listed, for up to one heartbeat
+/// interval, 10 s); a member acting on such a list would lock queues whose
+/// owners still send under their leases. Queues held are renewed at once.
+pub const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// One route's leases.
 pub struct RouteOwnership {
     route: String,
     coordination: Arc<Coordination>,
     held: BTreeMap<SourceQueue, Held>,
+    /// Since when each queue not held has been assigned here without a break.
+    assigned_since: BTreeMap<SourceQueue, Instant>,
+}
+
+/// Of `assigned`, what to lock at `now`: the queues held (renewals) and the
+/// others assigned here for [`SETTLE_FOR`]; and how long until the next
+/// waiting one is due. `since` is updated: queues no longer assigned leave it.
+pub fn settled(
+    since: &mut BTreeMap<SourceQueue, Instant>,
+    held: &dyn Fn(&SourceQueue) -> bool,
+    assigned: &[SourceQueue],
+    now: Instant,
+) -> (Vec<SourceQueue>, Option<std::time::Duration>) {
+    since.retain(|q, _| assigned.contains(q) && !held(q));
+    let mut due = Vec::new();
+    let mut next: Option<std::time::Duration> = None;
+    for q in assigned {
+        if held(q) {
+            due.push(q.clone());
+            continue;
+        }
+        let from = *since.entry(q.clone()).or_insert(now);
+        let waited = now.saturating_duration_since(from);
+        if waited >= SETTLE_FOR {
+            due.push(q.clone());
+        } else {
+            let left = SETTLE_FOR - waited;
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
+    }
+    (due, next)
 }
 
 impl RouteOwnership {
@@ -84,7 +123,23 @@ impl RouteOwnership {
             route: route.to_string(),
             coordination,
             held: BTreeMap::new(),
+            assigned_since: BTreeMap::new(),
         }
+    }
+
+    /// [`settled`] over this route's leases.
+    pub fn to_lock(
+        &mut self,
+        assigned: &[SourceQueue],
+        now: Instant,
+    ) -> (Vec<SourceQueue>, Option<std::time::Duration>) {
+        let held = &self.held;
+        settled(
+            &mut self.assigned_since,
+            &|q| held.contains_key(q),
+            assigned,
+            now,
+        )
     }
 
     pub fn client_id(&self) -> &str {
@@ -360,6 +415,36 @@ mod tests {
         assert_eq!(takeover_offset(Some(10), None), Some(10));
         // Neither: the route's start rules decide.
         assert_eq!(takeover_offset(None, None), None);
+    }
+
+    fn q(id: i32) -> SourceQueue {
+        SourceQueue {
+            broker_name: "broker-a".into(),
+            queue_id: id,
+        }
+    }
+
+    #[test]
+    fn a_new_assignment_is_locked_only_once_it_held_for_the_settle_time() {
+        let t0 = Instant::now();
+        let mut since = BTreeMap::new();
+        let held = |x: &SourceQueue| x.queue_id == 0;
+        // q0 held: renewed at once; q1, q2 newly assigned: they wait.
+        let (due, next) = settled(&mut since, &held, &[q(0), q(1), q(2)], t0);
+        assert_eq!(due, vec![q(0)]);
+        assert_eq!(next, Some(SETTLE_FOR));
+        // A moment later an incomplete member list assigned q1 only...
+        let t1 = t0 + std::time::Duration::from_secs(5);
+        let (due, _) = settled(&mut since, &held, &[q(0), q(1)], t1);
+        assert_eq!(due, vec![q(0)]);
+        // ...and q2 again: its wait starts over, q1's goes on.
+        let t2 = t0 + SETTLE_FOR;
+        let (due, next) = settled(&mut since, &held, &[q(0), q(1), q(2)], t2);
+        assert_eq!(due, vec![q(0), q(1)]);
+        assert_eq!(next, Some(SETTLE_FOR));
+        let (due, next) = settled(&mut since, &held, &[q(0), q(1), q(2)], t2 + SETTLE_FOR);
+        assert_eq!(due, vec![q(0), q(1), q(2)]);
+        assert_eq!(next, None);
     }
 
     #[test]

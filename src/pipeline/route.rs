@@ -342,7 +342,12 @@ async fn run_route(
                         journal: &journal, rule_rx: &rule_rx, worker_stop_rx: &worker_stop_rx,
                         sender: &sender, admitter: &admitter, new_route: &new_route,
                     };
-                    rebalance_route(&mut ctx, own, &known, &mut queues, &mut releasing).await;
+                    if let Some(due) = rebalance_route(&mut ctx, own, &known, &mut queues, &mut releasing).await {
+                        // A queue waiting to settle is taken when due, not a tick later.
+                        if due < REBALANCE_EVERY {
+                            rebalance.reset_after(due + Duration::from_millis(100));
+                        }
+                    }
                 }
             }
             _ = members_changed(&mut membership_rx) => {
@@ -546,14 +551,15 @@ struct RebalanceContext<'a> {
 
 /// One rebalance of a coordinating route: stops queues whose lease ended,
 /// hands over those now assigned to another member, takes or renews the
-/// locks of its own, and starts the ones newly locked.
+/// locks of its own (a new one once settled, `coordinate::SETTLE_FOR`), and
+/// starts the ones newly locked. Returns when the next waiting queue settles.
 async fn rebalance_route(
     ctx: &mut RebalanceContext<'_>,
     own: &mut RouteOwnership,
     known: &[SourceQueue],
     queues: &mut BTreeMap<SourceQueue, QueueTask>,
     releasing: &mut BTreeMap<SourceQueue, JoinHandle<()>>,
-) {
+) -> Option<Duration> {
     let name = ctx.route.name.clone();
     releasing.retain(|_, r| !r.is_finished());
     for queue in own.take_expired(std::time::Instant::now()) {
@@ -566,7 +572,7 @@ async fn rebalance_route(
         }
     }
     if known.is_empty() {
-        return;
+        return None;
     }
     let assigned = match own.assigned(ctx.source, known).await {
         Ok(a) => a,
@@ -587,10 +593,10 @@ async fn rebalance_route(
             releasing.insert(queue, tokio::spawn(release));
         }
     }
-    let wanted: Vec<SourceQueue> = assigned
-        .iter()
-        .filter(|q| !releasing.contains_key(*q))
-        .cloned()
+    let (due, next_due) = own.to_lock(&assigned, std::time::Instant::now());
+    let wanted: Vec<SourceQueue> = due
+        .into_iter()
+        .filter(|q| !releasing.contains_key(q))
         .collect();
     let granted = own.lock(ctx.source, &wanted).await;
     // Held before and refused now: another instance has it.
@@ -620,6 +626,7 @@ async fn rebalance_route(
     metrics::gauge!(m::OWNED_QUEUES, "route" => name.clone()).set(queues.len() as f64);
     let unowned = assigned.iter().filter(|q| !queues.contains_key(*q)).count();
     metrics::gauge!(m::UNOWNED_QUEUES, "route" => name).set(unowned as f64);
+    next_due
 }
 
 /// Starts a queue this instance just locked, from the later of its own
