@@ -183,17 +183,23 @@ fn ownership_intervals(instances: &[&Instance]) -> Vec<(String, String, f64, f64
         let mut last_at = 0.0;
         for line in text.lines() {
             let Some(at) = line_time(line) else { continue };
-            // A new run of the process closes what the previous run left
-            // open: at its kill, or (no kill) at its last line.
-            if line.contains("sharing the estate") && !open.is_empty() {
-                let end = inst
+            // A kill between two lines closes what was open at the kill; a
+            // new run after a clean stop (its first line) closes what its
+            // predecessor left open at the predecessor's last line.
+            if !open.is_empty() {
+                let killed = inst
                     .killed_at
                     .iter()
                     .copied()
-                    .rfind(|k| *k >= last_at && *k <= at)
-                    .unwrap_or(last_at);
-                for (q, from) in std::mem::take(&mut open) {
-                    out.push((q, inst.name.clone(), from, end));
+                    .rfind(|k| *k >= last_at && *k <= at);
+                let end = killed.or_else(|| {
+                    line.contains("serving Prometheus metrics")
+                        .then_some(last_at)
+                });
+                if let Some(end) = end {
+                    for (q, from) in std::mem::take(&mut open) {
+                        out.push((q, inst.name.clone(), from, end));
+                    }
                 }
             }
             last_at = at;
@@ -257,6 +263,21 @@ fn field(line: &str, name: &str) -> Option<String> {
     let start = line.find(&key)? + key.len();
     let rest = &line[start..];
     Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// `RMQ_INSTANCES_LOGS=DIR` keeps each instance's log there (the test's
+/// own directory goes with it), with the kill times.
+fn keep_logs(instances: &[&Instance]) {
+    let Ok(dir) = std::env::var("RMQ_INSTANCES_LOGS") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let _ = std::fs::create_dir_all(&dir);
+    for inst in instances {
+        let _ = std::fs::copy(inst.log(), dir.join(format!("{}.log", inst.name)));
+        let kills: Vec<String> = inst.killed_at.iter().map(|k| format!("{k:.3}")).collect();
+        let _ = std::fs::write(dir.join(format!("{}.kills", inst.name)), kills.join("\n"));
+    }
 }
 
 /// No two instances sent for one queue at the same moment.
@@ -396,6 +417,7 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
             "takeover took {t:?}"
         );
     }
+    keep_logs(&instances.iter().collect::<Vec<_>>());
     assert_exclusive(&ownership_intervals(&instances.iter().collect::<Vec<_>>()));
     for inst in instances.iter_mut() {
         assert!(inst.terminate(), "{} stops cleanly", inst.name);
