@@ -258,20 +258,13 @@ async fn print_instances(source: &TopicSource, group: &str) {
             return;
         }
     };
-    let Some(first) = queues.iter().map(|q| q.broker_name.clone()).min() else {
+    if queues.is_empty() {
         return;
-    };
-    let Some(addr) = source.broker_addrs(&first).into_iter().next() else {
-        return;
-    };
-    let members = match source
-        .client()
-        .get_consumer_list_by_group(&addr, group)
-        .await
-    {
+    }
+    let members = match pipeline::coordinate::group_members(source, &queues, group).await {
         Ok(m) => m,
         Err(e) => {
-            println!("  instances: cannot list the members of group `{group}`: {e}");
+            println!("  instances: {e}");
             return;
         }
     };

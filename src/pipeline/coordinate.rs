@@ -154,24 +154,10 @@ impl RouteOwnership {
         source: &TopicSource,
         queues: &[SourceQueue],
     ) -> Result<Vec<SourceQueue>, String> {
-        let Some(first) = queues.iter().map(|q| &q.broker_name).min() else {
+        if queues.is_empty() {
             return Ok(Vec::new());
-        };
-        let addr = source
-            .broker_addrs(first)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("no address for broker {first}"))?;
-        let members = source
-            .client()
-            .get_consumer_list_by_group(&addr, &self.coordination.group)
-            .await
-            .map_err(|e| {
-                format!(
-                    "listing the members of group `{}` on {addr}: {e}",
-                    self.coordination.group
-                )
-            })?;
+        }
+        let members = group_members(source, queues, &self.coordination.group).await?;
         let mine = allocate(queues, &members, &self.coordination.client_id);
         if !members.contains(&self.coordination.client_id) {
             tracing::warn!(route = %self.route, group = %self.coordination.group, client_id = %self.coordination.client_id,
@@ -318,6 +304,30 @@ impl RouteOwnership {
     pub fn coordination(&self) -> &Arc<Coordination> {
         &self.coordination
     }
+}
+
+/// The members of `group` as the first broker (by name) of `queues` lists
+/// them: the one list every instance (and `status`) allocates from.
+pub async fn group_members(
+    source: &TopicSource,
+    queues: &[SourceQueue],
+    group: &str,
+) -> Result<Vec<String>, String> {
+    let first = queues
+        .iter()
+        .map(|q| &q.broker_name)
+        .min()
+        .ok_or_else(|| "the topic has no queues".to_string())?;
+    let addr = source
+        .broker_addrs(first)
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no address for broker {first}"))?;
+    source
+        .client()
+        .get_consumer_list_by_group(&addr, group)
+        .await
+        .map_err(|e| format!("listing the members of group `{group}` on {addr}: {e}"))
 }
 
 /// The group's committed offset on a queue (None: none yet).

@@ -367,18 +367,7 @@ async fn heartbeat_loop(
         let cfg = config.borrow().clone();
         let topics: Vec<String> = cfg.routes.iter().map(|r| r.source_topic.clone()).collect();
         let data = HeartbeatData::consumer(&client_id, &cfg.source.consumer_group, &topics);
-        let mut addrs = Vec::new();
-        for topic in &topics {
-            if let Ok(Some(route)) = shared.namesrv.topic_route(&shared.remoting, topic).await {
-                for b in &route.broker_datas {
-                    for addr in b.broker_addrs.values() {
-                        if !addrs.contains(addr) {
-                            addrs.push(addr.clone());
-                        }
-                    }
-                }
-            }
-        }
+        let addrs = source_broker_addrs(&shared, &cfg).await;
         for addr in &addrs {
             if let Err(e) = shared.remoting.heartbeat(addr, &data).await {
                 tracing::debug!(%addr, error = %e, "heartbeat failed");
@@ -389,6 +378,28 @@ async fn heartbeat_loop(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Every broker address (masters and slaves) of every route's source topic,
+/// as the name servers answer now; topics they cannot route are left out.
+async fn source_broker_addrs(shared: &Shared, cfg: &BridgeConfig) -> Vec<String> {
+    let mut addrs = Vec::new();
+    for route in &cfg.routes {
+        if let Ok(Some(r)) = shared
+            .namesrv
+            .topic_route(&shared.remoting, &route.source_topic)
+            .await
+        {
+            for b in &r.broker_datas {
+                for addr in b.broker_addrs.values() {
+                    if !addrs.contains(addr) {
+                        addrs.push(addr.clone());
+                    }
+                }
+            }
+        }
+    }
+    addrs
 }
 
 /// Bumps the coordination's change counter when a broker says the group's
@@ -429,23 +440,7 @@ async fn membership_listener(
 /// its queues), so the others take them without waiting for the brokers'
 /// expiry of a silent member.
 async fn leave_group(shared: &Shared, cfg: &BridgeConfig, coordination: &coordinate::Coordination) {
-    let mut addrs = Vec::new();
-    for route in &cfg.routes {
-        if let Ok(Some(r)) = shared
-            .namesrv
-            .topic_route(&shared.remoting, &route.source_topic)
-            .await
-        {
-            for b in &r.broker_datas {
-                for addr in b.broker_addrs.values() {
-                    if !addrs.contains(addr) {
-                        addrs.push(addr.clone());
-                    }
-                }
-            }
-        }
-    }
-    for addr in &addrs {
+    for addr in &source_broker_addrs(shared, cfg).await {
         if let Err(e) = shared
             .remoting
             .unregister_client(
