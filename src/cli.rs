@@ -294,11 +294,23 @@ async fn print_instances(source: &TopicSource, group: &str) {
 pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = CheckpointStore::open_read_only(&cfg.checkpoint.dir).map_err(|e| anyhow!("{e}"))?;
-    let client = pipeline::remoting_client(&cfg);
-    let namesrv = pipeline::name_servers(&cfg).map_err(anyhow::Error::msg)?;
+    let forward =
+        pipeline::read_side(&cfg, crate::config::Direction::Forward).map_err(anyhow::Error::msg)?;
+    let reverse = pipeline::read_side(&cfg, crate::config::Direction::Reverse).ok();
     for r in &cfg.routes {
+        let (arrow, read) = match r.direction {
+            crate::config::Direction::Forward => ("4.x -> 5.x", Some(&forward)),
+            crate::config::Direction::Reverse => ("5.x -> 4.x (reverse)", reverse.as_ref()),
+        };
+        let Some((client, namesrv)) = read else {
+            println!(
+                "route {}: reverse, but [target] namesrv_addr is not set",
+                r.name
+            );
+            continue;
+        };
         println!(
-            "route {}: {} -> {}  cutover {}%  environments {:?}",
+            "route {}: {} -> {}  {arrow}  cutover {}%  environments {:?}",
             r.name, r.source_topic, r.target_topic, r.cutover_percent, r.environments
         );
         let checkpoints = store

@@ -219,6 +219,13 @@ pub struct TranslateConfig {
     pub provenance_offset_property: String,
     pub provenance_instance_property: String,
     pub source_cluster_name: String,
+    /// `[target] cluster_name`: the 5.x cluster's name in origin stamps.
+    pub target_cluster_name: String,
+    /// `[translate] loop_prevention` (default true): stamp every bridged
+    /// message with its origin and never send one back (translate/origin.rs).
+    pub loop_prevention: bool,
+    /// `[translate] origin_property`: the stamp's user-property name.
+    pub origin_property: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +241,30 @@ pub struct RouteConfig {
     pub commit_as_group: Option<String>,
     /// Pending delay-level messages in the 4.x schedule topic (issue 11).
     pub scheduled: ScheduledMode,
+    /// Which way the route carries messages (`routes[].direction`).
+    pub direction: Direction,
+}
+
+/// Which way a route carries messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// 4.x -> 5.x: reads `[source]` over Remoting, publishes to `[target]`
+    /// over gRPC v2.
+    #[default]
+    Forward,
+    /// 5.x -> 4.x: reads the 5.x cluster's brokers over Remoting (name
+    /// servers `[target] namesrv_addr`), publishes to `[source]`'s brokers
+    /// over Remoting.
+    Reverse,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        })
+    }
 }
 
 /// What a route does with its source topic's messages still pending in the
@@ -567,6 +598,7 @@ struct RawTarget {
     request_timeout_ms: Option<u64>,
     clients: Option<usize>,
     namesrv_addr: Option<String>,
+    cluster_name: Option<String>,
 }
 
 impl RawTarget {
@@ -578,6 +610,7 @@ impl RawTarget {
             request_timeout_ms: t.opt("request_timeout_ms"),
             clients: t.opt("clients"),
             namesrv_addr: t.opt("namesrv_addr"),
+            cluster_name: t.opt("cluster_name"),
         }
     }
 }
@@ -637,6 +670,8 @@ struct RawTranslate {
     provenance_queue_property: Option<String>,
     provenance_offset_property: Option<String>,
     provenance_instance_property: Option<String>,
+    loop_prevention: Option<bool>,
+    origin_property: Option<String>,
 }
 
 impl RawTranslate {
@@ -650,6 +685,8 @@ impl RawTranslate {
             provenance_queue_property: t.opt("provenance_queue_property"),
             provenance_offset_property: t.opt("provenance_offset_property"),
             provenance_instance_property: t.opt("provenance_instance_property"),
+            loop_prevention: t.opt("loop_prevention"),
+            origin_property: t.opt("origin_property"),
         }
     }
 }
@@ -670,6 +707,7 @@ struct RawRoute {
     start: Option<String>,
     commit_as_group: Option<String>,
     scheduled: Option<String>,
+    direction: Option<String>,
 }
 
 impl RawRoute {
@@ -685,6 +723,7 @@ impl RawRoute {
             start: t.opt("start"),
             commit_as_group: t.opt("commit_as_group"),
             scheduled: t.opt("scheduled"),
+            direction: t.opt("direction"),
         }
     }
 }
@@ -833,7 +872,7 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
         1024,
     );
 
-    let translate = validate_translate(&raw.translate, &raw.source, p);
+    let translate = validate_translate(&raw.translate, &raw.source, &raw.target, p);
 
     let log_format = match raw.log.format.as_deref().unwrap_or("human") {
         "human" | "text" => LogFormat::Human,
@@ -871,6 +910,23 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
     let instances = InstancesConfig {
         coordinate: raw.instances.coordinate.unwrap_or(false),
     };
+    for (i, route) in routes.iter().enumerate() {
+        if route.direction != Direction::Reverse {
+            continue;
+        }
+        if target.namesrv_addrs.is_empty() {
+            p.push(
+                format!("routes[{i}].direction"),
+                format!("route `{}` reads 5.x over Remoting, which needs the 5.x cluster's name servers: set [target] namesrv_addr", route.name),
+            );
+        }
+        if instances.coordinate {
+            p.push(
+                format!("routes[{i}].direction"),
+                format!("route `{}` is a reverse route, which instances.coordinate = true does not share yet (the instances' group and queue locks live on the 4.x brokers); run reverse routes on a single instance without [instances]", route.name),
+            );
+        }
+    }
     if instances.coordinate {
         for (i, route) in routes.iter().enumerate() {
             if route.scheduled == ScheduledMode::Forward {
@@ -888,7 +944,7 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
         }
     }
 
-    BridgeConfig {
+    let cfg = BridgeConfig {
         file: path.to_path_buf(),
         source,
         target,
@@ -901,7 +957,11 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
         log_level,
         instances,
         routes,
+    };
+    for (key, reason) in loop_problems(&cfg) {
+        p.push(key, reason);
     }
+    cfg
 }
 
 fn describe_config_error(e: config::ConfigError) -> String {
@@ -1044,7 +1104,12 @@ fn validate_target(raw: &RawTarget, env: &[(String, String)], p: &Problems) -> T
     }
 }
 
-fn validate_translate(raw: &RawTranslate, source: &RawSource, p: &Problems) -> TranslateConfig {
+fn validate_translate(
+    raw: &RawTranslate,
+    source: &RawSource,
+    target: &RawTarget,
+    p: &Problems,
+) -> TranslateConfig {
     let fifo_group = match raw.fifo_group.as_deref().unwrap_or("sharding_key") {
         "sharding_key" => FifoGroupFrom::ShardingKey,
         "queue" | "source_queue" => FifoGroupFrom::SourceQueue,
@@ -1081,7 +1146,64 @@ fn validate_translate(raw: &RawTranslate, source: &RawSource, p: &Problems) -> T
             .clone()
             .unwrap_or_else(|| "bridge_instance".into()),
         source_cluster_name: source.cluster_name.clone().unwrap_or_else(|| "4.x".into()),
+        target_cluster_name: target.cluster_name.clone().unwrap_or_else(|| "5.x".into()),
+        loop_prevention: raw.loop_prevention.unwrap_or(true),
+        origin_property: raw
+            .origin_property
+            .clone()
+            .unwrap_or_else(|| "bridge_origin".into()),
     }
+}
+
+/// Why the routes' directions and the loop-prevention settings cannot go
+/// together: each problem as (key, reason).
+fn loop_problems(cfg: &BridgeConfig) -> Vec<(String, String)> {
+    let t = &cfg.translate;
+    let mut out = Vec::new();
+    let (s, d) = (t.source_cluster_name.trim(), t.target_cluster_name.trim());
+    if t.loop_prevention {
+        if s == d {
+            out.push((
+                "target.cluster_name".to_string(),
+                format!("the 4.x and 5.x clusters are both named `{s}`; origin stamps could not tell them apart. Give them different names ([source] cluster_name, [target] cluster_name)"),
+            ));
+        }
+        for (key, name) in [("source.cluster_name", s), ("target.cluster_name", d)] {
+            if name.is_empty() || name.contains(',') {
+                out.push((key.to_string(), format!("`{name}` cannot name a cluster in an origin stamp: use a non-empty name without commas")));
+            }
+        }
+        if t.origin_property.trim().is_empty()
+            || crate::reserved::is_reserved_property(&t.origin_property)
+        {
+            out.push((
+                "translate.origin_property".to_string(),
+                format!("`{}` cannot hold the origin stamp: use a non-empty user-property name that RocketMQ does not reserve", t.origin_property),
+            ));
+        }
+        return out;
+    }
+    for f in &cfg.routes {
+        if f.direction != Direction::Forward {
+            continue;
+        }
+        for r in cfg
+            .routes
+            .iter()
+            .filter(|r| r.direction == Direction::Reverse)
+        {
+            if r.source_topic == f.target_topic && r.target_topic == f.source_topic {
+                out.push((
+                    "translate.loop_prevention".to_string(),
+                    format!(
+                        "routes `{}` (4.x `{}` -> 5.x `{}`) and `{}` (5.x `{}` -> 4.x `{}`) carry one topic pair both ways,                          which without origin stamps sends every message back where it came from, forever.                          Remove loop_prevention = false (stamps are on by default)",
+                        f.name, f.source_topic, f.target_topic, r.name, r.source_topic, r.target_topic,
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The route, unless its name or source topic is missing (already noted).
@@ -1166,6 +1288,31 @@ fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
             ScheduledMode::Ignore
         }
     };
+    let direction = match r.direction.as_deref().map(str::trim) {
+        None | Some("forward") => Direction::Forward,
+        Some("reverse") => Direction::Reverse,
+        Some(other) => {
+            p.push(
+                key("direction"),
+                format!("`{other}` is not \"forward\" (4.x -> 5.x, the default) or \"reverse\" (5.x -> 4.x)"),
+            );
+            Direction::Forward
+        }
+    };
+    if direction == Direction::Reverse {
+        if scheduled == ScheduledMode::Forward {
+            p.push(
+                key("scheduled"),
+                "scheduled = \"forward\" reads the 4.x schedule topic, which a reverse route (5.x -> 4.x) does not read; 5.x timers reach the route when due. Remove it",
+            );
+        }
+        if commit_as_group.is_some() {
+            p.push(
+                key("commit_as_group"),
+                "commit_as_group writes 4.x group offsets of the route's source topic, and a reverse route's source is on 5.x; remove it",
+            );
+        }
+    }
     let route = RouteConfig {
         name: r.name.clone()?,
         source_topic: r.source_topic.clone()?,
@@ -1177,6 +1324,7 @@ fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
         start,
         commit_as_group,
         scheduled,
+        direction,
     };
     if (0..=100).contains(&percent) {
         for reason in commit_as_group_conflicts(&route) {
@@ -1302,6 +1450,71 @@ cutover_percent = 30
 
     fn parse_text(text: &str) -> Result<BridgeConfig, ConfigError> {
         parse(Path::new("bridge.toml"), text, &[])
+    }
+
+    #[test]
+    fn directions_and_the_loop_rules() {
+        let c = parse_text(MINIMAL).unwrap();
+        assert_eq!(c.routes[0].direction, Direction::Forward);
+        assert!(c.translate.loop_prevention, "stamps are on by default");
+        assert_eq!(c.translate.origin_property, "bridge_origin");
+        assert_eq!(
+            (
+                c.translate.source_cluster_name.as_str(),
+                c.translate.target_cluster_name.as_str()
+            ),
+            ("4.x", "5.x")
+        );
+        let both = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"orders-back\"\nsource_topic = \"orders\"\ndirection = \"reverse\"\n"
+        );
+        // A reverse route reads 5.x over Remoting: it needs the name servers.
+        let err = parse_text(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[1].direction") && err.contains("namesrv_addr"),
+            "{err}"
+        );
+        let both = both.replace(
+            "[target]\n",
+            "[target]\nnamesrv_addr = \"127.0.0.1:9877\"\n",
+        );
+        let c = parse_text(&both).unwrap();
+        assert_eq!(c.routes[1].direction, Direction::Reverse);
+        // Both directions of one topic pair without stamps would loop.
+        let off = both.replace(
+            "[checkpoint]",
+            "[translate]\nloop_prevention = false\n[checkpoint]",
+        );
+        let err = parse_text(&off).unwrap_err().to_string();
+        assert!(
+            err.contains("translate.loop_prevention") && err.contains("`orders-back`"),
+            "{err}"
+        );
+        // Off is allowed where no pair goes both ways.
+        let one_way = MINIMAL.replace(
+            "[checkpoint]",
+            "[translate]\nloop_prevention = false\n[checkpoint]",
+        );
+        assert!(!parse_text(&one_way).unwrap().translate.loop_prevention);
+        // Two clusters of one name: stamps could not tell them apart.
+        let same = both.replace("[target]\n", "[target]\ncluster_name = \"4.x\"\n");
+        let err = parse_text(&same).unwrap_err().to_string();
+        assert!(
+            err.contains("target.cluster_name") && err.contains("both named"),
+            "{err}"
+        );
+        let bad = both.replace("direction = \"reverse\"", "direction = \"backwards\"");
+        let err = parse_text(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[1].direction") && err.contains("`backwards`"),
+            "{err}"
+        );
+        let with_schedule = both.replace(
+            "direction = \"reverse\"",
+            "direction = \"reverse\"\nscheduled = \"forward\"",
+        );
+        let err = parse_text(&with_schedule).unwrap_err().to_string();
+        assert!(err.contains("routes[1].scheduled"), "{err}");
     }
 
     #[test]

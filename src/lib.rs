@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod remoting;
 pub mod reserved;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 pub mod systemd;
 pub mod translate;

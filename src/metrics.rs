@@ -53,6 +53,9 @@ pub mod outcome {
     pub const EXPIRED: &str = "expired";
     /// Dry run (0%): the message would be rejected by its target topic.
     pub const WOULD_FAIL: &str = "would_fail";
+    /// Came from the route's destination (its origin stamp names it): not
+    /// sent back (translate/origin.rs).
+    pub const LOOP_SKIPPED: &str = "loop_skipped";
 }
 
 /// One route's per-message counters and latency histogram, looked up once:
@@ -66,6 +69,7 @@ pub struct RouteMessages {
     pub quarantined: metrics::Counter,
     pub expired: metrics::Counter,
     pub would_fail: metrics::Counter,
+    pub loop_skipped: metrics::Counter,
     pub latency: metrics::Histogram,
 }
 
@@ -79,6 +83,7 @@ impl RouteMessages {
             quarantined: counter(outcome::QUARANTINED),
             expired: counter(outcome::EXPIRED),
             would_fail: counter(outcome::WOULD_FAIL),
+            loop_skipped: counter(outcome::LOOP_SKIPPED),
             latency: metrics::histogram!(FORWARD_LATENCY_SECONDS, "route" => route.to_string()),
         }
     }
@@ -121,7 +126,7 @@ fn describe() {
     describe_counter!(
         MESSAGES_TOTAL,
         Unit::Count,
-        "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail"
+        "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail, loop_skipped"
     );
     describe_histogram!(
         FORWARD_LATENCY_SECONDS,

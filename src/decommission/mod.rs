@@ -196,6 +196,10 @@ pub async fn run(cfg: &BridgeConfig) -> anyhow::Result<DecommissionReport> {
     // Source topics and the brokers that hold them.
     let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for route in &cfg.routes {
+        if route.direction == crate::config::Direction::Reverse {
+            ctx.reverse_lines(&mut report, route).await;
+            continue;
+        }
         let source = ctx.source(route);
         match tokio::time::timeout(Duration::from_secs(10), source.refresh_route()).await {
             Ok(Ok(queues)) => {
@@ -382,6 +386,86 @@ impl Ctx<'_> {
                 long_poll: Duration::from_millis(0),
             },
         )
+    }
+
+    /// A reverse route (5.x -> 4.x) keeps 4.x a destination: while it has
+    /// lag, 4.x consumers still wait for what was produced on 5.x.
+    async fn reverse_lines(&self, report: &mut DecommissionReport, route: &RouteConfig) {
+        let scope = format!("route {} (reverse)", route.name);
+        let Ok((client, namesrv)) = pipeline::read_side(self.cfg, route.direction) else {
+            report.red(
+                &scope,
+                "lag",
+                "unknown: [target] namesrv_addr is not set",
+                "set [target] namesrv_addr to the 5.x name servers, then re-run",
+            );
+            return;
+        };
+        let source = TopicSource::new(
+            client,
+            namesrv,
+            SourceSettings {
+                topic: route.source_topic.clone(),
+                filter: route.filter.clone(),
+                consumer_group: self.cfg.source.consumer_group.clone(),
+                pull_batch_size: 1,
+                long_poll: Duration::from_millis(0),
+            },
+        );
+        let queues =
+            match tokio::time::timeout(Duration::from_secs(10), source.refresh_route()).await {
+                Ok(Ok(q)) => q,
+                Ok(Err(e)) => {
+                    report.red(
+                        &scope,
+                        "lag",
+                        format!("unknown: {e}"),
+                        "make the 5.x cluster's brokers reachable over Remoting, then re-run",
+                    );
+                    return;
+                }
+                Err(_) => {
+                    report.red(
+                        &scope,
+                        "lag",
+                        "unknown: the 5.x name server did not answer in 10 s",
+                        "fix [target] namesrv_addr or the network, then re-run",
+                    );
+                    return;
+                }
+            };
+        let mut lag = 0i64;
+        let mut unknown = Vec::new();
+        for q in &queues {
+            let max = source.max_offset(q).await;
+            let checkpoint = match self.store.as_ref().map(|s| s.get(&route.name, q)) {
+                Some(Ok(Some(cp))) => Ok(cp.offset),
+                Some(Err(e)) => Err(e.to_string()),
+                _ => source.min_offset(q).await.map_err(|e| e.to_string()),
+            };
+            match (max, checkpoint) {
+                (Ok(max), Ok(cp)) => lag += (max - cp).max(0),
+                (Err(e), _) => unknown.push(format!("{q}: {e}")),
+                (_, Err(e)) => unknown.push(format!("{q}: {e}")),
+            }
+        }
+        if !unknown.is_empty() {
+            report.red(
+                &scope,
+                "lag",
+                format!("unknown for {}", unknown.join("; ")),
+                "make every 5.x broker of the topic reachable, then re-run",
+            );
+        } else if lag > 0 {
+            report.red(
+                &scope,
+                "lag",
+                format!("{lag} message(s) produced on 5.x not yet on 4.x"),
+                "4.x consumers still wait for them: keep the bridge running until the reverse route's lag is 0, or move those consumers to 5.x and remove the route",
+            );
+        } else {
+            report.green(&scope, "lag", "0: everything produced on 5.x is on 4.x");
+        }
     }
 
     async fn route_lines(

@@ -76,6 +76,12 @@ impl Admitter {
                 return Admission::Done;
             }
         }
+        // Before the cutover: a message that came from this route's
+        // destination is never sent back, whatever the percent.
+        if translate::looped(&record, &rule.translate) {
+            self.counters.loop_skipped.increment(1);
+            return Admission::Done;
+        }
         let decision = cutover::decide(&record, &rule.cutover, &queue.broker_name, queue.queue_id);
         let source_ctx = SourceContext {
             broker_name: &queue.broker_name,

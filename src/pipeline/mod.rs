@@ -76,6 +76,87 @@ pub struct Shared {
     /// `[instances] coordinate = true`: this instance's identity in the
     /// group the instances share the queues through (coordinate.rs).
     pub coordination: Option<Arc<coordinate::Coordination>>,
+    /// Where reverse routes (5.x -> 4.x) read and write; None without
+    /// `[target] namesrv_addr` (config refuses reverse routes then).
+    pub reverse: Option<Ends>,
+}
+
+/// One direction's two sides as a route sees them: the cluster it reads
+/// over Remoting, and the sinks it publishes through.
+#[derive(Clone)]
+pub struct Ends {
+    pub remoting: RemotingClient,
+    pub namesrv: NameServers,
+    pub sinks: PublisherPool,
+}
+
+impl Shared {
+    /// The ends of a route of `direction`; None for a reverse route when
+    /// the 5.x name servers are not configured.
+    pub fn ends(&self, direction: config::Direction) -> Option<Ends> {
+        match direction {
+            config::Direction::Forward => Some(Ends {
+                remoting: self.remoting.clone(),
+                namesrv: self.namesrv.clone(),
+                sinks: self.publishers.clone(),
+            }),
+            config::Direction::Reverse => self.reverse.clone(),
+        }
+    }
+}
+
+/// The cluster a route of `direction` reads, as a Remoting client (with
+/// that cluster's credentials) and its name servers: 4.x for forward
+/// routes, 5.x (`[target] namesrv_addr`) for reverse ones.
+pub fn read_side(
+    cfg: &BridgeConfig,
+    direction: config::Direction,
+) -> Result<(RemotingClient, NameServers), String> {
+    match direction {
+        config::Direction::Forward => Ok((remoting_client(cfg), name_servers(cfg)?)),
+        config::Direction::Reverse => {
+            let namesrv = NameServers::parse(&cfg.target.namesrv_addrs.join(";"))
+                .map_err(|e| format!("target.namesrv_addr: {e}"))?;
+            let client = RemotingClient::new(RemotingClientConfig {
+                request_timeout: cfg.target.request_timeout,
+                connect_timeout: Duration::from_secs(3),
+                credentials: cfg.target.credentials.as_ref().map(|c| AclCredentials {
+                    access_key: c.access_key.clone(),
+                    secret_key: c.secret_key.clone(),
+                    security_token: None,
+                }),
+                client_id: client_id(),
+            });
+            Ok((client, namesrv))
+        }
+    }
+}
+
+/// The producer group reverse routes send to 4.x as.
+pub fn reverse_producer_group(cfg: &BridgeConfig) -> String {
+    format!("{}_reverse", cfg.source.consumer_group)
+}
+
+/// The reverse direction's ends: the 5.x brokers read over Remoting (with
+/// the 5.x credentials), the 4.x brokers written over Remoting (with the
+/// 4.x credentials, through the source's client).
+fn reverse_ends(cfg: &BridgeConfig, four: &RemotingClient) -> anyhow::Result<Option<Ends>> {
+    if cfg.target.namesrv_addrs.is_empty() {
+        return Ok(None);
+    }
+    let (five, namesrv) = read_side(cfg, config::Direction::Reverse).map_err(anyhow::Error::msg)?;
+    let sink = crate::sink::RemotingSink::new(
+        four.clone(),
+        name_servers(cfg).map_err(anyhow::Error::msg)?,
+        &reverse_producer_group(cfg),
+    );
+    let sinks =
+        PublisherPool::of_sinks(vec![sink.into()]).ok_or_else(|| anyhow::anyhow!("no 4.x sink"))?;
+    Ok(Some(Ends {
+        remoting: five,
+        namesrv,
+        sinks,
+    }))
 }
 
 pub fn client_id() -> String {
@@ -137,14 +218,24 @@ pub fn name_servers(cfg: &BridgeConfig) -> Result<NameServers, String> {
     NameServers::parse(&cfg.source.namesrv_addrs.join(";")).map_err(|e| e.to_string())
 }
 
+/// What a route's checkpoints are bound to in the store: its source topic,
+/// marked for a reverse route (its queues are the 5.x cluster's), so that
+/// neither a topic nor a direction change reuses positions of other queues.
+pub fn topic_binding(route: &RouteConfig) -> String {
+    match route.direction {
+        config::Direction::Forward => route.source_topic.clone(),
+        config::Direction::Reverse => format!("{} (5.x, reverse)", route.source_topic),
+    }
+}
+
 /// Why a config change cannot be applied to the running bridge.
 fn incompatible_change(old: &RouteConfig, new: &RouteConfig) -> Option<String> {
-    if old.source_topic != new.source_topic {
+    if topic_binding(old) != topic_binding(new) {
         // The same words as the store's binding check at startup.
         let mismatch = crate::checkpoint::StoreError::TopicMismatch {
             route: old.name.clone(),
-            bound: old.source_topic.clone(),
-            configured: new.source_topic.clone(),
+            bound: topic_binding(old),
+            configured: topic_binding(new),
         };
         return Some(mismatch.to_string());
     }
@@ -178,7 +269,7 @@ impl Bridge {
         let bindings: Vec<(String, String)> = cfg
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.source_topic.clone()))
+            .map(|r| (r.name.clone(), topic_binding(r)))
             .collect();
         let found = store.bind_route_topics_blocking(bindings).await?;
         for (route, binding) in cfg.routes.iter().zip(found) {
@@ -190,7 +281,12 @@ impl Bridge {
         let namesrv = name_servers(&cfg).map_err(anyhow::Error::msg)?;
         let remoting = remoting_client(&cfg);
         let publishers = connect_publishers(&cfg).await?;
-        let publisher = publishers.first().clone();
+        let publisher = publishers
+            .first()
+            .grpc()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("the 5.x publishers are not gRPC"))?;
+        let reverse = reverse_ends(&cfg, &remoting)?;
         let flusher = CheckpointFlusher::new(store.clone());
         let (flusher_stop, stop_rx) = watch::channel(false);
         let flusher_task =
@@ -220,6 +316,7 @@ impl Bridge {
                 order: order::OrderLocks::new(),
                 topics: health::TopicHealthMap::new(),
                 coordination,
+                reverse,
             },
             routes: BTreeMap::new(),
             flusher_stop,
@@ -270,7 +367,7 @@ impl Bridge {
         let bindings: Vec<(String, String)> = new
             .routes
             .iter()
-            .map(|r| (r.name.clone(), r.source_topic.clone()))
+            .map(|r| (r.name.clone(), topic_binding(r)))
             .collect();
         self.shared
             .store
@@ -330,6 +427,9 @@ impl Bridge {
         for publisher in self.shared.publishers.all() {
             publisher.shutdown().await;
         }
+        if let Some(r) = &self.shared.reverse {
+            r.remoting.shutdown();
+        }
         tracing::info!("checkpoints written; bye");
     }
 
@@ -365,7 +465,14 @@ async fn heartbeat_loop(
     };
     loop {
         let cfg = config.borrow().clone();
-        let topics: Vec<String> = cfg.routes.iter().map(|r| r.source_topic.clone()).collect();
+        // Reverse routes read 5.x: the 4.x brokers must not list the
+        // bridge as a consumer of their topics.
+        let topics: Vec<String> = cfg
+            .routes
+            .iter()
+            .filter(|r| r.direction == config::Direction::Forward)
+            .map(|r| r.source_topic.clone())
+            .collect();
         let data = HeartbeatData::consumer(&client_id, &cfg.source.consumer_group, &topics);
         let addrs = source_broker_addrs(&shared, &cfg).await;
         for addr in &addrs {
@@ -384,7 +491,11 @@ async fn heartbeat_loop(
 /// as the name servers answer now; topics they cannot route are left out.
 async fn source_broker_addrs(shared: &Shared, cfg: &BridgeConfig) -> Vec<String> {
     let mut addrs = Vec::new();
-    for route in &cfg.routes {
+    for route in cfg
+        .routes
+        .iter()
+        .filter(|r| r.direction == config::Direction::Forward)
+    {
         if let Ok(Some(r)) = shared
             .namesrv
             .topic_route(&shared.remoting, &route.source_topic)
@@ -596,6 +707,7 @@ mod tests {
             start: StartPosition::Earliest,
             commit_as_group: None,
             scheduled: Default::default(),
+            direction: Default::default(),
         }
     }
 

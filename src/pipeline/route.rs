@@ -163,9 +163,17 @@ async fn run_route(
 ) {
     let (cfg, route) = config_rx.borrow_and_update().clone();
     let name = route.name.clone();
+    // Forward: 4.x read over Remoting, 5.x written over gRPC; reverse: 5.x
+    // read over Remoting, 4.x written over Remoting. Nothing below knows
+    // which (crate::sink).
+    let Some(ends) = shared.ends(route.direction) else {
+        tracing::error!(route = %name, direction = %route.direction,
+            "a reverse route needs [target] namesrv_addr; the route does not run");
+        return;
+    };
     let source = TopicSource::new(
-        shared.remoting.clone(),
-        shared.namesrv.clone(),
+        ends.remoting.clone(),
+        ends.namesrv.clone(),
         SourceSettings {
             topic: route.source_topic.clone(),
             filter: route.filter.clone(),
@@ -177,8 +185,8 @@ async fn run_route(
     // Inflate no body beyond what the 5.x target accepts (asked at every
     // pull: the target announces its limit after connecting).
     .with_body_limit(crate::source::BodyLimit::from_fn({
-        let publisher = shared.publisher.clone();
-        move || publisher.max_body_size()
+        let sink = ends.sinks.first().clone();
+        move || sink.max_body_size()
     }));
 
     // Until the target's accepted types are known (5.x unreachable, topic
@@ -205,12 +213,17 @@ async fn run_route(
     let share = shared.shares.route();
     let health = RouteHealth::new(&name);
     spawn_stall_recorder(&shared, &name, &health);
-    let mut types_rx = spawn_type_learner(&shared, &name, &route.target_topic, &health, &stop);
+    let mut types_rx = spawn_type_learner(&ends, &name, &route.target_topic, &health, &stop);
     let sender = Arc::new(Sender {
         route: name.clone(),
-        publishers: shared.publishers.clone(),
+        publishers: ends.sinks.clone(),
         order: shared.order.clone(),
-        topic: shared.topics.topic(&route.target_topic),
+        // Per destination cluster: a 4.x topic and the 5.x topic of the
+        // same name are judged apart by the poison rule.
+        topic: shared.topics.topic(&match route.direction {
+            crate::config::Direction::Forward => route.target_topic.clone(),
+            crate::config::Direction::Reverse => format!("{} (4.x)", route.target_topic),
+        }),
         health,
         share: share.clone(),
         quarantine: Quarantine::new(shared.store.clone(), &name, counters.quarantined.clone()),
@@ -228,7 +241,7 @@ async fn run_route(
         target_topic: route.target_topic.clone(),
         share,
         counters,
-        max_body_size: shared.publishers.first().max_body_size(),
+        max_body_size: ends.sinks.first().max_body_size(),
         copies: Some(ledger.clone()),
         own: None,
     };
@@ -796,14 +809,15 @@ fn start_queue(
 /// Learns the target topic's accepted message types, retrying until it
 /// succeeds (the route stays stalled meanwhile) or the route stops.
 fn spawn_type_learner(
-    shared: &Shared,
+    ends: &super::Ends,
     route: &str,
     target: &str,
     health: &Arc<RouteHealth>,
     stop: &watch::Receiver<bool>,
 ) -> tokio::sync::oneshot::Receiver<Vec<crate::grpc::TopicMessageType>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let publisher = shared.publisher.clone();
+    let publisher = ends.sinks.first().clone();
+    let cluster = publisher.cluster();
     let (route, target, health, stop) = (
         route.to_string(),
         target.to_string(),
@@ -811,12 +825,12 @@ fn spawn_type_learner(
         stop.clone(),
     );
     health.starting(&format!(
-        "waiting to learn the message types of 5.x topic `{target}` (is the 5.x proxy reachable and the topic created?)"
+        "waiting to learn the message types of {cluster} topic `{target}` (is the {cluster} cluster reachable and the topic created?)"
     ));
     tokio::spawn(async move {
         let mut first = true;
         let types = retry_until(
-            "learning the 5.x target topic's message type",
+            "learning the target topic's message type",
             &route,
             &stop,
             || {
@@ -828,7 +842,7 @@ fn spawn_type_learner(
                     let result = publisher.accepted_types(&target).await;
                     if let (Err(e), true) = (&result, report) {
                         health.stall(&format!(
-                            "cannot learn the message types of 5.x topic `{target}`: {e}"
+                            "cannot learn the message types of {cluster} topic `{target}`: {e}"
                         ));
                     }
                     result.map_err(|e| e.to_string())

@@ -5,9 +5,10 @@
 //! Owns: turning route config into a rule. Must not touch: tasks, sending.
 
 use crate::checkpoint::{now_ms, CheckpointStore, JournalEntry, JournalRule, SourceQueue};
-use crate::config::{BridgeConfig, FifoGroupFrom, RouteConfig};
+use crate::config::{BridgeConfig, Direction, FifoGroupFrom, RouteConfig};
 use crate::cutover::{CutoverRule, EnvironmentFilter};
 use crate::grpc::TopicMessageType;
+use crate::translate::origin::OriginStamp;
 use crate::translate::{FifoGroupSource, ProvenanceNames, TranslateOptions};
 
 /// What the queue workers of a route decide with; replaced on config change.
@@ -61,6 +62,18 @@ pub fn build_rule(
                 String::new()
             },
             delay_clamp_min_ahead: t.delay_min_lead,
+            origin: t.loop_prevention.then(|| {
+                let (four, five) = (t.source_cluster_name.clone(), t.target_cluster_name.clone());
+                let (source, destination) = match route.direction {
+                    Direction::Forward => (four, five),
+                    Direction::Reverse => (five, four),
+                };
+                OriginStamp {
+                    property: t.origin_property.clone(),
+                    source,
+                    destination,
+                }
+            }),
         },
     }
 }

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::{now_ms, SourceQueue};
-use crate::grpc::{Disposition, MessageKind, OutgoingMessage, PublishError};
+use crate::grpc::{Disposition, MessageKind, OutgoingMessage};
 use crate::metrics as m;
 use crate::shutdown::{Backoff, Shutdown};
+use crate::sink::SinkError;
 use crate::translate;
 
 use super::health::{Refusals, RouteHealth, TopicHealth};
@@ -359,7 +360,7 @@ impl Sender {
         }
     }
 
-    fn count_error(&self, e: &PublishError) {
+    fn count_error(&self, e: &SinkError) {
         metrics::counter!(m::TARGET_ERRORS_TOTAL, "route" => self.route.clone(), "code" => e.code_label())
             .increment(1);
     }

@@ -29,6 +29,7 @@
 //! 4.x consumer saw. That is the right default for a migration.
 
 mod environment;
+pub mod origin;
 pub mod scheduled;
 
 #[cfg(test)]
@@ -99,6 +100,9 @@ pub struct TranslateOptions {
     /// The smallest lead over `now` that a DELAY delivery time is sent with;
     /// see [`translate`] for the clamp.
     pub delay_clamp_min_ahead: Duration,
+    /// The loop-prevention stamp (origin.rs) every message leaves with;
+    /// None only where `[translate] loop_prevention = false`.
+    pub origin: Option<origin::OriginStamp>,
 }
 
 impl Default for TranslateOptions {
@@ -109,6 +113,7 @@ impl Default for TranslateOptions {
             source_cluster: String::new(),
             instance: String::new(),
             delay_clamp_min_ahead: DEFAULT_DELAY_CLAMP_MIN_AHEAD,
+            origin: None,
         }
     }
 }
@@ -515,5 +520,17 @@ fn user_properties(
             out.insert(names.instance.clone(), opts.instance.clone());
         }
     }
+    if let Some(stamp) = &opts.origin {
+        let carried = record.properties.get(&stamp.property);
+        out.insert(stamp.property.clone(), origin::stamped(carried, stamp));
+    }
     out
+}
+
+/// Whether the record came from its route's destination at some hop, so
+/// sending it would close a loop (origin.rs).
+pub fn looped(record: &MessageRecord, opts: &TranslateOptions) -> bool {
+    opts.origin
+        .as_ref()
+        .is_some_and(|stamp| origin::looped(record.properties.get(&stamp.property), stamp))
 }

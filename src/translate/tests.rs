@@ -727,3 +727,76 @@ fn environment_of_reads_the_configured_property() {
         assert_eq!(environment_of(&record, "env"), None, "other property name");
     }
 }
+
+#[test]
+fn the_origin_stamp_is_added_kept_and_recognised_in_both_directions() {
+    use crate::translate::origin::OriginStamp;
+    let stamp = |source: &str, destination: &str| TranslateOptions {
+        origin: Some(OriginStamp {
+            property: "bridge_origin".into(),
+            source: source.into(),
+            destination: destination.into(),
+        }),
+        ..TranslateOptions::default()
+    };
+    let (forward, reverse) = (stamp("4.x", "5.x"), stamp("5.x", "4.x"));
+    // Born on 4.x: forwarded with the stamp, never sent back.
+    let born = base().prop("env", "gray").build();
+    assert!(!looped(&born, &forward));
+    let on_5x = run(&born, &[T::Normal], &forward).unwrap();
+    assert_eq!(on_5x.user_properties["bridge_origin"], "4.x");
+    assert_eq!(on_5x.user_properties["env"], "gray");
+    let seen_on_5x = base()
+        .prop("env", "gray")
+        .prop("bridge_origin", &on_5x.user_properties["bridge_origin"])
+        .build();
+    assert!(
+        looped(&seen_on_5x, &reverse),
+        "4.x -> 5.x -> 4.x is refused"
+    );
+    // Born on 5.x: sent to 4.x stamped, and the forward route skips it.
+    let on_4x = run(&born, &[T::Normal, T::Fifo], &reverse).unwrap();
+    assert_eq!(on_4x.user_properties["bridge_origin"], "5.x");
+    let seen_on_4x = base().prop("bridge_origin", "5.x").build();
+    assert!(
+        looped(&seen_on_4x, &forward),
+        "5.x -> 4.x -> 5.x is refused"
+    );
+    // Without loop prevention nothing is stamped or skipped.
+    let off = TranslateOptions::default();
+    assert!(!looped(&seen_on_4x, &off));
+    assert!(!run(&born, &[T::Normal], &off)
+        .unwrap()
+        .user_properties
+        .contains_key("bridge_origin"));
+}
+
+#[test]
+fn a_5x_timer_or_transaction_read_back_goes_to_4x_as_normal_without_timer_fields() {
+    // A due 5.x timer message as a Remoting pull of the 5.x topic sees it.
+    let timer = base()
+        .prop("TIMER_DELIVER_MS", "1700000000000")
+        .prop("seq", "1")
+        .build();
+    let msg = run(&timer, &[T::Normal, T::Fifo], &TranslateOptions::default()).unwrap();
+    assert_eq!(msg.kind, MessageKind::Normal);
+    assert!(!msg.user_properties.contains_key("TIMER_DELIVER_MS"));
+    assert_eq!(msg.user_properties["seq"], "1");
+    let committed = base().sys_flag(COMMIT).prop("PGROUP", "pg").build();
+    let msg = run(
+        &committed,
+        &[T::Normal, T::Fifo],
+        &TranslateOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(msg.kind, MessageKind::Normal);
+    // A 5.x FIFO message keeps its group.
+    let fifo = base().prop("__SHARDINGKEY", "order-7").build();
+    let msg = run(&fifo, &[T::Normal, T::Fifo], &TranslateOptions::default()).unwrap();
+    assert_eq!(
+        msg.kind,
+        MessageKind::Fifo {
+            group: "order-7".into()
+        }
+    );
+}

@@ -98,6 +98,12 @@ impl QueueMatcher {
             self.report.counts.quarantined += 1;
             return Ok(());
         }
+        // Bridged from the destination: the original is there; the route
+        // never sends it back, whatever the percent (admit.rs).
+        if crate::translate::looped(rec, &judge.translate) {
+            self.report.counts.loop_skipped += 1;
+            return Ok(());
+        }
         let rule = self.history.rule_at(offset);
         match decide(rec, &rule, &self.queue.broker_name, self.queue.queue_id) {
             CutoverDecision::Forward => {}

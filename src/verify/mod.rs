@@ -200,7 +200,30 @@ impl Verifier {
         let mut routes = Vec::new();
         for route in selected {
             let mut notes = Vec::new();
+            // A reverse route (5.x -> 4.x) is verified the other way round:
+            // its source is the 5.x cluster, its target 4.x, which takes
+            // every message as NORMAL or FIFO (sink/remoting.rs).
+            let reverse = route.direction == crate::config::Direction::Reverse;
+            let (read_client, read_ns, write_client, write_ns) = if reverse {
+                (
+                    target_client.clone(),
+                    target_ns.clone(),
+                    source_client.clone(),
+                    source_ns.clone(),
+                )
+            } else {
+                (
+                    source_client.clone(),
+                    source_ns.clone(),
+                    target_client.clone(),
+                    target_ns.clone(),
+                )
+            };
             let target_types = match &publisher {
+                _ if reverse => Some(vec![
+                    crate::grpc::TopicMessageType::Normal,
+                    crate::grpc::TopicMessageType::Fifo,
+                ]),
                 Some(p) => match p.accepted_types(&route.target_topic).await {
                     Ok(t) if !t.is_empty() => Some(t),
                     Ok(_) => {
@@ -224,15 +247,16 @@ impl Verifier {
                 }
             };
             let source = topic_reader(
-                source_client.clone(),
-                source_ns.clone(),
+                read_client,
+                read_ns,
                 &route.source_topic,
                 &route.filter,
                 READER_GROUP,
                 cfg.source.pull_batch_size,
             );
+            let target_ns = write_ns;
             let target = topic_reader(
-                target_client.clone(),
+                write_client,
                 target_ns.clone(),
                 &route.target_topic,
                 "*",

@@ -48,6 +48,10 @@ pub struct Counts {
     /// (retention while it ran): not verified, so not clean.
     #[serde(default)]
     pub expired: u64,
+    /// Came from the route's destination (origin stamp): the original is
+    /// there already, so the route never sends it (translate/origin.rs).
+    #[serde(default)]
+    pub loop_skipped: u64,
 }
 
 impl Counts {
@@ -64,6 +68,7 @@ impl Counts {
         self.not_forwardable += o.not_forwardable;
         self.unexpected_found += o.unexpected_found;
         self.expired += o.expired;
+        self.loop_skipped += o.loop_skipped;
     }
 
     pub fn is_clean(&self) -> bool {

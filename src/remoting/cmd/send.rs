@@ -78,6 +78,38 @@ impl SendRequest {
     }
 }
 
+impl SendRequest {
+    /// SEND_MESSAGE_V2: the same request with the one-letter header names
+    /// Java producers send (`SendMessageRequestHeaderV2`).
+    pub fn to_command_v2(&self) -> Result<RemotingCommand> {
+        let full = self.to_command()?;
+        let mut v2 = RemotingCommand::request(request::SEND_MESSAGE_V2);
+        for (long, short) in V2_NAMES {
+            if let Some(value) = full.ext(long) {
+                v2 = v2.with_ext(short, value);
+            }
+        }
+        Ok(v2.with_body(full.body))
+    }
+}
+
+/// Header names of SEND_MESSAGE and their SEND_MESSAGE_V2 letters.
+const V2_NAMES: [(&str, &str); 13] = [
+    ("producerGroup", "a"),
+    ("topic", "b"),
+    ("defaultTopic", "c"),
+    ("defaultTopicQueueNums", "d"),
+    ("queueId", "e"),
+    ("sysFlag", "f"),
+    ("bornTimestamp", "g"),
+    ("flag", "h"),
+    ("properties", "i"),
+    ("reconsumeTimes", "j"),
+    ("unitMode", "k"),
+    ("maxReconsumeTimes", "l"),
+    ("batch", "m"),
+];
+
 /// One message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchEntry {
@@ -195,6 +227,14 @@ impl RemotingClient {
         parse_send_response(broker, resp)
     }
 
+    /// SEND_MESSAGE_V2, as Java 4.x producers send.
+    pub async fn send_message_v2(&self, broker: &str, req: &SendRequest) -> Result<SendResult> {
+        let resp = self
+            .invoke(broker, req.to_command_v2()?, self.request_timeout())
+            .await?;
+        parse_send_response(broker, resp)
+    }
+
     pub async fn send_batch(&self, broker: &str, req: &SendBatchRequest) -> Result<SendResult> {
         let resp = self
             .invoke(broker, req.to_command()?, self.request_timeout())
@@ -207,6 +247,24 @@ impl RemotingClient {
 mod tests {
     use super::*;
     use crate::remoting::message::{decode_records, encode_record, MessageRecord};
+
+    #[test]
+    fn v2_uses_the_one_letter_names() {
+        let mut req = SendRequest::new("pg", "orders", 3, Bytes::from_static(b"hi"));
+        req.properties.insert("UNIQ_KEY", "id1");
+        req.born_timestamp_ms = 7;
+        let v2 = req.to_command_v2().unwrap();
+        assert_eq!(v2.code, 310);
+        assert_eq!(v2.ext("a"), Some("pg"));
+        assert_eq!(v2.ext("b"), Some("orders"));
+        assert_eq!(v2.ext("c"), Some("TBW102"));
+        assert_eq!(v2.ext("e"), Some("3"));
+        assert_eq!(v2.ext("g"), Some("7"));
+        assert_eq!(v2.ext("i"), Some("UNIQ_KEY\u{1}id1\u{2}"));
+        assert_eq!(v2.ext("m"), Some("false"));
+        assert_eq!(v2.ext("producerGroup"), None);
+        assert_eq!(&v2.body[..], b"hi");
+    }
 
     #[test]
     fn header_names_and_compression() {

@@ -1,0 +1,485 @@
+//! Both directions against the real peers (issue 17): a 5.x -> 4.x route
+//! beside a 4.x -> 5.x route on the same topic names, with the daemon as a
+//! process. What landed is read back over Remoting from each cluster's
+//! broker; 5.x traffic is produced with our gRPC publisher, as a 5.x
+//! producer would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
+use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::testkit::{self, metric, RouteSpec, Sample};
+use rmq_bridge::grpc::{GrpcClientConfig, MessageKind, OutgoingMessage, Publisher};
+use rmq_bridge::remoting::{MessageRecord, RemotingClient};
+
+const ENV_TAG: &str = "__microservice_tag__";
+
+struct Estate {
+    four: LocalCluster,
+    five: LocalCluster,
+    client: RemotingClient,
+    dir: tempfile::TempDir,
+    metrics: String,
+}
+
+async fn estate(name: &str, topics: &[(&str, i32, i32, &str)]) -> Estate {
+    let four = testkit::start_source_cluster(&format!("{name}-4x")).expect("4.x peers");
+    let five = testkit::start_target_cluster(&format!("{name}-5x")).expect("5.x peers");
+    let client = testkit::client();
+    for (topic, four_queues, five_queues, kind) in topics {
+        testkit::create_topic(&client, &four, topic, *four_queues, None)
+            .await
+            .expect("4.x topic");
+        testkit::create_topic(&client, &five, topic, *five_queues, Some(kind))
+            .await
+            .expect("5.x topic");
+    }
+    Estate {
+        four,
+        five,
+        client,
+        dir: tempfile::tempdir().expect("tempdir"),
+        metrics: format!("127.0.0.1:{}", free_port().expect("port")),
+    }
+}
+
+impl Estate {
+    /// Writes the config (with `[target] namesrv_addr`, which reverse
+    /// routes read 5.x through) and starts the daemon.
+    fn start(&self, routes: &[RouteSpec]) -> BridgeProcess {
+        let text = testkit::render_config(
+            &self.four,
+            &self.five,
+            &self.dir.path().join("checkpoints"),
+            &self.metrics,
+            "",
+            routes,
+        )
+        .expect("config")
+        .replacen(
+            "[target]\n",
+            &format!("[target]\nnamesrv_addr = \"{}\"\n", self.five.namesrv_addr),
+            1,
+        );
+        let config = self.dir.path().join("bridge.toml");
+        testkit::write_config(&config, &text).expect("write config");
+        BridgeProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_rmq-bridge")),
+            &config,
+            &self.log(),
+        )
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("bridge.log")
+    }
+
+    async fn publisher(&self) -> Publisher {
+        let endpoint = self.five.proxy_endpoint.clone().expect("5.x proxy");
+        Publisher::connect(GrpcClientConfig::new(vec![endpoint]))
+            .await
+            .expect("connect to the 5.x proxy")
+    }
+
+    async fn read(&self, cluster: &LocalCluster, topic: &str) -> Vec<MessageRecord> {
+        testkit::read_back(&self.client, cluster, topic)
+            .await
+            .expect("read back")
+    }
+
+    /// Waits until `topic` holds at least `n` messages on `cluster`.
+    async fn wait_for(&self, cluster: &LocalCluster, topic: &str, n: usize) -> Vec<MessageRecord> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let records = self.read(cluster, topic).await;
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} messages in topic {topic} on {}\nbridge log tail:\n{}",
+                records.len(),
+                cluster.namesrv_addr,
+                tail(&self.log())
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn five_message(
+    topic: &str,
+    id: &str,
+    kind: MessageKind,
+    props: &[(&str, String)],
+) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: topic.into(),
+        message_id: id.into(),
+        body: Bytes::from(format!("body of {id} \u{0}\u{1}\u{ff}").into_bytes()),
+        tag: Some("TagB".into()),
+        keys: vec![format!("key-{id}"), "shared".into()],
+        user_properties: props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        born_timestamp_ms: 1_700_000_000_000,
+        born_host: "10.9.8.7".into(),
+        kind,
+    }
+}
+
+async fn send_5x(publisher: &Publisher, message: &OutgoingMessage) {
+    let mut attempts = 0;
+    loop {
+        match publisher.send(message).await {
+            Ok(_) => return,
+            Err(e) if attempts < 20 => {
+                attempts += 1;
+                eprintln!("5.x send of {} failed ({e}); retrying", message.message_id);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("5.x send of {}: {e}", message.message_id),
+        }
+    }
+}
+
+/// How many copies of each id `records` hold.
+fn copies(records: &[MessageRecord]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        *out.entry(r.message_id().to_string()).or_default() += 1;
+    }
+    out
+}
+
+fn reverse(name: &str, topic: &str) -> RouteSpec {
+    RouteSpec::new(name, topic, topic, 100).with("direction", "\"reverse\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_on_the_same_topics_land_exactly_once_and_nothing_loops() {
+    let e = estate(
+        "both",
+        &[
+            ("mixed", 4, 4, "NORMAL"),
+            ("orders", 8, 4, "FIFO"),
+            ("timers", 2, 2, "DELAY"),
+        ],
+    )
+    .await;
+    let mut bridge = e.start(&[
+        RouteSpec::new("mixed-fwd", "mixed", "mixed", 100),
+        reverse("mixed-rev", "mixed"),
+        reverse("orders-rev", "orders"),
+        reverse("timers-rev", "timers"),
+    ]);
+    let publisher = e.publisher().await;
+    const N: usize = 150;
+    // Producers on both sides of the same topic name.
+    for i in 0..N {
+        let sample = Sample {
+            queue_id: (i % 4) as i32,
+            body: format!("4x body {i}").into_bytes(),
+            tag: Some("TagA".into()),
+            keys: vec![format!("k{i}")],
+            uniq_key: Some(format!("F4-{i:04}")),
+            properties: vec![("seq".into(), i.to_string())],
+            ..Default::default()
+        };
+        testkit::produce(&e.client, &e.four, "mixed", &sample)
+            .await
+            .expect("4.x send");
+    }
+    for i in 0..N {
+        let mut props = vec![("seq", i.to_string())];
+        if i % 3 == 0 {
+            props.push((ENV_TAG, "gray".to_string()));
+        }
+        let m = five_message("mixed", &format!("R5-{i:04}"), MessageKind::Normal, &props);
+        send_5x(&publisher, &m).await;
+    }
+    // FIFO groups produced on 5.x, each in order.
+    const GROUPS: usize = 4;
+    const PER_GROUP: usize = 30;
+    for n in 0..PER_GROUP {
+        for g in 0..GROUPS {
+            let m = five_message(
+                "orders",
+                &format!("G{g}-{n:03}"),
+                MessageKind::Fifo {
+                    group: format!("group-{g}"),
+                },
+                &[("seq", n.to_string())],
+            );
+            send_5x(&publisher, &m).await;
+        }
+    }
+    // 5.x timers, due in 3 s: the reverse route sees them when due.
+    let due = rmq_bridge::checkpoint::now_ms() + 3_000;
+    for i in 0..5 {
+        let m = five_message(
+            "timers",
+            &format!("T-{i}"),
+            MessageKind::Delay {
+                delivery_timestamp_ms: due,
+            },
+            &[],
+        );
+        send_5x(&publisher, &m).await;
+    }
+
+    let four_mixed = e.wait_for(&e.four, "mixed", 2 * N).await;
+    e.wait_for(&e.five, "mixed", 2 * N).await;
+    let four_orders = e.wait_for(&e.four, "orders", GROUPS * PER_GROUP).await;
+    let four_timers = e.wait_for(&e.four, "timers", 5).await;
+    // Give a loop every chance to show: several long polls of both routes.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let four_mixed_after = e.read(&e.four, "mixed").await;
+    let five_mixed = e.read(&e.five, "mixed").await;
+    assert_eq!(four_mixed_after.len(), 2 * N, "4.x holds each message once");
+    assert_eq!(five_mixed.len(), 2 * N, "5.x holds each message once");
+    for (side, records) in [("4.x", &four_mixed_after), ("5.x", &five_mixed)] {
+        let c = copies(records);
+        assert_eq!(c.len(), 2 * N, "{side}: every id");
+        assert!(c.values().all(|n| *n == 1), "{side}: an id twice: {c:?}");
+    }
+    let text = scrape(&e.metrics);
+    let loop_skipped = |route: &str| {
+        metric(
+            &text,
+            "rmq_bridge_messages_total",
+            &[("route", route), ("outcome", "loop_skipped")],
+        )
+    };
+    assert_eq!(
+        loop_skipped("mixed-fwd"),
+        N as f64,
+        "the 5.x-born copies on 4.x\n{text}"
+    );
+    assert_eq!(
+        loop_skipped("mixed-rev"),
+        N as f64,
+        "the 4.x-born copies on 5.x\n{text}"
+    );
+
+    // Every field of a 5.x-born message as a 4.x consumer reads it.
+    let by_id: BTreeMap<&str, &MessageRecord> =
+        four_mixed.iter().map(|r| (r.message_id(), r)).collect();
+    // The born time as 5.x stored it (a proxy may stamp its own).
+    let born_on_5x: BTreeMap<&str, i64> = five_mixed
+        .iter()
+        .map(|r| (r.message_id(), r.born_timestamp_ms))
+        .collect();
+    for i in 0..N {
+        let id = format!("R5-{i:04}");
+        let r = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{id} on 4.x"));
+        let want = five_message("mixed", &id, MessageKind::Normal, &[]);
+        assert_eq!(r.body, want.body, "{id}: body byte for byte");
+        assert_eq!(r.properties.get("UNIQ_KEY"), Some(id.as_str()));
+        assert_eq!(r.tag(), Some("TagB"), "{id}: tag");
+        assert_eq!(
+            r.keys(),
+            vec![format!("key-{id}").as_str(), "shared"],
+            "{id}: keys"
+        );
+        assert_eq!(
+            r.properties.get("seq"),
+            Some(i.to_string().as_str()),
+            "{id}: user property"
+        );
+        let env = (i % 3 == 0).then_some("gray");
+        assert_eq!(r.properties.get(ENV_TAG), env, "{id}: environment tag");
+        assert_eq!(
+            r.properties.get("bridge_origin"),
+            Some("5.x"),
+            "{id}: origin stamp"
+        );
+        assert_eq!(
+            Some(&r.born_timestamp_ms),
+            born_on_5x.get(id.as_str()),
+            "{id}: born time"
+        );
+    }
+    for r in five_mixed
+        .iter()
+        .filter(|r| r.message_id().starts_with("F4-"))
+    {
+        assert_eq!(
+            r.properties.get("bridge_origin"),
+            Some("4.x"),
+            "{}",
+            r.message_id()
+        );
+    }
+
+    // Each FIFO group on one 4.x queue, in the order it was produced.
+    let mut queues: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    let mut seqs: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut ordered = four_orders.clone();
+    ordered.sort_by_key(|r| (r.queue_id, r.queue_offset));
+    for r in &ordered {
+        let group = r
+            .properties
+            .get("__SHARDINGKEY")
+            .unwrap_or_else(|| panic!("{}: group kept as the sharding key", r.message_id()))
+            .to_string();
+        queues.entry(group.clone()).or_default().insert(r.queue_id);
+        let seq: usize = r
+            .properties
+            .get("seq")
+            .and_then(|s| s.parse().ok())
+            .expect("seq");
+        seqs.entry(group).or_default().push(seq);
+    }
+    assert_eq!(queues.len(), GROUPS);
+    for (group, q) in &queues {
+        assert_eq!(q.len(), 1, "{group} spread over 4.x queues {q:?}");
+    }
+    for (group, s) in &seqs {
+        assert_eq!(
+            s,
+            &(0..PER_GROUP).collect::<Vec<_>>(),
+            "{group} out of order"
+        );
+    }
+
+    // Due timers arrive as normal messages, without the 5.x timer fields.
+    for r in &four_timers {
+        assert!(r.message_id().starts_with("T-"));
+        for p in [
+            "TIMER_DELIVER_MS",
+            "TIMER_DELAY_MS",
+            "TIMER_DELAY_SEC",
+            "__STARTDELIVERTIME",
+            "DELAY",
+        ] {
+            assert_eq!(
+                r.properties.get(p),
+                None,
+                "{}: {p} left on 4.x",
+                r.message_id()
+            );
+        }
+        assert!(
+            r.store_timestamp_ms >= due - 1_000,
+            "{} stored on 4.x at {} before it was due at {due}",
+            r.message_id(),
+            r.store_timestamp_ms
+        );
+    }
+    assert!(
+        bridge.terminate_within(Duration::from_secs(30)),
+        "clean stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_drill_with_a_sigkill_in_the_reverse_direction_loses_nothing() {
+    let e = estate("drill", &[("payments", 4, 4, "NORMAL")]).await;
+    let routes = [
+        RouteSpec::new("pay-fwd", "payments", "payments", 100),
+        reverse("pay-rev", "payments"),
+    ];
+    let mut bridge = e.start(&routes);
+    // 1. Producers on 4.x; consumers already on 5.x through the bridge.
+    const ON_4X: usize = 200;
+    for i in 0..ON_4X {
+        let sample = Sample {
+            queue_id: (i % 4) as i32,
+            body: format!("payment {i}").into_bytes(),
+            uniq_key: Some(format!("P4-{i:05}")),
+            ..Default::default()
+        };
+        testkit::produce(&e.client, &e.four, "payments", &sample)
+            .await
+            .expect("4.x send");
+    }
+    e.wait_for(&e.five, "payments", ON_4X).await;
+
+    // 2. Producers move to 5.x, while the bridge is SIGKILLed mid-stream.
+    const ON_5X: usize = 1_200;
+    let publisher = e.publisher().await;
+    let producer = tokio::spawn(async move {
+        for i in 0..ON_5X {
+            let m = five_message("payments", &format!("P5-{i:05}"), MessageKind::Normal, &[]);
+            send_5x(&publisher, &m).await;
+            if i % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    loop {
+        let landed = e.read(&e.four, "payments").await.len();
+        if landed >= ON_4X + ON_5X / 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "reverse route stuck at {landed}\n{}",
+            tail(&e.log())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bridge.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bridge.restart();
+    producer.await.expect("5.x producer");
+
+    // 3. Consumers move back to 4.x: everything produced on either side is
+    // there, and nothing went round in a loop.
+    let four = e.wait_for(&e.four, "payments", ON_4X + ON_5X).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let four = {
+        let again = e.read(&e.four, "payments").await;
+        assert!(again.len() >= four.len());
+        again
+    };
+    let five = e.read(&e.five, "payments").await;
+    let (c4, c5) = (copies(&four), copies(&five));
+    for i in 0..ON_4X {
+        let id = format!("P4-{i:05}");
+        assert_eq!(
+            c4.get(&id),
+            Some(&1),
+            "{id} produced on 4.x once, never looped back"
+        );
+        assert!(c5.contains_key(&id), "{id} missing on 5.x");
+    }
+    let mut duplicates = 0;
+    for i in 0..ON_5X {
+        let id = format!("P5-{i:05}");
+        let n = *c4
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} produced on 5.x is missing on 4.x"));
+        duplicates += n - 1;
+        assert_eq!(
+            c5.get(&id),
+            Some(&1),
+            "{id} produced on 5.x once, never looped back"
+        );
+    }
+    // At-least-once across a SIGKILL: re-sends are what the checkpoint had
+    // not yet made durable, at most the queues' in-flight windows.
+    assert!(duplicates <= 4 * 1024, "{duplicates} duplicates");
+    eprintln!(
+        "rollback drill: {} on 4.x, {duplicates} re-sent after the SIGKILL",
+        four.len()
+    );
+    assert!(
+        bridge.terminate_within(Duration::from_secs(30)),
+        "clean stop"
+    );
+}
