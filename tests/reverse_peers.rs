@@ -482,4 +482,74 @@ async fn a_rollback_drill_with_a_sigkill_in_the_reverse_direction_loses_nothing(
         bridge.terminate_within(Duration::from_secs(30)),
         "clean stop"
     );
+
+    // 4. verify reconciles the reverse route: 5.x source against 4.x.
+    let config = e.dir.path().join("bridge.toml");
+    let json = e.dir.path().join("verify.json");
+    let out = cli(&[
+        "verify",
+        "-c",
+        &config.to_string_lossy(),
+        "--route",
+        "pay-rev",
+        "--json",
+        &json.to_string_lossy(),
+    ]);
+    assert!(out.0, "verify of the reverse route failed:\n{}", out.1);
+    assert!(out.1.contains("VERDICT: CLEAN"), "{}", out.1);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
+    assert_eq!(report["totals"]["found"], ON_5X as u64, "{report:#}");
+    assert_eq!(report["totals"]["missing"], 0, "{report:#}");
+    assert_eq!(
+        report["totals"]["loop_skipped"], ON_4X as u64,
+        "the 4.x-born copies on 5.x are never sent back: {report:#}"
+    );
+
+    // 5. With the bridge stopped, what 5.x producers write next is lag of
+    // the reverse route: 4.x cannot be decommissioned while it waits.
+    let publisher = e.publisher().await;
+    for i in 0..10 {
+        let m = five_message("payments", &format!("LATE-{i}"), MessageKind::Normal, &[]);
+        send_5x(&publisher, &m).await;
+    }
+    let out = cli(&["check", "-c", &config.to_string_lossy(), "--decommission"]);
+    assert!(!out.0, "decommission must refuse:\n{}", out.1);
+    let red_lag = out
+        .1
+        .lines()
+        .any(|l| l.contains("RED") && l.contains("route pay-rev (reverse)") && l.contains("lag"));
+    assert!(red_lag, "no RED lag line for the reverse route:\n{}", out.1);
+    assert!(
+        out.1
+            .contains("10 message(s) produced on 5.x not yet on 4.x"),
+        "{}",
+        out.1
+    );
+}
+
+/// `rmq-bridge ARGS` with a 120 s bound: (success, stdout + stderr).
+fn cli(args: &[&str]) -> (bool, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rmq-bridge");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("rmq-bridge output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("$ rmq-bridge {}\n{text}", args.join(" "));
+    (out.status.success(), text)
 }

@@ -232,7 +232,7 @@ impl Report {
         if self.is_clean() {
             let _ = writeln!(
                 out,
-                "VERDICT: CLEAN — {} of {} expected message(s) found intact in 5.x ({} duplicated copies, {} held on 4.x by cutover/environment, {} quarantined)",
+                "VERDICT: CLEAN — {} of {} expected message(s) found intact at their destination ({} duplicated copies, {} held at the source by cutover/environment, {} quarantined)",
                 t.found, t.expected, t.duplicated, t.skipped + t.filtered, t.quarantined
             );
         } else {
