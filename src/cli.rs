@@ -226,6 +226,17 @@ pub async fn verify(path: &Path, opts: crate::verify::VerifyOptions) -> anyhow::
     Ok(())
 }
 
+/// `rmq-bridge groups translate`: prints the table (and the JSON file).
+pub async fn groups_translate(
+    path: &Path,
+    opts: &crate::groups::GroupOptions,
+) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let report = crate::groups::run(&cfg, opts).await?;
+    print!("{}", crate::groups::render(&report));
+    Ok(())
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC); 0 (unset) as `-`.
 /// Anything RFC 3339 cannot spell — before 1970 or after 9999-12-31, which
 /// a producer can put in the born timestamp — is printed as the raw number

@@ -112,12 +112,48 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Consumer groups moving between the clusters.
+    Groups {
+        #[command(subcommand)]
+        action: GroupsAction,
+    },
     /// Quick start: local 4.x and 5.x peers, sample traffic, the bridge, progress
     /// (needs a build with `--features dev`).
     Demo {
         /// Messages per message type to produce.
         #[arg(long, default_value_t = 200)]
         messages: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    /// Translate a group's positions to the other cluster: per queue there,
+    /// the first message the group has not consumed (0 skipped) and how many
+    /// it already consumed would come again; --apply writes them.
+    Translate {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        group: String,
+        /// The route whose topics the group consumes (needed with several).
+        #[arg(long)]
+        route: Option<String>,
+        /// Where the group moves: "5.x" (default) or "4.x" (a rollback).
+        #[arg(long, default_value = "5.x")]
+        to: String,
+        /// Write the positions to the destination's brokers and read them back.
+        #[arg(long)]
+        apply: bool,
+        /// Apply although the group has (or may have) live consumers.
+        #[arg(long)]
+        force: bool,
+        /// Apply although a position would move backwards.
+        #[arg(long)]
+        allow_backwards: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -226,6 +262,40 @@ fn main() -> ExitCode {
                     work_dir,
                 };
                 cli::verify(&config, opts).await
+            }
+            Command::Groups { action } => {
+                cli::init_logging("warn", args.log_json);
+                match action {
+                    GroupsAction::Translate {
+                        config,
+                        group,
+                        route,
+                        to,
+                        apply,
+                        force,
+                        allow_backwards,
+                        json,
+                    } => {
+                        let toward = match to.trim() {
+                            "5.x" | "5" | "5x" => rmq_bridge::groups::Toward::FiveX,
+                            "4.x" | "4" | "4x" => rmq_bridge::groups::Toward::FourX,
+                            other => {
+                                eprintln!("--to `{other}`: use \"5.x\" or \"4.x\"");
+                                std::process::exit(2);
+                            }
+                        };
+                        let opts = rmq_bridge::groups::GroupOptions {
+                            group,
+                            route,
+                            toward,
+                            apply,
+                            force,
+                            allow_backwards,
+                            json,
+                        };
+                        cli::groups_translate(&config, &opts).await
+                    }
+                }
             }
             Command::Status { config, offline } => {
                 cli::init_logging("warn", args.log_json);

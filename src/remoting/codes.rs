@@ -6,6 +6,7 @@
 /// Request codes (`org.apache.rocketmq.remoting.protocol.RequestCode`).
 pub mod request {
     pub const SEND_MESSAGE: i32 = 10;
+    pub const UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: i32 = 200;
     pub const PULL_MESSAGE: i32 = 11;
     pub const QUERY_MESSAGE: i32 = 12;
     pub const QUERY_CONSUMER_OFFSET: i32 = 14;

@@ -32,8 +32,8 @@ mod fuzz_tests;
 pub use acl::AclCredentials;
 pub use client::{RemotingClient, RemotingClientConfig};
 pub use cmd::consumer::{
-    ConsumeFromWhere, ConsumeType, ConsumerData, HeartbeatData, MessageModel, ProducerData,
-    SubscriptionData,
+    ConsumeFromWhere, ConsumeType, ConsumerData, HeartbeatData, LiveConsumers, MessageModel,
+    ProducerData, SubscriptionData,
 };
 pub use cmd::lock::LockQueue;
 pub use cmd::pull::{PullRequest, PullResult, PullStatus};

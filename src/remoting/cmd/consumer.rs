@@ -264,6 +264,28 @@ impl RemotingClient {
         }
     }
 
+    /// Creates (or replaces) the subscription group `group` on `broker`
+    /// with the Java defaults (consume enabled, from min, 1 retry queue,
+    /// 16 retries). Brokers refuse offsets of a group they do not know
+    /// (SUBSCRIPTION_GROUP_NOT_EXIST): call this only for a missing group.
+    pub async fn create_subscription_group(&self, broker: &str, group: &str) -> Result<()> {
+        let body = serde_json::json!({
+            "groupName": group,
+            "consumeEnable": true,
+            "consumeFromMinEnable": true,
+            "consumeBroadcastEnable": true,
+            "retryQueueNums": 1,
+            "retryMaxTimes": 16,
+            "brokerId": 0,
+            "whichBrokerWhenConsumeSlowly": 1,
+            "notifyConsumerIdsChangedEnable": true,
+        });
+        let cmd = RemotingCommand::request(request::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP)
+            .with_body(body.to_string().into_bytes());
+        let resp = self.invoke(broker, cmd, self.request_timeout()).await?;
+        super::expect_success(broker, resp).map(|_| ())
+    }
+
     /// Client ids of the group's live consumers (empty: none); an error
     /// when the broker's answer is unknown.
     pub async fn get_consumer_list_by_group(
