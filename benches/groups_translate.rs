@@ -1,0 +1,162 @@
+//! Time and peak RSS of `rmq-bridge groups translate` (issue 19) on a
+//! topic of `RMQ_BENCH_GROUP_MESSAGES` (default 1,000,000) bridged messages.
+//!
+//! The bridged topic is laid out as the bridge leaves it, without running
+//! the bridge (which would take most of the run): every message is written
+//! to the 4.x topic and, with the same `UNIQ_KEY`, to the 5.x topic,
+//! the 5.x copy into another queue (queue + 1 mod 8), so 4.x queues
+//! interleave in 5.x as they do through a proxy. The 4.x group has
+//! committed half of every queue. Then the release build's `groups
+//! translate` runs as a process; its wall time and VmHWM are reported.
+//! Run: `. scripts/peer-tmpdir.sh && cargo bench --bench groups_translate`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::machine::{git_revision, nproc, peak_rss_kib};
+use rmq_bridge::dev::testkit::{self, RouteSpec};
+use rmq_bridge::remoting::{HeartbeatData, RemotingClient, SendRequest};
+
+const TOPIC: &str = "group_bench";
+const QUEUES: i32 = 8;
+const LANES: usize = 16;
+
+/// Message `i` into both clusters, 16 in flight.
+async fn preload(
+    client: &RemotingClient,
+    four: &LocalCluster,
+    five: &LocalCluster,
+    total: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..LANES {
+        let (client, next) = (client.clone(), next.clone());
+        let (a4, a5) = (four.broker_addr.clone(), five.broker_addr.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(());
+                }
+                let id = format!("GB-{i:010}");
+                let q = i as i32 % QUEUES;
+                for (addr, queue) in [(&a4, q), (&a5, (q + 1) % QUEUES)] {
+                    let mut req = SendRequest::new(
+                        "group_bench",
+                        TOPIC,
+                        queue,
+                        Bytes::from(format!("body {id}")),
+                    );
+                    req.properties.insert("UNIQ_KEY", id.clone());
+                    let mut attempt = 0;
+                    while let Err(e) = client.send_message_v2(addr, &req).await {
+                        attempt += 1;
+                        if attempt > 20 {
+                            bail!("send {id}: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("preload task")??;
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = testkit::env_num("RMQ_BENCH_GROUP_MESSAGES")?.unwrap_or(1_000_000);
+    println!(
+        "groups translate benchmark: {n} messages, {} cores, {}",
+        nproc(),
+        git_revision()
+    );
+    let four = testkit::start_source_cluster("gb-4x")?;
+    let five = testkit::start_target_cluster("gb-5x")?;
+    let client = testkit::client();
+    testkit::create_topic(&client, &four, TOPIC, QUEUES, None).await?;
+    testkit::create_topic(&client, &five, TOPIC, QUEUES, Some("NORMAL")).await?;
+    let started = Instant::now();
+    preload(&client, &four, &five, n).await?;
+    println!(
+        "preloaded {n} into each cluster in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // The group existed (its consumers heartbeated) and committed half.
+    let hb = HeartbeatData::consumer("bench@1", "bench_group", &[TOPIC.to_string()]);
+    client.heartbeat(&four.broker_addr, &hb).await?;
+    for q in 0..QUEUES {
+        let max = client.get_max_offset(&four.broker_addr, TOPIC, q).await?;
+        client
+            .update_consumer_offset(&four.broker_addr, "bench_group", TOPIC, q, max / 2)
+            .await?;
+    }
+    client
+        .unregister_client(&four.broker_addr, "bench@1", None, Some("bench_group"))
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let text = testkit::render_config(
+        &four,
+        &five,
+        &dir.path().join("checkpoints"),
+        &metrics,
+        "",
+        &[RouteSpec::new("bench", TOPIC, TOPIC, 100)],
+    )?
+    .replacen(
+        "[target]\n",
+        &format!("[target]\nnamesrv_addr = \"{}\"\n", five.namesrv_addr),
+        1,
+    );
+    let config = testkit::write_config(&dir.path().join("bridge.toml"), &text)?;
+    let json = dir.path().join("report.json");
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(bin)
+        .args(["groups", "translate", "-c"])
+        .arg(&config)
+        .args(["--group", "bench_group", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawn groups translate")?;
+    let pid = child.id();
+    let mut peak = 0u64;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wall = t0.elapsed();
+    if !status.success() {
+        bail!("groups translate failed: {status}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    println!(
+        "groups translate: {} + {} messages read in {:.1} s ({:.0} msg/s), peak RSS {} MiB, {} to re-deliver, {} held",
+        report["from_messages"],
+        report["to_messages"],
+        wall.as_secs_f64(),
+        (2 * n) as f64 / wall.as_secs_f64(),
+        peak / 1024,
+        report["redeliver"],
+        report["held_not_forwarded"]
+    );
+    Ok(())
+}
