@@ -22,15 +22,34 @@ step() {
 step "Debian build dependencies (libclang, g++, make; seconds if present)"
 scripts/install-deps.sh
 
-step "test peers: rocketmq-namesrv, -broker, -proxy 1.0.0 from crates.io (first time about 35 min on 2 cores, built once into ~/.cargo/bin)"
-scripts/install-peers.sh
-export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
-
-step "bridge (debug profile with optimised dependencies; first time about 12 min on 2 cores, RocksDB's C++ core most of it)"
+step "test peers and the bridge, built side by side (first time: peers about 17 min on 2 cores, built once into ~/.cargo/bin; the bridge's debug build, RocksDB's C++ core most of it, fills the core the peers' serial compile phases leave idle)"
+# The peers' build is mostly one rustc front end at a time; the bridge's
+# build runs beside it. The peers get their own CARGO_HOME so neither build
+# waits on the other's package-cache lock.
+peers_log=$(mktemp)
+(
+  export CARGO_HOME="${RMQ_PEERS_CARGO_HOME:-${HOME}/.cache/rmq-bridge-peers-cargo-home}"
+  export RMQ_PEERS_ROOT="${RMQ_PEERS_ROOT:-$HOME/.cargo}"
+  mkdir -p "$CARGO_HOME"
+  scripts/install-peers.sh
+) > "$peers_log" 2>&1 &
+peers_pid=$!
 # Tests, benches and examples see the `dev` feature through the dev-dependency
 # on this crate; building the example too makes this build a part of the test
 # build's graph (the same features for every dependency), which then reuses it.
-cargo build --bin rmq-bridge --example blackhole
+if ! cargo build --bin rmq-bridge --example blackhole; then
+  kill "$peers_pid" 2>/dev/null || true
+  exit 1
+fi
+echo "   bridge built at $(elapsed "$start"); waiting for the peers:"
+if ! wait "$peers_pid"; then
+  cat "$peers_log"
+  echo "quickstart: installing the test peers failed (log above)" >&2
+  exit 1
+fi
+grep '^install-peers:' "$peers_log" | sed 's/^/   /'
+rm -f "$peers_log"
+export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 
 step "demo: local peers, 800 messages of four types through the bridge (about 30 s)"
 target/debug/rmq-bridge demo "$@"
