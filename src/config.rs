@@ -243,6 +243,9 @@ pub struct RouteConfig {
     pub scheduled: ScheduledMode,
     /// Which way the route carries messages (`routes[].direction`).
     pub direction: Direction,
+    /// 4.x consumer groups of the source topic the daemon keeps translated
+    /// to 5.x while they have no live 5.x consumers (`routes[].keep_translated`).
+    pub keep_translated: Vec<String>,
 }
 
 /// Which way a route carries messages.
@@ -708,6 +711,7 @@ struct RawRoute {
     commit_as_group: Option<String>,
     scheduled: Option<String>,
     direction: Option<String>,
+    keep_translated: Option<Vec<String>>,
 }
 
 impl RawRoute {
@@ -724,6 +728,7 @@ impl RawRoute {
             commit_as_group: t.opt("commit_as_group"),
             scheduled: t.opt("scheduled"),
             direction: t.opt("direction"),
+            keep_translated: t.opt("keep_translated"),
         }
     }
 }
@@ -911,6 +916,12 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
         coordinate: raw.instances.coordinate.unwrap_or(false),
     };
     for (i, route) in routes.iter().enumerate() {
+        if !route.keep_translated.is_empty() && target.namesrv_addrs.is_empty() {
+            p.push(
+                format!("routes[{i}].keep_translated"),
+                "translating groups reads 5.x over Remoting and writes the 5.x brokers: set [target] namesrv_addr",
+            );
+        }
         if route.direction != Direction::Reverse {
             continue;
         }
@@ -1313,6 +1324,20 @@ fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
             );
         }
     }
+    let mut keep_translated = Vec::new();
+    for g in r.keep_translated.iter().flatten() {
+        let g = g.trim();
+        if !valid_resource_name(g) {
+            p.push(
+                key("keep_translated"),
+                format!("`{g}` is not a valid RocketMQ group name"),
+            );
+        } else if direction == Direction::Reverse {
+            p.push(key("keep_translated"), "keep_translated moves 4.x groups of a forward route's source topic to 5.x; a reverse route has none");
+        } else {
+            keep_translated.push(g.to_string());
+        }
+    }
     let route = RouteConfig {
         name: r.name.clone()?,
         source_topic: r.source_topic.clone()?,
@@ -1325,6 +1350,7 @@ fn validate_route(i: usize, r: &RawRoute, p: &Problems) -> Option<RouteConfig> {
         commit_as_group,
         scheduled,
         direction,
+        keep_translated,
     };
     if (0..=100).contains(&percent) {
         for reason in commit_as_group_conflicts(&route) {

@@ -290,6 +290,8 @@ fn main() -> ExitCode {
                             toward,
                             apply,
                             force,
+                            source_may_be_live: false,
+                            progress: true,
                             allow_backwards,
                             json,
                         };

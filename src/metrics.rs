@@ -44,6 +44,15 @@ pub const VERIFY_VERIFIED_OFFSET_SUM: &str = "rmq_bridge_verify_verified_offset_
 /// Verification passes that could not complete (a cluster unreachable).
 pub const VERIFY_ERRORS_TOTAL: &str = "rmq_bridge_verify_errors_total";
 
+/// Seconds since a kept group (`routes[].keep_translated`) was last
+/// translated and written to 5.x, per route and group.
+pub const GROUP_TRANSLATION_AGE_SECONDS: &str = "rmq_bridge_group_translation_age_seconds";
+/// Messages the kept group already consumed on 4.x that 5.x would deliver
+/// again from the translated positions, per route and group.
+pub const GROUP_REDELIVER: &str = "rmq_bridge_group_redeliver_messages";
+/// Messages the kept group has not consumed on 4.x that 5.x does not hold.
+pub const GROUP_HELD: &str = "rmq_bridge_group_held_messages";
+
 /// Values of the `outcome` label of `rmq_bridge_messages_total`.
 pub mod outcome {
     pub const FORWARDED: &str = "forwarded";

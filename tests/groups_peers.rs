@@ -334,3 +334,120 @@ async fn a_group_moves_to_5x_exactly_and_back_to_4x() {
         "a 4.x consumer resuming would skip {missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_keeps_a_group_translated_until_it_moves() {
+    let four = testkit::start_source_cluster("keep-4x").expect("4.x peers");
+    let five = testkit::start_target_cluster("keep-5x").expect("5.x peers");
+    let client = testkit::client();
+    testkit::create_topic(&client, &four, "keep", QUEUES, None)
+        .await
+        .expect("4.x topic");
+    testkit::create_topic(&client, &five, "keep", QUEUES, Some("NORMAL"))
+        .await
+        .expect("5.x topic");
+    for i in 0..100 {
+        let sample = Sample {
+            queue_id: i % QUEUES,
+            body: format!("keep {i}").into_bytes(),
+            uniq_key: Some(format!("keep-{i:03}")),
+            ..Default::default()
+        };
+        testkit::produce(&client, &four, "keep", &sample)
+            .await
+            .expect("4.x send");
+    }
+    // The group still consumes on 4.x: the keeper translates it anyway.
+    let hb = HeartbeatData::consumer("keep-test@1", "billing", &["keep".to_string()]);
+    client
+        .heartbeat(&four.broker_addr, &hb)
+        .await
+        .expect("heartbeat");
+    for (q, c) in [5i64, 10, 15, 20].iter().enumerate() {
+        client
+            .update_consumer_offset(&four.broker_addr, "billing", "keep", q as i32, *c)
+            .await
+            .expect("4.x commit");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
+    let text = testkit::render_config(
+        &four,
+        &five,
+        &dir.path().join("checkpoints"),
+        &metrics,
+        "",
+        &[RouteSpec::new("keep", "keep", "keep", 100).with("keep_translated", "[\"billing\"]")],
+    )
+    .expect("config")
+    .replacen(
+        "[target]\n",
+        &format!("[target]\nnamesrv_addr = \"{}\"\n", five.namesrv_addr),
+        1,
+    );
+    let config = testkit::write_config(&dir.path().join("bridge.toml"), &text).expect("config");
+    let cfg = config.to_string_lossy().to_string();
+    let log = dir.path().join("bridge.log");
+    let mut bridge =
+        BridgeProcess::start(Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), &config, &log);
+    wait_for(&client, &five, "keep", 100).await;
+    // Within two passes the 5.x positions are the translation of the
+    // group's 4.x offsets over everything bridged.
+    let report_path = dir.path().join("keep.json");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ok, out) = cli(&[
+            "groups",
+            "translate",
+            "-c",
+            &cfg,
+            "--group",
+            "billing",
+            "--json",
+            &report_path.to_string_lossy(),
+        ]);
+        assert!(ok, "{out}");
+        let report = json(&report_path);
+        let kept = report["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .all(|q| q["current"] == q["translated"]);
+        if kept {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not keep the translation:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let text = rmq_bridge::dev::chaos::scrape(&metrics);
+    assert!(
+        text.contains("rmq_bridge_group_translation_age_seconds{")
+            && text.contains("rmq_bridge_group_redeliver_messages{"),
+        "{text}"
+    );
+    // The group moves: a 5.x consumer of it is live; the keeper stops.
+    let hb5 = HeartbeatData::consumer("keep-5x@1", "billing", &["keep".to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        client
+            .heartbeat(&five.broker_addr, &hb5)
+            .await
+            .expect("5.x heartbeat");
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("it moved, no longer translated") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keeper did not notice the move"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(
+        bridge.terminate_within(Duration::from_secs(30)),
+        "clean stop"
+    );
+}

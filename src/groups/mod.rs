@@ -13,6 +13,7 @@
 //! Owns: reading both sides and the apply interlocks. Must not touch: the
 //! pipeline, checkpoints.
 
+pub mod keeper;
 pub mod translate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -48,6 +49,12 @@ pub struct GroupOptions {
     pub apply: bool,
     /// Apply although the group has (or may have) live consumers.
     pub force: bool,
+    /// Apply while the group still consumes on the side it leaves (the
+    /// daemon keeping a group translated until it moves); live consumers
+    /// on the destination still refuse.
+    pub source_may_be_live: bool,
+    /// Progress lines on stderr (the command; not the daemon).
+    pub progress: bool,
     /// Apply although a position moves backwards.
     pub allow_backwards: bool,
     pub json: Option<PathBuf>,
@@ -244,7 +251,9 @@ pub async fn run(cfg: &BridgeConfig, opts: &GroupOptions) -> anyhow::Result<Grou
             max,
             records,
         });
-        progress(&format!("{} {to_topic}", to.cluster), to_messages, started);
+        if opts.progress {
+            progress(&format!("{} {to_topic}", to.cluster), to_messages, started);
+        }
     }
 
     // 2. The "from" side: where each message sits, the group's offsets, and
@@ -286,11 +295,13 @@ pub async fn run(cfg: &BridgeConfig, opts: &GroupOptions) -> anyhow::Result<Grou
         .await
         .with_context(|| format!("reading {} {q}", from.cluster))?;
         from_messages += (max - min).max(0) as u64;
-        progress(
-            &format!("{} {from_topic}", from.cluster),
-            from_messages,
-            started,
-        );
+        if opts.progress {
+            progress(
+                &format!("{} {from_topic}", from.cluster),
+                from_messages,
+                started,
+            );
+        }
     }
     drop(to_ids);
 
@@ -344,10 +355,12 @@ pub async fn run(cfg: &BridgeConfig, opts: &GroupOptions) -> anyhow::Result<Grou
     if opts.apply {
         let mut refusals = Vec::new();
         if !opts.force {
-            if let Err(why) = live(&from, &from_queues, group).await {
-                refusals.push(format!(
-                    "{why}: its position there is still moving; stop them first"
-                ));
+            if !opts.source_may_be_live {
+                if let Err(why) = live(&from, &from_queues, group).await {
+                    refusals.push(format!(
+                        "{why}: its position there is still moving; stop them first"
+                    ));
+                }
             }
             if let Err(why) = live(&to, &to_queues, group).await {
                 refusals.push(format!(

@@ -612,9 +612,12 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     // brokers list it as a member.
     tokio::spawn(heartbeat_loop(
         bridge.shared.clone(),
-        config_rx,
+        config_rx.clone(),
         stop_rx.clone(),
     ));
+    // Kept group translations (routes[].keep_translated), if any route
+    // lists a group; it follows config reloads.
+    tokio::spawn(crate::groups::keeper::run(config_rx, stop_rx.clone()));
     if let Some(coordination) = bridge.shared.coordination.clone() {
         tracing::info!(group = %coordination.group, client_id = %coordination.client_id,
             "sharing the estate with the other instances of this group");
@@ -708,6 +711,7 @@ mod tests {
             commit_as_group: None,
             scheduled: Default::default(),
             direction: Default::default(),
+            keep_translated: Vec::new(),
         }
     }
 
