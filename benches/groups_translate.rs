@@ -3,9 +3,10 @@
 //!
 //! The bridged topic is laid out as the bridge leaves it, without running
 //! the bridge (which would take most of the run): every message is written
-//! to the 4.x topic and, with the same `UNIQ_KEY`, to the 5.x topic,
-//! the 5.x copy into another queue (queue + 1 mod 8), so 4.x queues
-//! interleave in 5.x as they do through a proxy. The 4.x group has
+//! to the 4.x topic and, with the same `UNIQ_KEY`, to the 5.x topic, in
+//! batches of 64: batch b goes to 4.x queue b mod 8 and to 5.x queue
+//! (b / 8) mod 8, so every 5.x queue interleaves batches of all 4.x queues,
+//! as a proxy choosing queues itself does. The 4.x group has
 //! committed half of every queue. Then the release build's `groups
 //! translate` runs as a process; its wall time and VmHWM are reported.
 //! Run: `. scripts/peer-tmpdir.sh && cargo bench --bench groups_translate`.
@@ -20,13 +21,17 @@ use bytes::Bytes;
 use rmq_bridge::dev::cluster::{free_port, LocalCluster};
 use rmq_bridge::dev::machine::{git_revision, nproc, peak_rss_kib};
 use rmq_bridge::dev::testkit::{self, RouteSpec};
-use rmq_bridge::remoting::{HeartbeatData, RemotingClient, SendRequest};
+use rmq_bridge::remoting::{
+    BatchEntry, HeartbeatData, Properties, RemotingClient, SendBatchRequest,
+};
 
 const TOPIC: &str = "group_bench";
 const QUEUES: i32 = 8;
 const LANES: usize = 16;
+const BATCH: usize = 64;
 
-/// Message `i` into both clusters, 16 in flight.
+/// Batch `b` of [`BATCH`] messages into both clusters (SEND_BATCH_MESSAGE,
+/// one queue per batch), 16 batches in flight.
 async fn preload(
     client: &RemotingClient,
     four: &LocalCluster,
@@ -40,25 +45,36 @@ async fn preload(
         let (a4, a5) = (four.broker_addr.clone(), five.broker_addr.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b * BATCH >= total {
                     return anyhow::Ok(());
                 }
-                let id = format!("GB-{i:010}");
-                let q = i as i32 % QUEUES;
-                for (addr, queue) in [(&a4, q), (&a5, (q + 1) % QUEUES)] {
-                    let mut req = SendRequest::new(
-                        "group_bench",
-                        TOPIC,
-                        queue,
-                        Bytes::from(format!("body {id}")),
-                    );
-                    req.properties.insert("UNIQ_KEY", id.clone());
+                let entries: Vec<BatchEntry> = (b * BATCH..((b + 1) * BATCH).min(total))
+                    .map(|i| {
+                        let id = format!("GB-{i:010}");
+                        let mut properties = Properties::new();
+                        properties.insert("UNIQ_KEY", id.clone());
+                        BatchEntry {
+                            body: Bytes::from(format!("body {id}")),
+                            properties,
+                            flag: 0,
+                        }
+                    })
+                    .collect();
+                let q = b as i32 % QUEUES;
+                for (addr, queue) in [(&a4, q), (&a5, (b / QUEUES as usize) as i32 % QUEUES)] {
+                    let req = SendBatchRequest {
+                        producer_group: "group_bench".into(),
+                        topic: TOPIC.into(),
+                        queue_id: queue,
+                        entries: entries.clone(),
+                        born_timestamp_ms: 0,
+                    };
                     let mut attempt = 0;
-                    while let Err(e) = client.send_message_v2(addr, &req).await {
+                    while let Err(e) = client.send_batch(addr, &req).await {
                         attempt += 1;
                         if attempt > 20 {
-                            bail!("send {id}: {e}");
+                            bail!("batch {b}: {e}");
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
