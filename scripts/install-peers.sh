@@ -46,7 +46,7 @@ for crate in rocketmq-namesrv rocketmq-broker rocketmq-proxy; do
     echo "install-peers: $bin present"
     continue
   fi
-  echo "install-peers: building $crate $PEER_VERSION at opt-level $CARGO_PROFILE_RELEASE_OPT_LEVEL (first build of all three: about 35 min on 2 cores)"
+  echo "install-peers: building $crate $PEER_VERSION at opt-level $CARGO_PROFILE_RELEASE_OPT_LEVEL (first build of all three: about 17 min on 2 idle cores)"
   start=$(date +%s)
   if ! cargo install --locked --root "$ROOT" --version "$PEER_VERSION" -j "$jobs" "$crate"; then
     echo "install-peers: --locked build of $crate failed, retrying with fresh resolution"

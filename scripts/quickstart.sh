@@ -22,7 +22,7 @@ step() {
 step "Debian build dependencies (libclang, g++, make; seconds if present)"
 scripts/install-deps.sh
 
-step "test peers and the bridge, built side by side (first time: peers about 17 min on 2 cores, built once into ~/.cargo/bin; the bridge's debug build, RocksDB's C++ core most of it, fills the core the peers' serial compile phases leave idle)"
+step "test peers and the bridge, built side by side (first time: about 24 min on 2 cores; the peers are built once into ~/.cargo/bin, the bridge's debug build, RocksDB's C++ core most of it, uses what the peers' serial compile phases leave idle)"
 # The peers' build is mostly one rustc front end at a time; the bridge's
 # build runs beside it. The peers get their own CARGO_HOME so neither build
 # waits on the other's package-cache lock.

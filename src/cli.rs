@@ -529,6 +529,22 @@ pub async fn quarantine_replay(
     let publisher = Publisher::connect(pipeline::grpc_config(&cfg))
         .await
         .map_err(|e| anyhow!("5.x: {e}"))?;
+    // A reverse route's messages go back to 4.x, never to 5.x where they
+    // came from: the route's direction in the config, else the store's
+    // binding of a route no longer configured.
+    let four = crate::sink::RemotingSink::new(
+        pipeline::remoting_client(&cfg),
+        pipeline::name_servers(&cfg).map_err(anyhow::Error::msg)?,
+        &pipeline::reverse_producer_group(&cfg),
+    );
+    let is_reverse = |route: &str| match cfg.route(route) {
+        Some(r) => r.direction == crate::config::Direction::Reverse,
+        None => store
+            .route_topic(route)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.ends_with(pipeline::REVERSE_BINDING_SUFFIX)),
+    };
     let mut sent = 0;
     let mut failed = 0;
     let listed = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
@@ -556,8 +572,17 @@ pub async fn quarantine_replay(
             }
         };
         let msg = replay_message(msg, now_ms(), cfg.translate.delay_min_lead);
-        match publisher.send(&msg).await {
-            Ok(_) => {
+        let result = if is_reverse(&e.route) {
+            four.send(&msg).await.map_err(|e| e.to_string())
+        } else {
+            publisher
+                .send(&msg)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => {
                 store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
                 println!(
                     "{} {} offset {}: replayed as {}",

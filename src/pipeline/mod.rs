@@ -224,9 +224,12 @@ pub fn name_servers(cfg: &BridgeConfig) -> Result<NameServers, String> {
 pub fn topic_binding(route: &RouteConfig) -> String {
     match route.direction {
         config::Direction::Forward => route.source_topic.clone(),
-        config::Direction::Reverse => format!("{} (5.x, reverse)", route.source_topic),
+        config::Direction::Reverse => format!("{}{REVERSE_BINDING_SUFFIX}", route.source_topic),
     }
 }
+
+/// How a reverse route's store binding ends (see [`topic_binding`]).
+pub const REVERSE_BINDING_SUFFIX: &str = " (5.x, reverse)";
 
 /// Why a config change cannot be applied to the running bridge.
 fn incompatible_change(old: &RouteConfig, new: &RouteConfig) -> Option<String> {
