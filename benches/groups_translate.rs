@@ -129,12 +129,8 @@ async fn main() -> anyhow::Result<()> {
         &metrics,
         "",
         &[RouteSpec::new("bench", TOPIC, TOPIC, 100)],
-    )?
-    .replacen(
-        "[target]\n",
-        &format!("[target]\nnamesrv_addr = \"{}\"\n", five.namesrv_addr),
-        1,
-    );
+    )?;
+    let text = testkit::with_target_namesrv(&text, &five);
     let config = testkit::write_config(&dir.path().join("bridge.toml"), &text)?;
     let json = dir.path().join("report.json");
     let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));

@@ -164,12 +164,8 @@ async fn main() -> anyhow::Result<()> {
         &metrics,
         "",
         &[RouteSpec::new("rev", TOPIC, TOPIC, 100).with("direction", "\"reverse\"")],
-    )?
-    .replacen(
-        "[target]\n",
-        &format!("[target]\nnamesrv_addr = \"{}\"\n", five.namesrv_addr),
-        1,
-    );
+    )?;
+    let text = testkit::with_target_namesrv(&text, &five);
     let config = testkit::write_config(&dir.path().join("bridge.toml"), &text)?;
     let log = dir.path().join("bridge.log");
     let mut bridge =

@@ -116,12 +116,8 @@ async fn a_group_moves_to_5x_exactly_and_back_to_4x() {
             RouteSpec::new("ledger", "ledger", "ledger", 50),
         ],
     )
-    .expect("config")
-    .replacen(
-        "[target]\n",
-        &format!("[target]\nnamesrv_addr = \"{}\"\n", five.namesrv_addr),
-        1,
-    );
+    .expect("config");
+    let text = testkit::with_target_namesrv(&text, &five);
     let config = testkit::write_config(&dir.path().join("bridge.toml"), &text).expect("config");
     let cfg = config.to_string_lossy().to_string();
     let mut bridge = BridgeProcess::start(
@@ -379,12 +375,8 @@ async fn the_daemon_keeps_a_group_translated_until_it_moves() {
         "",
         &[RouteSpec::new("keep", "keep", "keep", 100).with("keep_translated", "[\"billing\"]")],
     )
-    .expect("config")
-    .replacen(
-        "[target]\n",
-        &format!("[target]\nnamesrv_addr = \"{}\"\n", five.namesrv_addr),
-        1,
-    );
+    .expect("config");
+    let text = testkit::with_target_namesrv(&text, &five);
     let config = testkit::write_config(&dir.path().join("bridge.toml"), &text).expect("config");
     let cfg = config.to_string_lossy().to_string();
     let log = dir.path().join("bridge.log");

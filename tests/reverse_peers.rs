@@ -68,12 +68,8 @@ impl Estate {
             extra,
             routes,
         )
-        .expect("config")
-        .replacen(
-            "[target]\n",
-            &format!("[target]\nnamesrv_addr = \"{}\"\n", self.five.namesrv_addr),
-            1,
-        );
+        .expect("config");
+        let text = testkit::with_target_namesrv(&text, &self.five);
         let config = self.dir.path().join("bridge.toml");
         testkit::write_config(&config, &text).expect("write config");
     }

@@ -224,6 +224,16 @@ pub fn render_config(
     Ok(text)
 }
 
+/// `text` (from [`render_config`]) with the 5.x cluster's name server under
+/// `[target]`, which reverse routes, `verify` and `groups translate` read.
+pub fn with_target_namesrv(text: &str, target: &LocalCluster) -> String {
+    text.replacen(
+        "[target]\n",
+        &format!("[target]\nnamesrv_addr = \"{}\"\n", target.namesrv_addr),
+        1,
+    )
+}
+
 pub fn write_config(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
     // Write-then-rename so a watching bridge never reads half a file.
     let tmp = path.with_extension("tmp");

@@ -117,19 +117,23 @@ pub fn read_side(
         config::Direction::Reverse => {
             let namesrv = NameServers::parse(&cfg.target.namesrv_addrs.join(";"))
                 .map_err(|e| format!("target.namesrv_addr: {e}"))?;
-            let client = RemotingClient::new(RemotingClientConfig {
-                request_timeout: cfg.target.request_timeout,
-                connect_timeout: Duration::from_secs(3),
-                credentials: cfg.target.credentials.as_ref().map(|c| AclCredentials {
-                    access_key: c.access_key.clone(),
-                    secret_key: c.secret_key.clone(),
-                    security_token: None,
-                }),
-                client_id: client_id(),
-            });
-            Ok((client, namesrv))
+            Ok((target_remoting_client(cfg, client_id()), namesrv))
         }
     }
+}
+
+/// A Remoting client for the 5.x brokers, signed with the 5.x credentials.
+pub fn target_remoting_client(cfg: &BridgeConfig, client_id: String) -> RemotingClient {
+    RemotingClient::new(RemotingClientConfig {
+        request_timeout: cfg.target.request_timeout,
+        connect_timeout: Duration::from_secs(3),
+        credentials: cfg.target.credentials.as_ref().map(|c| AclCredentials {
+            access_key: c.access_key.clone(),
+            secret_key: c.secret_key.clone(),
+            security_token: None,
+        }),
+        client_id,
+    })
 }
 
 /// The producer group reverse routes send to 4.x as.

@@ -37,7 +37,7 @@ use crate::checkpoint::{CheckpointStore, SourceQueue};
 use crate::config::{self, BridgeConfig, RouteConfig, StartPosition};
 use crate::grpc::Publisher;
 use crate::pipeline;
-use crate::remoting::{AclCredentials, NameServers, RemotingClient, RemotingClientConfig};
+use crate::remoting::{NameServers, RemotingClient};
 use crate::source::TopicSource;
 
 use crate::cutover::history::QueueHistory;
@@ -87,16 +87,7 @@ pub fn parse_since(text: &str, now_ms: i64) -> anyhow::Result<i64> {
 
 /// A Remoting client for the 5.x brokers (5.x credentials).
 pub fn target_client(cfg: &BridgeConfig) -> RemotingClient {
-    RemotingClient::new(RemotingClientConfig {
-        request_timeout: cfg.target.request_timeout,
-        connect_timeout: Duration::from_secs(3),
-        credentials: cfg.target.credentials.as_ref().map(|c| AclCredentials {
-            access_key: c.access_key.clone(),
-            secret_key: c.secret_key.clone(),
-            security_token: None,
-        }),
-        client_id: format!("rmq-bridge-verify@{}", std::process::id()),
-    })
+    pipeline::target_remoting_client(cfg, format!("rmq-bridge-verify@{}", std::process::id()))
 }
 
 /// Progress on stderr every few seconds of a long pass.
