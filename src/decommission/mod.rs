@@ -437,6 +437,23 @@ impl Ctx<'_> {
         )
     }
 
+    /// A queue's durable checkpoint (its min offset where the route has
+    /// none: nothing of it forwarded) and its max offset.
+    async fn queue_span(
+        &self,
+        route: &RouteConfig,
+        source: &TopicSource,
+        q: &SourceQueue,
+    ) -> Result<(i64, i64), String> {
+        let max = source.max_offset(q).await.map_err(|e| e.to_string())?;
+        let checkpoint = match self.store.as_ref().map(|s| s.get(&route.name, q)) {
+            Some(Ok(Some(cp))) => cp.offset,
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(None)) | None => source.min_offset(q).await.map_err(|e| e.to_string())?,
+        };
+        Ok((checkpoint, max))
+    }
+
     /// A reverse route (5.x -> 4.x) keeps 4.x a destination: while it has
     /// lag, 4.x consumers still wait for what was produced on 5.x.
     async fn reverse_lines(&self, report: &mut DecommissionReport, route: &RouteConfig) {
@@ -486,16 +503,9 @@ impl Ctx<'_> {
         let mut lag = 0i64;
         let mut unknown = Vec::new();
         for q in &queues {
-            let max = source.max_offset(q).await;
-            let checkpoint = match self.store.as_ref().map(|s| s.get(&route.name, q)) {
-                Some(Ok(Some(cp))) => Ok(cp.offset),
-                Some(Err(e)) => Err(e.to_string()),
-                _ => source.min_offset(q).await.map_err(|e| e.to_string()),
-            };
-            match (max, checkpoint) {
-                (Ok(max), Ok(cp)) => lag += (max - cp).max(0),
-                (Err(e), _) => unknown.push(format!("{q}: {e}")),
-                (_, Err(e)) => unknown.push(format!("{q}: {e}")),
+            match self.queue_span(route, &source, q).await {
+                Ok((checkpoint, max)) => lag += (max - checkpoint).max(0),
+                Err(e) => unknown.push(format!("{q}: {e}")),
             }
         }
         if !unknown.is_empty() {
@@ -544,23 +554,9 @@ impl Ctx<'_> {
         let mut oldest: Option<i64> = None;
         let mut unknown = Vec::new();
         for q in queues {
-            let max = match source.max_offset(q).await {
-                Ok(m) => m,
+            let (checkpoint, max) = match self.queue_span(route, source, q).await {
+                Ok(span) => span,
                 Err(e) => {
-                    unknown.push(format!("{q}: {e}"));
-                    continue;
-                }
-            };
-            let checkpoint = match self.store.as_ref().map(|s| s.get(&route.name, q)) {
-                Some(Ok(Some(cp))) => cp.offset,
-                Some(Ok(None)) | None => match source.min_offset(q).await {
-                    Ok(min) => min,
-                    Err(e) => {
-                        unknown.push(format!("{q}: {e}"));
-                        continue;
-                    }
-                },
-                Some(Err(e)) => {
                     unknown.push(format!("{q}: {e}"));
                     continue;
                 }
