@@ -42,16 +42,15 @@ pub fn looped(value: Option<&str>, stamp: &OriginStamp) -> bool {
 /// The stamp a message leaves the route with: the one it carries plus the
 /// route's source, unless that is already its last hop.
 pub fn stamped(value: Option<&str>, stamp: &OriginStamp) -> String {
-    let hops: Vec<&str> = value.map(|v| clusters(v).collect()).unwrap_or_default();
-    if hops.last() == Some(&stamp.source.as_str()) {
-        return hops.join(",");
+    // Every message born in the source cluster: no parsing, one copy.
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return stamp.source.clone();
+    };
+    let mut hops: Vec<&str> = clusters(value).collect();
+    if hops.last() != Some(&stamp.source.as_str()) {
+        hops.push(&stamp.source);
     }
-    let mut out = hops.join(",");
-    if !out.is_empty() {
-        out.push(',');
-    }
-    out.push_str(&stamp.source);
-    out
+    hops.join(",")
 }
 
 #[cfg(test)]
