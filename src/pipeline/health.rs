@@ -47,10 +47,11 @@ impl TopicHealth {
     }
 }
 
-/// Every target topic's counters.
+/// Every target topic's counters, per destination cluster: a 4.x topic
+/// and the 5.x topic of the same name are judged apart.
 #[derive(Debug, Default)]
 pub struct TopicHealthMap {
-    topics: Mutex<HashMap<String, Arc<TopicHealth>>>,
+    topics: Mutex<HashMap<(&'static str, String), Arc<TopicHealth>>>,
 }
 
 impl TopicHealthMap {
@@ -58,9 +59,9 @@ impl TopicHealthMap {
         Arc::new(TopicHealthMap::default())
     }
 
-    pub fn topic(&self, topic: &str) -> Arc<TopicHealth> {
+    pub fn topic(&self, cluster: &'static str, topic: &str) -> Arc<TopicHealth> {
         let mut map = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(map.entry(topic.to_string()).or_default())
+        Arc::clone(map.entry((cluster, topic.to_string())).or_default())
     }
 }
 

@@ -218,12 +218,9 @@ async fn run_route(
         route: name.clone(),
         publishers: ends.sinks.clone(),
         order: shared.order.clone(),
-        // Per destination cluster: a 4.x topic and the 5.x topic of the
-        // same name are judged apart by the poison rule.
-        topic: shared.topics.topic(&match route.direction {
-            crate::config::Direction::Forward => route.target_topic.clone(),
-            crate::config::Direction::Reverse => format!("{} (4.x)", route.target_topic),
-        }),
+        topic: shared
+            .topics
+            .topic(ends.sinks.first().cluster(), &route.target_topic),
         health,
         share: share.clone(),
         quarantine: Quarantine::new(shared.store.clone(), &name, counters.quarantined.clone()),

@@ -156,7 +156,7 @@ async fn start_on(
         route: route.into(),
         publishers: pool.clone(),
         order,
-        topic: TopicHealthMap::new().topic(topic),
+        topic: TopicHealthMap::new().topic("5.x", topic),
         health: health.clone(),
         share: share.clone(),
         quarantine: Quarantine::new(store.clone(), route, counters.quarantined.clone()),
