@@ -122,16 +122,14 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
-    let text = testkit::render_config(
+    let config = testkit::write_bridge_config(
         &four,
         &five,
-        &dir.path().join("checkpoints"),
+        dir.path(),
         &metrics,
         "",
         &[RouteSpec::new("bench", TOPIC, TOPIC, 100)],
     )?;
-    let text = testkit::with_target_namesrv(&text, &five);
-    let config = testkit::write_config(&dir.path().join("bridge.toml"), &text)?;
     let json = dir.path().join("report.json");
     let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
     let t0 = Instant::now();

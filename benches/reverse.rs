@@ -157,16 +157,14 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
-    let text = testkit::render_config(
+    let config = testkit::write_bridge_config(
         &four,
         &five,
-        &dir.path().join("checkpoints"),
+        dir.path(),
         &metrics,
         "",
         &[RouteSpec::new("rev", TOPIC, TOPIC, 100).with("direction", "\"reverse\"")],
     )?;
-    let text = testkit::with_target_namesrv(&text, &five);
-    let config = testkit::write_config(&dir.path().join("bridge.toml"), &text)?;
     let log = dir.path().join("bridge.log");
     let mut bridge =
         BridgeProcess::start(Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), &config, &log);

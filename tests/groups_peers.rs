@@ -103,10 +103,10 @@ async fn a_group_moves_to_5x_exactly_and_back_to_4x() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
-    let text = testkit::render_config(
+    let config = testkit::write_bridge_config(
         &four,
         &five,
-        &dir.path().join("checkpoints"),
+        dir.path(),
         &metrics,
         "",
         &[
@@ -117,8 +117,6 @@ async fn a_group_moves_to_5x_exactly_and_back_to_4x() {
         ],
     )
     .expect("config");
-    let text = testkit::with_target_namesrv(&text, &five);
-    let config = testkit::write_config(&dir.path().join("bridge.toml"), &text).expect("config");
     let cfg = config.to_string_lossy().to_string();
     let mut bridge = BridgeProcess::start(
         Path::new(env!("CARGO_BIN_EXE_rmq-bridge")),
@@ -367,17 +365,15 @@ async fn the_daemon_keeps_a_group_translated_until_it_moves() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
-    let text = testkit::render_config(
+    let config = testkit::write_bridge_config(
         &four,
         &five,
-        &dir.path().join("checkpoints"),
+        dir.path(),
         &metrics,
         "",
         &[RouteSpec::new("keep", "keep", "keep", 100).with("keep_translated", "[\"billing\"]")],
     )
     .expect("config");
-    let text = testkit::with_target_namesrv(&text, &five);
-    let config = testkit::write_config(&dir.path().join("bridge.toml"), &text).expect("config");
     let cfg = config.to_string_lossy().to_string();
     let log = dir.path().join("bridge.log");
     let mut bridge =

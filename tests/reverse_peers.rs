@@ -60,18 +60,15 @@ impl Estate {
 
     /// Writes the config file (a running daemon picks it up within 2 s).
     fn write(&self, routes: &[RouteSpec], extra: &str) {
-        let text = testkit::render_config(
+        testkit::write_bridge_config(
             &self.four,
             &self.five,
-            &self.dir.path().join("checkpoints"),
+            self.dir.path(),
             &self.metrics,
             extra,
             routes,
         )
-        .expect("config");
-        let text = testkit::with_target_namesrv(&text, &self.five);
-        let config = self.dir.path().join("bridge.toml");
-        testkit::write_config(&config, &text).expect("write config");
+        .expect("write config");
     }
 
     fn log(&self) -> PathBuf {

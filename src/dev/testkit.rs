@@ -234,6 +234,31 @@ pub fn with_target_namesrv(text: &str, target: &LocalCluster) -> String {
     )
 }
 
+/// Renders the config for the two clusters (with the 5.x name server,
+/// [`with_target_namesrv`]) into `dir/bridge.toml`, checkpoints in
+/// `dir/checkpoints`; returns the file's path.
+pub fn write_bridge_config(
+    source: &LocalCluster,
+    target: &LocalCluster,
+    dir: &Path,
+    metrics_listen: &str,
+    extra_sections: &str,
+    routes: &[RouteSpec],
+) -> anyhow::Result<PathBuf> {
+    let text = render_config(
+        source,
+        target,
+        &dir.join("checkpoints"),
+        metrics_listen,
+        extra_sections,
+        routes,
+    )?;
+    write_config(
+        &dir.join("bridge.toml"),
+        &with_target_namesrv(&text, target),
+    )
+}
+
 pub fn write_config(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
     // Write-then-rename so a watching bridge never reads half a file.
     let tmp = path.with_extension("tmp");
