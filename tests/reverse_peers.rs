@@ -71,6 +71,22 @@ impl Estate {
         .expect("write config");
     }
 
+    /// `rmq-bridge verify -c CONFIG ARGS --json F`, which must pass: its
+    /// output and the JSON report.
+    fn verify(&self, args: &[&str]) -> (String, serde_json::Value) {
+        let config = self.dir.path().join("bridge.toml");
+        let json = self.dir.path().join("verify.json");
+        let (config, json_arg) = (config.to_string_lossy(), json.to_string_lossy());
+        let mut all = vec!["verify", "-c", &config];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--json", &json_arg]);
+        let (ok, out) = cli(&all);
+        assert!(ok, "verify failed:\n{out}");
+        let report =
+            serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
+        (out, report)
+    }
+
     fn log(&self) -> PathBuf {
         self.dir.path().join("bridge.log")
     }
@@ -482,21 +498,8 @@ async fn a_rollback_drill_with_a_sigkill_in_the_reverse_direction_loses_nothing(
     );
 
     // 4. verify reconciles the reverse route: 5.x source against 4.x.
-    let config = e.dir.path().join("bridge.toml");
-    let json = e.dir.path().join("verify.json");
-    let out = cli(&[
-        "verify",
-        "-c",
-        &config.to_string_lossy(),
-        "--route",
-        "pay-rev",
-        "--json",
-        &json.to_string_lossy(),
-    ]);
-    assert!(out.0, "verify of the reverse route failed:\n{}", out.1);
-    assert!(out.1.contains("VERDICT: CLEAN"), "{}", out.1);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
+    let (out, report) = e.verify(&["--route", "pay-rev"]);
+    assert!(out.contains("VERDICT: CLEAN"), "{out}");
     assert_eq!(report["totals"]["found"], ON_5X as u64, "{report:#}");
     assert_eq!(report["totals"]["missing"], 0, "{report:#}");
     assert_eq!(
@@ -511,6 +514,7 @@ async fn a_rollback_drill_with_a_sigkill_in_the_reverse_direction_loses_nothing(
         let m = five_message("payments", &format!("LATE-{i}"), MessageKind::Normal, &[]);
         send_5x(&publisher, &m).await;
     }
+    let config = e.dir.path().join("bridge.toml");
     let out = cli(&["check", "-c", &config.to_string_lossy(), "--decommission"]);
     assert!(!out.0, "decommission must refuse:\n{}", out.1);
     let red_lag = out
@@ -619,18 +623,6 @@ async fn a_reverse_route_is_phased_by_its_cutover_and_packs_batches() {
     }
     bridge.restart();
     // The counters start again at 0 in the new process.
-    let wait_decided = |n: f64| {
-        let metrics = e.metrics.clone();
-        async move {
-            testkit::eventually("decided", Duration::from_secs(90), || {
-                let text = scrape(&metrics);
-                let ok = decided(&text) >= n;
-                async move { ok.then_some(()) }
-            })
-            .await
-            .unwrap_or_else(|err| panic!("{err}\n{}", scrape(&metrics)));
-        }
-    };
     wait_decided(200.0).await;
     let want: BTreeSet<String> = (0..200)
         .map(|i| format!("B-{i:03}"))
@@ -657,18 +649,7 @@ async fn a_reverse_route_is_phased_by_its_cutover_and_packs_batches() {
     );
     // verify judges the reverse route by its journal: the dry run and the
     // held half are skipped, not missing.
-    let config = e.dir.path().join("bridge.toml");
-    let json = e.dir.path().join("verify.json");
-    let out = cli(&[
-        "verify",
-        "-c",
-        &config.to_string_lossy(),
-        "--json",
-        &json.to_string_lossy(),
-    ]);
-    assert!(out.0, "verify failed:\n{}", out.1);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json");
+    let (_, report) = e.verify(&[]);
     assert_eq!(report["totals"]["found"], want.len() as u64, "{report:#}");
     assert_eq!(
         report["totals"]["skipped"],
