@@ -144,14 +144,18 @@ pub fn reverse_producer_group(cfg: &BridgeConfig) -> String {
 /// The reverse direction's ends: the 5.x brokers read over Remoting (with
 /// the 5.x credentials), the 4.x brokers written over Remoting (with the
 /// 4.x credentials, through the source's client).
-fn reverse_ends(cfg: &BridgeConfig, four: &RemotingClient) -> anyhow::Result<Option<Ends>> {
+fn reverse_ends(
+    cfg: &BridgeConfig,
+    four: &RemotingClient,
+    four_namesrv: &NameServers,
+) -> anyhow::Result<Option<Ends>> {
     if cfg.target.namesrv_addrs.is_empty() {
         return Ok(None);
     }
     let (five, namesrv) = read_side(cfg, config::Direction::Reverse).map_err(anyhow::Error::msg)?;
     let sink = crate::sink::RemotingSink::new(
         four.clone(),
-        name_servers(cfg).map_err(anyhow::Error::msg)?,
+        four_namesrv.clone(),
         &reverse_producer_group(cfg),
     );
     let sinks =
@@ -293,7 +297,7 @@ impl Bridge {
             .grpc()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("the 5.x publishers are not gRPC"))?;
-        let reverse = reverse_ends(&cfg, &remoting)?;
+        let reverse = reverse_ends(&cfg, &remoting, &namesrv)?;
         let flusher = CheckpointFlusher::new(store.clone());
         let (flusher_stop, stop_rx) = watch::channel(false);
         let flusher_task =
