@@ -37,7 +37,9 @@ const ALL_CFS: [&str; 5] = [
 ];
 
 mod scheduled;
+pub mod shared;
 pub use scheduled::{ForwardEntry, ForwardState};
+use shared::{Replica, SharedRecord};
 
 /// A 4.x source queue: positions are per (broker name, queue id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -229,6 +231,9 @@ pub struct CheckpointStore {
     /// Serialises read-sequence-then-put in `journal_append` across clones
     /// (queue workers append concurrently).
     journal_seq: Arc<Mutex<()>>,
+    /// Where quarantine, journal and start writes also go (instances
+    /// sharing an estate, `shared.rs`); set once, shared by every clone.
+    replica: Arc<std::sync::OnceLock<Arc<dyn Replica>>>,
 }
 
 impl fmt::Debug for CheckpointStore {
@@ -340,6 +345,7 @@ impl CheckpointStore {
             dir: dir.to_path_buf(),
             sync,
             journal_seq: Arc::new(Mutex::new(())),
+            replica: Default::default(),
         })
     }
 
@@ -371,11 +377,25 @@ impl CheckpointStore {
             dir: dir.to_path_buf(),
             sync: false,
             journal_seq: Arc::new(Mutex::new(())),
+            replica: Default::default(),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// From now on, every quarantine, journal and route-start write that
+    /// succeeds locally is also handed to `replica`. Set once: false if a
+    /// replica was already set.
+    pub fn set_replica(&self, replica: Arc<dyn Replica>) -> bool {
+        self.replica.set(replica).is_ok()
+    }
+
+    fn replicate(&self, record: impl FnOnce() -> SharedRecord) {
+        if let Some(r) = self.replica.get() {
+            r.enqueue(record());
+        }
     }
 
     fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
@@ -671,7 +691,29 @@ impl CheckpointStore {
         db.put_cf_opt(cf, key, value, &self.write_opts())
             .map_err(|e| {
                 self.write_err(format!("cutover journal entry of route {}", entry.route), e)
-            })
+            })?;
+        self.replicate(|| SharedRecord::Journal {
+            entry: entry.clone(),
+        });
+        Ok(())
+    }
+
+    /// The routes that have a cutover journal here.
+    pub fn journal_routes(&self) -> Result<Vec<String>, StoreError> {
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_JOURNAL)?;
+        let mut out: Vec<String> = Vec::new();
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.read_err(e))?;
+            let Some(end) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let route = String::from_utf8_lossy(&k[..end]).into_owned();
+            if out.last() != Some(&route) {
+                out.push(route);
+            }
+        }
+        Ok(out)
     }
 
     pub fn journal(&self, route: &str) -> Result<Vec<JournalEntry>, StoreError> {
@@ -740,7 +782,11 @@ impl CheckpointStore {
                     ),
                     e,
                 )
-            })
+            })?;
+        self.replicate(|| SharedRecord::Quarantined {
+            entry: entry.clone(),
+        });
+        Ok(())
     }
 
     /// `quarantine_put` off the async runtime's threads (a slow or full
@@ -783,7 +829,11 @@ impl CheckpointStore {
                 ),
                 e,
             )
-        })
+        })?;
+        self.replicate(|| SharedRecord::QuarantineRemoved {
+            key: shared::quarantine_key(entry),
+        });
+        Ok(())
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -804,7 +854,49 @@ impl CheckpointStore {
         queue: &SourceQueue,
         offset: i64,
     ) -> Result<(), StoreError> {
-        self.meta_put(&route_start_key(route, queue), &offset.to_string())
+        self.meta_put(&route_start_key(route, queue), &offset.to_string())?;
+        self.replicate(|| SharedRecord::Start {
+            route: route.to_string(),
+            queue: queue.clone(),
+            offset,
+        });
+        Ok(())
+    }
+
+    /// Every recorded (route, queue, start offset).
+    pub fn route_starts(&self) -> Result<Vec<(String, SourceQueue, i64)>, StoreError> {
+        let db = self.db()?;
+        let cf = Self::cf(&db, CF_META)?;
+        let prefix = b"route_start\0";
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Some((route, queue)) = key.split_once('\0') else {
+                continue;
+            };
+            let Some((broker, id)) = queue.rsplit_once(':') else {
+                continue;
+            };
+            let (Ok(queue_id), Ok(offset)) = (
+                id.parse::<i32>(),
+                String::from_utf8_lossy(&v).trim().parse::<i64>(),
+            ) else {
+                continue;
+            };
+            out.push((
+                route.to_string(),
+                SourceQueue {
+                    broker_name: broker.to_string(),
+                    queue_id,
+                },
+                offset,
+            ));
+        }
+        Ok(out)
     }
 
     /// The offset the route started `queue` from, where it was recorded

@@ -11,6 +11,9 @@ use base64::Engine;
 use serde_json::json;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::checkpoint::shared::{Records, SharedView};
 use crate::checkpoint::{now_ms, CheckpointStore, QuarantineEntry};
 use crate::config::{self, BridgeConfig};
 use crate::grpc::{MessageKind, OutgoingMessage, Publisher};
@@ -305,6 +308,18 @@ async fn print_instances(source: &TopicSource, group: &str) {
 pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = CheckpointStore::open_read_only(&cfg.checkpoint.dir).map_err(|e| anyhow!("{e}"))?;
+    let shared = if online {
+        match pipeline::estate_view(&cfg).await {
+            Ok(v) => v,
+            Err(e) => {
+                println!("estate: {e}\n  (journal and quarantine below are this instance's only)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let records = Records::new(&store, shared.as_ref());
     let forward =
         pipeline::read_side(&cfg, crate::config::Direction::Forward).map_err(anyhow::Error::msg)?;
     let reverse = pipeline::read_side(&cfg, crate::config::Direction::Reverse).ok();
@@ -395,7 +410,7 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
                 fmt_ms(latest.unwrap_or(0))
             );
         }
-        let journal = store.journal(&r.name).map_err(|e| anyhow!("{e}"))?;
+        let journal = records.journal(&r.name).map_err(|e| anyhow!("{e}"))?;
         if !journal.is_empty() {
             println!("  cutover journal:");
             for j in journal {
@@ -412,7 +427,7 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
                 );
             }
         }
-        let quarantined = store
+        let quarantined = records
             .quarantine_list(Some(&r.name))
             .map_err(|e| anyhow!("{e}"))?
             .len();
@@ -428,10 +443,15 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn quarantine_list(path: &Path, route: Option<&str>) -> anyhow::Result<()> {
+/// With instances sharing an estate, the quarantine commands see every
+/// instance's entries (the 5.x state topic) besides this store's.
+pub async fn quarantine_list(path: &Path, route: Option<&str>) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = CheckpointStore::open_read_only(&cfg.checkpoint.dir).map_err(|e| anyhow!("{e}"))?;
-    let entries = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
+    let shared = pipeline::estate_view(&cfg).await?;
+    let entries = Records::new(&store, shared.as_ref())
+        .quarantine_list(route)
+        .map_err(|e| anyhow!("{e}"))?;
     let mut out = std::io::stdout().lock();
     for e in &entries {
         writeln!(
@@ -453,6 +473,41 @@ fn open_for_write(cfg: &BridgeConfig) -> anyhow::Result<CheckpointStore> {
     CheckpointStore::open(&cfg.checkpoint.dir, true).map_err(|e| {
         anyhow!(
             "{e} (quarantine replay and drop need the daemon stopped: systemctl stop rmq-bridge)"
+        )
+    })
+}
+
+/// For `quarantine replay` / `drop` with instances sharing an estate: the
+/// state topic as read, and an outbox that carries this store's removals
+/// to it (None for a single instance).
+async fn estate_for_write(
+    cfg: &BridgeConfig,
+    store: &CheckpointStore,
+) -> anyhow::Result<(Option<SharedView>, Option<Arc<crate::estate::Outbox>>)> {
+    if !cfg.instances.coordinate {
+        return Ok((None, None));
+    }
+    let outbox =
+        crate::estate::Outbox::new(pipeline::state_topic(cfg).map_err(anyhow::Error::msg)?);
+    let view = outbox.attach(store).await.map_err(|e| anyhow!("{e}"))?;
+    let view = view.ok_or_else(|| {
+        anyhow!(
+            "the estate state topic `{}` cannot be read on 5.x: the other instances' quarantine is unknown; try again when 5.x answers",
+            cfg.instances.state_topic
+        )
+    })?;
+    Ok((Some(view), Some(outbox)))
+}
+
+/// Publishes the removals of a replay or drop to the estate state topic.
+async fn share_removals(outbox: Option<Arc<crate::estate::Outbox>>) -> anyhow::Result<()> {
+    let Some(outbox) = outbox else {
+        return Ok(());
+    };
+    outbox.flush().await.map_err(|e| {
+        anyhow!(
+            "{e}: removed here but not yet on the estate state topic ({} record(s)); other instances still list them. Run the command again when 5.x answers",
+            outbox.pending()
         )
     })
 }
@@ -526,6 +581,7 @@ pub async fn quarantine_replay(
 ) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let store = open_for_write(&cfg)?;
+    let (shared, outbox) = estate_for_write(&cfg, &store).await?;
     let publisher = Publisher::connect(pipeline::grpc_config(&cfg))
         .await
         .map_err(|e| anyhow!("5.x: {e}"))?;
@@ -547,7 +603,9 @@ pub async fn quarantine_replay(
     };
     let mut sent = 0;
     let mut failed = 0;
-    let listed = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
+    let listed = Records::new(&store, shared.as_ref())
+        .quarantine_list(route)
+        .map_err(|e| anyhow!("{e}"))?;
     for e in select_quarantined(listed, offset, msg_id, all)? {
         if e.message_json.is_empty() {
             println!(
@@ -601,10 +659,10 @@ pub async fn quarantine_replay(
     }
     publisher.shutdown().await;
     println!("replayed {sent}, still quarantined {failed}");
-    Ok(())
+    share_removals(outbox).await
 }
 
-pub fn quarantine_drop(
+pub async fn quarantine_drop(
     path: &Path,
     route: Option<&str>,
     offset: Option<i64>,
@@ -616,8 +674,11 @@ pub fn quarantine_drop(
     }
     let cfg = load(path)?;
     let store = open_for_write(&cfg)?;
+    let (shared, outbox) = estate_for_write(&cfg, &store).await?;
     let mut dropped = 0;
-    let listed = store.quarantine_list(route).map_err(|e| anyhow!("{e}"))?;
+    let listed = Records::new(&store, shared.as_ref())
+        .quarantine_list(route)
+        .map_err(|e| anyhow!("{e}"))?;
     for e in select_quarantined(listed, offset, msg_id, all)? {
         store.quarantine_remove(&e).map_err(|e| anyhow!("{e}"))?;
         println!(
@@ -627,7 +688,7 @@ pub fn quarantine_drop(
         dropped += 1;
     }
     println!("dropped {dropped}");
-    Ok(())
+    share_removals(outbox).await
 }
 
 /// `reset-route`: drops a route's checkpoints and its source-topic binding

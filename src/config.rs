@@ -315,6 +315,9 @@ pub struct BridgeConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct InstancesConfig {
     pub coordinate: bool,
+    /// The 5.x topic where coordinating instances keep quarantine, cutover
+    /// journal and queue starts (crate::estate).
+    pub state_topic: String,
 }
 
 impl BridgeConfig {
@@ -541,6 +544,7 @@ struct RawConfig {
 
 struct RawInstances {
     coordinate: Option<bool>,
+    state_topic: Option<String>,
 }
 
 impl RawConfig {
@@ -563,6 +567,7 @@ impl RawConfig {
             }),
             instances: t.section("instances", |t| RawInstances {
                 coordinate: t.opt("coordinate"),
+                state_topic: t.opt("state_topic"),
             }),
             routes: t.sections("routes", RawRoute::read),
         }
@@ -914,7 +919,25 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
     }
     let instances = InstancesConfig {
         coordinate: raw.instances.coordinate.unwrap_or(false),
+        state_topic: raw
+            .instances
+            .state_topic
+            .clone()
+            .unwrap_or_else(|| crate::estate::DEFAULT_TOPIC.to_string()),
     };
+    if instances.state_topic.trim().is_empty() {
+        p.push("instances.state_topic", "must name a 5.x topic (default rmq_bridge_state)");
+    }
+    if instances.coordinate && target.namesrv_addrs.is_empty() {
+        p.push(
+            "instances.coordinate",
+            format!(
+                "instances sharing an estate keep quarantine, cutover journal and queue starts in the 5.x topic `{}`, \
+                 read and written over Remoting: set [target] namesrv_addr to the 5.x cluster's name servers",
+                instances.state_topic
+            ),
+        );
+    }
     for (i, route) in routes.iter().enumerate() {
         if !route.keep_translated.is_empty() && target.namesrv_addrs.is_empty() {
             p.push(
@@ -1714,8 +1737,19 @@ cutover_percent = 30
     #[test]
     fn instances_coordinate_is_off_by_default_and_refuses_the_schedule_side() {
         assert!(!parse_text(MINIMAL).expect("minimal").instances.coordinate);
-        let on = format!("{MINIMAL}\n[instances]\ncoordinate = true\n");
-        assert!(parse_text(&on).expect("coordinate").instances.coordinate);
+        // The estate's shared records live on 5.x, read over Remoting.
+        let without_5x_namesrv = format!("{MINIMAL}\n[instances]\ncoordinate = true\n");
+        let e = parse_text(&without_5x_namesrv)
+            .expect_err("coordinate without the 5.x name servers")
+            .to_string();
+        assert!(e.contains("instances.coordinate") && e.contains("namesrv_addr"), "{e}");
+        let on = without_5x_namesrv.replace(
+            "endpoint = \"127.0.0.1:8081\"",
+            "endpoint = \"127.0.0.1:8081\"\nnamesrv_addr = \"127.0.0.1:9877\"",
+        );
+        let c = parse_text(&on).expect("coordinate");
+        assert!(c.instances.coordinate);
+        assert_eq!(c.instances.state_topic, "rmq_bridge_state");
         let forward = on.replace(
             "cutover_percent = 30",
             "cutover_percent = 30\nscheduled = \"forward\"",

@@ -24,6 +24,7 @@ pub mod cutover;
 pub mod decommission;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod estate;
 pub mod groups;
 pub mod grpc;
 pub mod handoff;

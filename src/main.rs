@@ -307,7 +307,7 @@ fn main() -> ExitCode {
                 cli::init_logging("warn", args.log_json);
                 match action {
                     QuarantineAction::List { config, route } => {
-                        cli::quarantine_list(&config, route.as_deref())
+                        cli::quarantine_list(&config, route.as_deref()).await
                     }
                     QuarantineAction::Replay {
                         config,
@@ -337,7 +337,8 @@ fn main() -> ExitCode {
                         offset,
                         msg_id.as_deref(),
                         all,
-                    ),
+                    )
+                    .await,
                 }
             }
             Command::ResetRoute { config, route } => {

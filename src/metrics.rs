@@ -29,6 +29,10 @@ pub const OWNED_QUEUES: &str = "rmq_bridge_owned_queues";
 /// known to hold them: this instance's own assigned queues it could not
 /// lock yet. Summed over instances it is the estate's unowned queues.
 pub const UNOWNED_QUEUES: &str = "rmq_bridge_unowned_queues";
+/// Estate records (quarantine, journal, queue starts) written here and not
+/// yet on the 5.x state topic (`[instances] coordinate = true`); queue
+/// positions are not written to the group while it is above 0.
+pub const STATE_PENDING_RECORDS: &str = "rmq_bridge_state_pending_records";
 
 // `rmq-bridge verify --follow` (its own endpoint, `--metrics-listen`).
 /// Messages of the verified range per route and `state`: expected, found,
@@ -152,6 +156,11 @@ fn describe() {
         UNOWNED_QUEUES,
         Unit::Count,
         "source queues assigned to this instance that it could not lock yet, per route"
+    );
+    describe_gauge!(
+        STATE_PENDING_RECORDS,
+        Unit::Count,
+        "estate records not yet on the 5.x state topic"
     );
     describe_gauge!(
         CHECKPOINT_AGE_SECONDS,

@@ -167,7 +167,17 @@ struct Ctx<'a> {
     client: RemotingClient,
     namesrv: NameServers,
     store: Option<CheckpointStore>,
+    /// Instances sharing an estate: every instance's records (crate::estate).
+    shared: Option<crate::checkpoint::shared::SharedView>,
     now: i64,
+}
+
+impl Ctx<'_> {
+    fn records(&self) -> Option<crate::checkpoint::shared::Records<'_>> {
+        self.store
+            .as_ref()
+            .map(|s| crate::checkpoint::shared::Records::new(s, self.shared.as_ref()))
+    }
 }
 
 /// Builds the report. Errors only for what stops every check (config).
@@ -186,11 +196,24 @@ pub async fn run(cfg: &BridgeConfig) -> anyhow::Result<DecommissionReport> {
             None
         }
     };
+    let shared = match pipeline::estate_view(cfg).await {
+        Ok(v) => v,
+        Err(e) => {
+            report.red(
+                "bridge",
+                "estate state topic",
+                format!("{e}"),
+                "quarantine, journal and queue starts of the other instances are unknown: make the 5.x topic readable and run the check again",
+            );
+            None
+        }
+    };
     let ctx = Ctx {
         cfg,
         client: pipeline::remoting_client(cfg),
         namesrv,
         store,
+        shared,
         now: now_ms(),
     };
     // Source topics and the brokers that hold them.
@@ -446,10 +469,25 @@ impl Ctx<'_> {
         q: &SourceQueue,
     ) -> Result<(i64, i64), String> {
         let max = source.max_offset(q).await.map_err(|e| e.to_string())?;
-        let checkpoint = match self.store.as_ref().map(|s| s.get(&route.name, q)) {
-            Some(Ok(Some(cp))) => cp.offset,
+        let local = match self.store.as_ref().map(|s| s.get(&route.name, q)) {
+            Some(Ok(cp)) => cp.map(|c| c.offset),
             Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(None)) | None => source.min_offset(q).await.map_err(|e| e.to_string())?,
+            None => None,
+        };
+        // Instances sharing an estate: what any of them confirmed is the
+        // group's position (this store has only this instance's queues).
+        let group = if self.cfg.instances.coordinate {
+            source
+                .group_offset(q, &self.cfg.source.consumer_group)
+                .await
+                .map_err(|e| e.to_string())?
+                .filter(|o| *o >= 0)
+        } else {
+            None
+        };
+        let checkpoint = match pipeline::coordinate::takeover_offset(local, group) {
+            Some(o) => o,
+            None => source.min_offset(q).await.map_err(|e| e.to_string())?,
         };
         Ok((checkpoint, max))
     }
@@ -613,7 +651,7 @@ impl Ctx<'_> {
         // Quarantine: the route's and its schedule side's (`<route>#scheduled`,
         // pending scheduled messages 5.x refused).
         let side = pipeline::schedule_ledger::schedule_side_name(&route.name);
-        match self.store.as_ref().map(|s| {
+        match self.records().map(|s| {
             let mut entries = s.quarantine_list(Some(&route.name))?;
             entries.extend(s.quarantine_list(Some(&side))?);
             Ok::<_, crate::checkpoint::StoreError>(entries)
@@ -647,8 +685,7 @@ impl Ctx<'_> {
         let mut floors = BTreeMap::new();
         for q in queues {
             let recorded = self
-                .store
-                .as_ref()
+                .records()
                 .and_then(|s| s.route_start(&route.name, q).ok().flatten());
             let min = source.min_offset(q).await.ok();
             floors.insert(q.clone(), QueueFloor { recorded, min });
@@ -1205,10 +1242,10 @@ impl Ctx<'_> {
     ) {
         const MAX_SCAN: i64 = 1_000_000;
         let check = "held on 4.x only";
-        let Some(store) = &self.store else {
+        let Some(records) = self.records() else {
             return; // the route lines already say the store is unreadable
         };
-        let journal = match store.journal(&route.name) {
+        let journal = match records.journal(&route.name) {
             Ok(j) => j,
             Err(e) => {
                 report.red(
@@ -1241,7 +1278,7 @@ impl Ctx<'_> {
         let mut truncated = false;
         for q in &queues {
             let history = crate::cutover::history::QueueHistory::build(&journal, q, &current);
-            let cp = match store.get(&route.name, q) {
+            let cp = match records.store().get(&route.name, q) {
                 Ok(Some(cp)) => cp.offset,
                 Ok(None) => continue, // nothing decided on this queue yet
                 Err(e) => {

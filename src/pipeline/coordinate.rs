@@ -32,16 +32,41 @@ pub struct Coordination {
     pub client_id: String,
     pub group: String,
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// The estate's shared records (crate::estate): flushed before any
+    /// position is written to the group, so that a successor starting from
+    /// it finds every quarantine, journal and start record below it.
+    pub estate: Option<Arc<crate::estate::Outbox>>,
 }
 
 impl Coordination {
-    pub fn new(client_id: String, group: String) -> Arc<Self> {
+    pub fn new(
+        client_id: String,
+        group: String,
+        estate: Option<Arc<crate::estate::Outbox>>,
+    ) -> Arc<Self> {
         let (changed, _) = tokio::sync::watch::channel(0);
         Arc::new(Coordination {
             client_id,
             group,
             changed,
+            estate,
         })
+    }
+
+    /// Whether every estate record written so far is on 5.x (true without
+    /// an estate topic). A position may be written to the group only then.
+    async fn records_shared(&self, route: &str, queue: &SourceQueue) -> bool {
+        let Some(outbox) = &self.estate else {
+            return true;
+        };
+        match outbox.flush().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(route, %queue, error = %e,
+                    "estate records are not on 5.x yet: the queue's position is not written to the group (a successor would re-send from the older one)");
+                false
+            }
+        }
     }
 }
 
@@ -293,6 +318,10 @@ impl RouteOwnership {
         if !commit_due(h.committed, offset, step, now) || !h.fence.open() {
             return;
         }
+        // The flush may take a while: the lease is asked again after it.
+        if !self.coordination.records_shared(&self.route, queue).await || !h.fence.open() {
+            return;
+        }
         match commit_offset(source, &self.coordination.group, queue, offset).await {
             Ok(()) => h.committed = Some((offset, now)),
             Err(e) => {
@@ -370,7 +399,12 @@ pub async fn release_lock(
     offset: i64,
 ) {
     let group = &coordination.group;
-    match commit_offset(source, group, queue, offset).await {
+    let written = if coordination.records_shared(route, queue).await {
+        commit_offset(source, group, queue, offset).await
+    } else {
+        Err("estate records not on 5.x yet".to_string())
+    };
+    match written {
         Ok(()) => match committed_offset(source, group, queue).await {
             Ok(Some(read)) if read == offset => {}
             other => {

@@ -79,6 +79,18 @@ pub struct Shared {
     /// Where reverse routes (5.x -> 4.x) read and write; None without
     /// `[target] namesrv_addr` (config refuses reverse routes then).
     pub reverse: Option<Ends>,
+    /// The estate state topic as read when this instance started
+    /// (coordinating instances; None otherwise or when 5.x was away):
+    /// routes continue the journal every instance wrote.
+    pub estate_view: Option<Arc<crate::checkpoint::shared::SharedView>>,
+}
+
+impl Shared {
+    /// The records a route reads at its start: this store's, and the
+    /// estate's as read at startup.
+    pub fn records(&self) -> crate::checkpoint::shared::Records<'_> {
+        crate::checkpoint::shared::Records::new(&self.store, self.estate_view.as_deref())
+    }
 }
 
 /// One direction's two sides as a route sees them: the cluster it reads
@@ -120,6 +132,35 @@ pub fn read_side(
             Ok((target_remoting_client(cfg, client_id()), namesrv))
         }
     }
+}
+
+/// The estate state topic of instances sharing an estate, on 5.x.
+pub fn state_topic(cfg: &BridgeConfig) -> Result<crate::estate::StateTopic, String> {
+    let (client, namesrv) = read_side(cfg, config::Direction::Reverse)?;
+    Ok(crate::estate::StateTopic::new(
+        client,
+        namesrv,
+        &cfg.instances.state_topic,
+        &format!("{}_state", cfg.source.consumer_group),
+    ))
+}
+
+/// What the estate state topic holds, for the commands that report on the
+/// whole estate (`verify`, `check --decommission`, `quarantine`, `status`);
+/// None for a single instance. An unreadable topic is an error: a report
+/// of one instance's records would be read as the estate's.
+pub async fn estate_view(
+    cfg: &BridgeConfig,
+) -> anyhow::Result<Option<crate::checkpoint::shared::SharedView>> {
+    if !cfg.instances.coordinate {
+        return Ok(None);
+    }
+    let topic = state_topic(cfg).map_err(anyhow::Error::msg)?;
+    topic.read().await.map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; with [instances] coordinate = true every instance's quarantine, journal and queue starts are read from it"
+        )
+    })
 }
 
 /// A Remoting client for the 5.x brokers, signed with the 5.x credentials.
@@ -310,10 +351,24 @@ impl Bridge {
             cfg.pipeline.max_concurrent_sends,
             cfg.pipeline.max_inflight_mib.saturating_mul(1024),
         );
-        let coordination = cfg
-            .instances
-            .coordinate
-            .then(|| coordinate::Coordination::new(client_id(), cfg.source.consumer_group.clone()));
+        // Instances sharing an estate: quarantine, journal and queue starts
+        // also go to the 5.x state topic (crate::estate), and what this
+        // store holds that the topic lacks is published first.
+        let (estate, estate_view) = if cfg.instances.coordinate {
+            let outbox =
+                crate::estate::Outbox::new(state_topic(&cfg).map_err(anyhow::Error::msg)?);
+            let view = outbox.attach(&store).await?;
+            (Some(outbox), view.map(Arc::new))
+        } else {
+            (None, None)
+        };
+        let coordination = cfg.instances.coordinate.then(|| {
+            coordinate::Coordination::new(
+                client_id(),
+                cfg.source.consumer_group.clone(),
+                estate.clone(),
+            )
+        });
         Ok(Bridge {
             config: Arc::new(cfg),
             shared: Shared {
@@ -328,6 +383,7 @@ impl Bridge {
                 topics: health::TopicHealthMap::new(),
                 coordination,
                 reverse,
+                estate_view,
             },
             routes: BTreeMap::new(),
             flusher_stop,
@@ -631,7 +687,11 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::groups::keeper::run(config_rx, stop_rx.clone()));
     if let Some(coordination) = bridge.shared.coordination.clone() {
         tracing::info!(group = %coordination.group, client_id = %coordination.client_id,
+            state_topic = %bridge.config.instances.state_topic,
             "sharing the estate with the other instances of this group");
+        if let Some(outbox) = coordination.estate.clone() {
+            tokio::spawn(outbox.spawn(crate::shutdown::Shutdown::new(stop_rx.clone())));
+        }
         tokio::spawn(membership_listener(
             bridge.shared.clone(),
             coordination,
@@ -698,6 +758,15 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
     let (shared, cfg) = (bridge.shared.clone(), bridge.config.clone());
     bridge.shutdown().await;
     if let Some(coordination) = coordination {
+        if let Some(outbox) = &coordination.estate {
+            match tokio::time::timeout(Duration::from_secs(10), outbox.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, pending = outbox.pending(),
+                    "estate records left unpublished at stop; this instance publishes them when it starts again"),
+                Err(_) => tracing::warn!(pending = outbox.pending(),
+                    "estate records left unpublished at stop (5.x slow); this instance publishes them when it starts again"),
+            }
+        }
         leave_group(&shared, &cfg, &coordination).await;
     }
     Ok(())

@@ -196,7 +196,8 @@ async fn run_route(
     // The journal as this run of the route starts: its rules continue the
     // journal's generations, and each queue's start is journaled where the
     // rule differs from the journal's last (see `journal_start`).
-    let journal = match shared.store.journal(&name) {
+    // With instances sharing an estate, the journal every instance wrote.
+    let journal = match shared.records().journal(&name) {
         Ok(j) => j,
         Err(e) => {
             tracing::error!(route = %name, error = %e, "cannot read the cutover journal; its generations may repeat");
@@ -349,7 +350,7 @@ async fn run_route(
                     let new_route = new_route_queues.as_ref().cloned().unwrap_or_default();
                     let mut ctx = RebalanceContext {
                         shared: &shared, source: &source, cfg: &cfg, route: &current_route,
-                        journal: &journal, rule_rx: &rule_rx, worker_stop_rx: &worker_stop_rx,
+                        rule_rx: &rule_rx, worker_stop_rx: &worker_stop_rx,
                         sender: &sender, admitter: &admitter, new_route: &new_route,
                     };
                     if let Some(due) = rebalance_route(&mut ctx, own, &known, &mut queues, &mut releasing).await {
@@ -551,7 +552,6 @@ struct RebalanceContext<'a> {
     source: &'a TopicSource,
     cfg: &'a Arc<BridgeConfig>,
     route: &'a RouteConfig,
-    journal: &'a [JournalEntry],
     rule_rx: &'a watch::Receiver<Arc<RouteRule>>,
     worker_stop_rx: &'a watch::Receiver<bool>,
     sender: &'a Arc<Sender>,
@@ -694,10 +694,12 @@ async fn take_over(
     own.commit(ctx.source, queue, offset, 1).await;
     tracing::info!(route = %name, %queue, offset, own_checkpoint = ?local, group_position = ?from_group,
         client_id = %own.client_id(), "owning queue");
+    // Always journaled where a queue changes hands: the journal read at the
+    // route's start may be older than another instance's last rule of it.
     super::rule::journal_start(
         &ctx.shared.store,
         name,
-        ctx.journal,
+        &[],
         &ctx.rule_rx.borrow(),
         Some((queue, offset)),
     );

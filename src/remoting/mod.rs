@@ -23,6 +23,7 @@ pub mod message;
 pub mod namesrv;
 pub mod properties;
 pub mod route;
+pub mod scan;
 
 #[cfg(test)]
 mod fake_server_tests;

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::checkpoint::{CheckpointStore, SourceQueue};
+use crate::checkpoint::shared::Records;
+use crate::checkpoint::{Checkpoint, CheckpointStore, SourceQueue};
 use crate::config::{self, BridgeConfig, RouteConfig, StartPosition};
 use crate::grpc::Publisher;
 use crate::pipeline;
@@ -312,11 +313,13 @@ impl Verifier {
         // before the 5.x read below starts.
         let store = CheckpointStore::open_read_only(&self.cfg.checkpoint.dir)
             .map_err(|e| anyhow!("{e}"))?;
+        let shared = pipeline::estate_view(&self.cfg).await?;
+        let records = Records::new(&store, shared.as_ref());
         let mut reports = Vec::new();
         let mut progress = Progress::new();
         for rv in &mut self.routes {
             reports.push(
-                rv.pass(&store, &self.cfg, self.since_ms, &mut progress)
+                rv.pass(&records, &self.cfg, self.since_ms, &mut progress)
                     .await?,
             );
         }
@@ -345,16 +348,22 @@ impl Verifier {
 impl RouteVerifier {
     async fn pass(
         &mut self,
-        store: &CheckpointStore,
+        records: &Records<'_>,
         cfg: &BridgeConfig,
         since_ms: Option<i64>,
         progress: &mut Progress,
     ) -> anyhow::Result<RouteReport> {
         let name = self.route.name.clone();
-        let checkpoints = store.route_checkpoints(&name).map_err(|e| anyhow!("{e}"))?;
-        let journal = store.journal(&name).map_err(|e| anyhow!("{e}"))?;
+        let mut checkpoints = records
+            .store()
+            .route_checkpoints(&name)
+            .map_err(|e| anyhow!("{e}"))?;
+        if cfg.instances.coordinate {
+            checkpoints = self.estate_checkpoints(cfg, checkpoints).await?;
+        }
+        let journal = records.journal(&name).map_err(|e| anyhow!("{e}"))?;
         let mut quarantined: BTreeMap<SourceQueue, HashSet<i64>> = BTreeMap::new();
-        for e in store
+        for e in records
             .quarantine_list(Some(&name))
             .map_err(|e| anyhow!("{e}"))?
         {
@@ -379,7 +388,7 @@ impl RouteVerifier {
         for (queue, cp) in &checkpoints {
             let history = QueueHistory::build(&journal, queue, &current_rule);
             if !self.queues.contains_key(queue) {
-                let recorded = store
+                let recorded = records
                     .route_start(&name, queue)
                     .map_err(|e| anyhow!("{e}"))?;
                 let from = self.start_offset(queue, since_ms, recorded).await?;
@@ -472,6 +481,40 @@ impl RouteVerifier {
     }
 
     /// Reads what 5.x holds beyond what the index has, into the index.
+    /// Instances sharing an estate: every queue of the route's topic, at
+    /// the later of this store's checkpoint and the instances' group
+    /// position (what another instance confirmed), so that the verdict
+    /// covers the estate and not only the queues this instance forwarded.
+    async fn estate_checkpoints(
+        &self,
+        cfg: &BridgeConfig,
+        local: Vec<(SourceQueue, Checkpoint)>,
+    ) -> anyhow::Result<Vec<(SourceQueue, Checkpoint)>> {
+        let mut by_queue: BTreeMap<SourceQueue, Checkpoint> = local.into_iter().collect();
+        let queues = self
+            .source
+            .refresh_route()
+            .await
+            .map_err(|e| anyhow!("route {}: 4.x topic {}: {e}", self.route.name, self.route.source_topic))?;
+        for q in queues {
+            let group = self
+                .source
+                .group_offset(&q, &cfg.source.consumer_group)
+                .await
+                .map_err(|e| anyhow!("route {}: the instances' position of {q}: {e}", self.route.name))?
+                .filter(|o| *o >= 0);
+            let Some(offset) = group else {
+                continue;
+            };
+            let cp = by_queue.entry(q).or_insert(Checkpoint {
+                offset,
+                updated_ms: 0,
+            });
+            cp.offset = cp.offset.max(offset);
+        }
+        Ok(by_queue.into_iter().collect())
+    }
+
     async fn read_target(
         &mut self,
         cfg: &BridgeConfig,

@@ -1,0 +1,460 @@
+//! What coordinating instances must all be able to read (issue 18, item 4):
+//! quarantined messages, the cutover journal and the offset each queue of a
+//! route started from. Each instance's store stays the write-ahead record;
+//! every write of those three is also handed to a [`Replica`] (the estate
+//! state topic on 5.x, `crate::estate`), and readers (`verify`,
+//! `check --decommission`, `quarantine`, `status`, a route's start) see the
+//! union of the local store and a [`SharedView`] folded from that topic.
+//!
+//! Owns: the records' keys and encoding, the fold rule, and the merge of
+//! local and shared. Must not touch: I/O (the store and `crate::estate` do).
+//!
+//! Fold rule: records of one key always go to one queue of the state topic
+//! (the key is the send's ordering group), so their queue order is their
+//! write order. A quarantine entry lives until a later removal of its key;
+//! a journal entry, once written, is never changed; a queue's start is the
+//! first one written (a later instance that found no position anywhere
+//! writes a later start, which must not narrow what `verify` covers).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{CheckpointStore, JournalEntry, QuarantineEntry, SourceQueue, StoreError};
+
+/// One record of the state topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SharedRecord {
+    Quarantined { entry: QuarantineEntry },
+    QuarantineRemoved { key: String },
+    Journal { entry: JournalEntry },
+    Start {
+        route: String,
+        queue: SourceQueue,
+        offset: i64,
+    },
+}
+
+/// Where records go besides the local store. `enqueue` must not block: it
+/// is called on the store's write path, after the local write succeeded.
+pub trait Replica: Send + Sync {
+    fn enqueue(&self, record: SharedRecord);
+}
+
+/// A quarantine entry's key: (route, queue, offset, message), like the
+/// store's own key, so the same message quarantined again is one entry.
+pub fn quarantine_key(e: &QuarantineEntry) -> String {
+    let message = if e.message_id.is_empty() {
+        format!("crc{:08x}", crc32fast::hash(e.message_json.as_bytes()))
+    } else {
+        e.message_id.clone()
+    };
+    format!(
+        "q/{}/{}/{}/{}/{message}",
+        e.route, e.queue.broker_name, e.queue.queue_id, e.offset
+    )
+}
+
+/// A journal entry's key: the same entry written twice (an instance
+/// publishing what it had journaled before a crash) is one entry.
+pub fn journal_key(e: &JournalEntry) -> String {
+    let json = serde_json::to_vec(e).unwrap_or_default();
+    format!(
+        "j/{}/{}/{:08x}",
+        e.route,
+        e.changed_at_ms,
+        crc32fast::hash(&json)
+    )
+}
+
+pub fn start_key(route: &str, queue: &SourceQueue) -> String {
+    format!("s/{route}/{}/{}", queue.broker_name, queue.queue_id)
+}
+
+impl SharedRecord {
+    pub fn key(&self) -> String {
+        match self {
+            SharedRecord::Quarantined { entry } => quarantine_key(entry),
+            SharedRecord::QuarantineRemoved { key } => key.clone(),
+            SharedRecord::Journal { entry } => journal_key(entry),
+            SharedRecord::Start { route, queue, .. } => start_key(route, queue),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data (strings and integers): serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| format!("not a state record: {e}"))
+    }
+}
+
+/// The state topic folded (see the module's fold rule).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedView {
+    quarantine: BTreeMap<String, QuarantineEntry>,
+    removed: BTreeSet<String>,
+    journal: BTreeMap<String, JournalEntry>,
+    starts: BTreeMap<(String, SourceQueue), i64>,
+    /// Per live key: store time (unix ms) of its newest copy in the topic.
+    written_ms: BTreeMap<String, i64>,
+}
+
+impl SharedView {
+    /// Applies one record read from the topic (in its queue's order).
+    pub fn apply(&mut self, record: SharedRecord, stored_ms: i64) {
+        let key = record.key();
+        match record {
+            SharedRecord::Quarantined { entry } => {
+                self.removed.remove(&key);
+                self.quarantine.insert(key.clone(), entry);
+            }
+            SharedRecord::QuarantineRemoved { .. } => {
+                self.quarantine.remove(&key);
+                self.written_ms.remove(&key);
+                self.removed.insert(key);
+                return;
+            }
+            SharedRecord::Journal { entry } => {
+                self.journal.entry(key.clone()).or_insert(entry);
+            }
+            SharedRecord::Start {
+                route,
+                queue,
+                offset,
+            } => {
+                self.starts.entry((route, queue)).or_insert(offset);
+            }
+        }
+        let at = self.written_ms.entry(key).or_insert(stored_ms);
+        *at = (*at).max(stored_ms);
+    }
+
+    /// Whether the topic says anything of `key` (live or removed).
+    pub fn knows(&self, key: &str) -> bool {
+        self.written_ms.contains_key(key) || self.removed.contains(key)
+    }
+
+    pub fn is_removed(&self, key: &str) -> bool {
+        self.removed.contains(key)
+    }
+
+    /// Live records whose newest copy was stored before `before_ms`: what
+    /// is written again so that the topic's retention never drops it.
+    pub fn stale(&self, before_ms: i64) -> Vec<SharedRecord> {
+        let old = |key: &String| self.written_ms.get(key).is_some_and(|t| *t < before_ms);
+        let mut out: Vec<SharedRecord> = self
+            .quarantine
+            .iter()
+            .filter(|(k, _)| old(k))
+            .map(|(_, e)| SharedRecord::Quarantined { entry: e.clone() })
+            .collect();
+        out.extend(
+            self.journal
+                .iter()
+                .filter(|(k, _)| old(k))
+                .map(|(_, e)| SharedRecord::Journal { entry: e.clone() }),
+        );
+        out.extend(
+            self.starts
+                .iter()
+                .filter(|((r, q), _)| old(&start_key(r, q)))
+                .map(|((route, queue), offset)| SharedRecord::Start {
+                    route: route.clone(),
+                    queue: queue.clone(),
+                    offset: *offset,
+                }),
+        );
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.quarantine.len() + self.journal.len() + self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the local store holds that the topic does not know: the records an
+/// instance publishes when it starts (it may have stopped between a local
+/// write and its publication).
+pub fn missing_from(view: &SharedView, store: &CheckpointStore) -> Result<Vec<SharedRecord>, StoreError> {
+    let mut out = Vec::new();
+    for entry in store.quarantine_list(None)? {
+        if !view.knows(&quarantine_key(&entry)) {
+            out.push(SharedRecord::Quarantined { entry });
+        }
+    }
+    for route in store.journal_routes()? {
+        for entry in store.journal(&route)? {
+            if !view.knows(&journal_key(&entry)) {
+                out.push(SharedRecord::Journal { entry });
+            }
+        }
+    }
+    for (route, queue, offset) in store.route_starts()? {
+        if !view.starts.contains_key(&(route.clone(), queue.clone())) {
+            out.push(SharedRecord::Start {
+                route,
+                queue,
+                offset,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The records every reader sees: this instance's store, and (instances
+/// sharing an estate) what the state topic holds.
+pub struct Records<'a> {
+    store: &'a CheckpointStore,
+    shared: Option<&'a SharedView>,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(store: &'a CheckpointStore, shared: Option<&'a SharedView>) -> Self {
+        Records { store, shared }
+    }
+
+    /// The route's journal: the local entries in their order, then the
+    /// shared ones the store lacks, ordered by when they were written
+    /// (stable: local order is kept among entries of one millisecond).
+    pub fn journal(&self, route: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut entries = self.store.journal(route)?;
+        if let Some(view) = self.shared {
+            let local: BTreeSet<String> = entries.iter().map(journal_key).collect();
+            entries.extend(
+                view.journal
+                    .iter()
+                    .filter(|(k, e)| e.route == route && !local.contains(*k))
+                    .map(|(_, e)| e.clone()),
+            );
+            entries.sort_by_key(|e| e.changed_at_ms);
+        }
+        Ok(entries)
+    }
+
+    /// Quarantined messages of one route (or all): the topic's live ones
+    /// and the store's, less those the topic says were removed.
+    pub fn quarantine_list(&self, route: Option<&str>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let local = self.store.quarantine_list(route)?;
+        let Some(view) = self.shared else {
+            return Ok(local);
+        };
+        let mut all: BTreeMap<String, QuarantineEntry> = view
+            .quarantine
+            .iter()
+            .filter(|(_, e)| route.map_or(true, |r| e.route == r))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        for e in local {
+            let key = quarantine_key(&e);
+            if !view.is_removed(&key) {
+                all.entry(key).or_insert(e);
+            }
+        }
+        let mut out: Vec<QuarantineEntry> = all.into_values().collect();
+        out.sort_by(|a, b| {
+            (&a.route, &a.queue, a.offset, &a.message_id).cmp(&(
+                &b.route,
+                &b.queue,
+                b.offset,
+                &b.message_id,
+            ))
+        });
+        Ok(out)
+    }
+
+    /// Where the route started `queue`: the earliest recorded anywhere.
+    pub fn route_start(&self, route: &str, queue: &SourceQueue) -> Result<Option<i64>, StoreError> {
+        let local = self.store.route_start(route, queue)?;
+        let shared = self
+            .shared
+            .and_then(|v| v.starts.get(&(route.to_string(), queue.clone())).copied());
+        Ok(match (local, shared) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    pub fn store(&self) -> &CheckpointStore {
+        self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(id: i32) -> SourceQueue {
+        SourceQueue {
+            broker_name: "b".into(),
+            queue_id: id,
+        }
+    }
+
+    fn quarantined(offset: i64) -> QuarantineEntry {
+        QuarantineEntry {
+            route: "r".into(),
+            queue: q(0),
+            offset,
+            message_id: format!("M{offset}"),
+            reason: "refused".into(),
+            quarantined_at_ms: 5,
+            message_json: "{}".into(),
+        }
+    }
+
+    fn journaled(at: i64, to: u8) -> JournalEntry {
+        JournalEntry {
+            route: "r".into(),
+            generation: 1,
+            from_percent: 0,
+            to_percent: to,
+            changed_at_ms: at,
+            queue: Some(q(0)),
+            offset: Some(at),
+            note: "took effect".into(),
+            rule: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_one_message_has_one_key() {
+        let e = quarantined(7);
+        let r = SharedRecord::Quarantined { entry: e.clone() };
+        assert_eq!(SharedRecord::decode(&r.encode()).unwrap(), r);
+        let mut again = e.clone();
+        again.reason = "refused again".into();
+        assert_eq!(quarantine_key(&e), quarantine_key(&again));
+        assert_ne!(quarantine_key(&e), quarantine_key(&quarantined(8)));
+        assert!(SharedRecord::decode(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_removal_ends_an_entry_until_it_is_quarantined_again() {
+        let e = quarantined(7);
+        let key = quarantine_key(&e);
+        let mut v = SharedView::default();
+        v.apply(SharedRecord::Quarantined { entry: e.clone() }, 1);
+        assert_eq!(v.quarantine.len(), 1);
+        v.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 2);
+        assert!(v.quarantine.is_empty() && v.is_removed(&key) && v.knows(&key));
+        // Re-read from 4.x after a restart and refused again: live again.
+        v.apply(SharedRecord::Quarantined { entry: e }, 3);
+        assert_eq!(v.quarantine.len(), 1);
+        assert!(!v.is_removed(&key));
+    }
+
+    #[test]
+    fn the_first_start_of_a_queue_wins_and_journal_entries_never_change() {
+        let mut v = SharedView::default();
+        let start = |offset| SharedRecord::Start {
+            route: "r".into(),
+            queue: q(0),
+            offset,
+        };
+        v.apply(start(10), 1);
+        v.apply(start(500), 2);
+        assert_eq!(v.starts.get(&("r".to_string(), q(0))), Some(&10));
+        v.apply(SharedRecord::Journal { entry: journaled(4, 50) }, 1);
+        v.apply(SharedRecord::Journal { entry: journaled(4, 50) }, 9);
+        assert_eq!(v.journal.len(), 1);
+    }
+
+    #[test]
+    fn stale_names_live_records_whose_newest_copy_is_old() {
+        let mut v = SharedView::default();
+        let old = quarantined(1);
+        let new = quarantined(2);
+        let gone = quarantined(3);
+        v.apply(SharedRecord::Quarantined { entry: old.clone() }, 100);
+        v.apply(SharedRecord::Quarantined { entry: new }, 900);
+        v.apply(SharedRecord::Quarantined { entry: gone.clone() }, 100);
+        v.apply(
+            SharedRecord::QuarantineRemoved {
+                key: quarantine_key(&gone),
+            },
+            200,
+        );
+        v.apply(SharedRecord::Journal { entry: journaled(4, 50) }, 100);
+        v.apply(
+            SharedRecord::Start {
+                route: "r".into(),
+                queue: q(0),
+                offset: 0,
+            },
+            950,
+        );
+        let stale = v.stale(500);
+        assert_eq!(
+            stale,
+            vec![
+                SharedRecord::Quarantined { entry: old.clone() },
+                SharedRecord::Journal { entry: journaled(4, 50) },
+            ]
+        );
+        // Written again: its newest copy is recent, so no longer stale.
+        v.apply(SharedRecord::Quarantined { entry: old }, 1000);
+        assert_eq!(v.stale(500).len(), 1);
+    }
+
+    #[test]
+    fn readers_see_the_store_and_the_topic_less_what_the_topic_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let mine = quarantined(1);
+        let replayed_elsewhere = quarantined(2);
+        store.quarantine_put(&mine).unwrap();
+        store.quarantine_put(&replayed_elsewhere).unwrap();
+        store.journal_append(&journaled(20, 50)).unwrap();
+        store.record_route_start("r", &q(0), 40).unwrap();
+
+        let mut v = SharedView::default();
+        let theirs = quarantined(3);
+        v.apply(SharedRecord::Quarantined { entry: theirs.clone() }, 1);
+        v.apply(
+            SharedRecord::QuarantineRemoved {
+                key: quarantine_key(&replayed_elsewhere),
+            },
+            2,
+        );
+        v.apply(SharedRecord::Journal { entry: journaled(10, 30) }, 1);
+        v.apply(SharedRecord::Journal { entry: journaled(20, 50) }, 1);
+        v.apply(
+            SharedRecord::Start {
+                route: "r".into(),
+                queue: q(0),
+                offset: 12,
+            },
+            1,
+        );
+
+        let alone = Records::new(&store, None);
+        assert_eq!(alone.quarantine_list(Some("r")).unwrap().len(), 2);
+        assert_eq!(alone.journal("r").unwrap().len(), 1);
+        assert_eq!(alone.route_start("r", &q(0)).unwrap(), Some(40));
+
+        let shared = Records::new(&store, Some(&v));
+        assert_eq!(shared.quarantine_list(Some("r")).unwrap(), vec![mine, theirs]);
+        assert!(shared.quarantine_list(Some("other")).unwrap().is_empty());
+        let journal = shared.journal("r").unwrap();
+        assert_eq!(
+            journal.iter().map(|e| e.changed_at_ms).collect::<Vec<_>>(),
+            vec![10, 20]
+        );
+        assert_eq!(shared.route_start("r", &q(0)).unwrap(), Some(12));
+
+        // What an instance publishes when it starts: what the topic lacks.
+        let missing = missing_from(&v, &store).unwrap();
+        assert!(
+            matches!(missing.as_slice(), [SharedRecord::Quarantined { entry }] if entry.offset == 1),
+            "{missing:?}"
+        );
+    }
+}
