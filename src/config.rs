@@ -926,7 +926,10 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
             .unwrap_or_else(|| crate::estate::DEFAULT_TOPIC.to_string()),
     };
     if instances.state_topic.trim().is_empty() {
-        p.push("instances.state_topic", "must name a 5.x topic (default rmq_bridge_state)");
+        p.push(
+            "instances.state_topic",
+            "must name a 5.x topic (default rmq_bridge_state)",
+        );
     }
     if instances.coordinate && target.namesrv_addrs.is_empty() {
         p.push(
@@ -1742,7 +1745,10 @@ cutover_percent = 30
         let e = parse_text(&without_5x_namesrv)
             .expect_err("coordinate without the 5.x name servers")
             .to_string();
-        assert!(e.contains("instances.coordinate") && e.contains("namesrv_addr"), "{e}");
+        assert!(
+            e.contains("instances.coordinate") && e.contains("namesrv_addr"),
+            "{e}"
+        );
         let on = without_5x_namesrv.replace(
             "endpoint = \"127.0.0.1:8081\"",
             "endpoint = \"127.0.0.1:8081\"\nnamesrv_addr = \"127.0.0.1:9877\"",

@@ -45,8 +45,13 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum EstateError {
     /// The topic does not exist on 5.x.
-    Missing { topic: String },
-    Unreachable { topic: String, reason: String },
+    Missing {
+        topic: String,
+    },
+    Unreachable {
+        topic: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for EstateError {
@@ -80,7 +85,12 @@ pub struct StateTopic {
 impl StateTopic {
     /// `client` signs with the 5.x credentials; `namesrv` are the 5.x name
     /// servers.
-    pub fn new(client: RemotingClient, namesrv: NameServers, topic: &str, producer_group: &str) -> Self {
+    pub fn new(
+        client: RemotingClient,
+        namesrv: NameServers,
+        topic: &str,
+        producer_group: &str,
+    ) -> Self {
         StateTopic {
             sink: RemotingSink::new(client.clone(), namesrv.clone(), producer_group),
             client,
@@ -251,15 +261,23 @@ impl Outbox {
     /// or while 5.x was away) is published first. Called once, before
     /// routes start. The view read is returned (None: 5.x unreachable now;
     /// the comparison is then made by the first flush that can read it).
-    pub async fn attach(self: &Arc<Self>, store: &CheckpointStore) -> Result<Option<SharedView>, EstateError> {
+    pub async fn attach(
+        self: &Arc<Self>,
+        store: &CheckpointStore,
+    ) -> Result<Option<SharedView>, EstateError> {
         let _one = self.flushing.lock().await;
         if self.store.set(store.clone()).is_err() || !store.set_replica(self.clone()) {
-            tracing::error!("the estate outbox was attached twice; estate records may be published twice");
+            tracing::error!(
+                "the estate outbox was attached twice; estate records may be published twice"
+            );
         }
         match self.topic.read().await {
             Ok(view) => {
                 self.sync(&view, store)
-                    .map_err(|reason| EstateError::Unreachable { topic: self.topic.topic.clone(), reason })?;
+                    .map_err(|reason| EstateError::Unreachable {
+                        topic: self.topic.topic.clone(),
+                        reason,
+                    })?;
                 Ok(Some(view))
             }
             Err(e @ EstateError::Missing { .. }) => Err(e),
@@ -294,7 +312,8 @@ impl Outbox {
             }
             self.gauge.set(p.len() as f64);
         }
-        self.synced.store(true, std::sync::atomic::Ordering::Release);
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -333,13 +352,18 @@ impl Outbox {
             Ok(view) => {
                 let stale = view.stale(now_ms() - REFRESH_AFTER.as_millis() as i64);
                 if !stale.is_empty() {
-                    tracing::info!(records = stale.len(), "writing estate records again before the topic's retention drops them");
+                    tracing::info!(
+                        records = stale.len(),
+                        "writing estate records again before the topic's retention drops them"
+                    );
                 }
                 for r in stale {
                     self.enqueue(r);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the estate state topic to refresh it; trying again in an hour"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the estate state topic to refresh it; trying again in an hour")
+            }
         }
     }
 }

@@ -331,14 +331,16 @@ fn main() -> ExitCode {
                         offset,
                         msg_id,
                         all,
-                    } => cli::quarantine_drop(
-                        &config,
-                        route.as_deref(),
-                        offset,
-                        msg_id.as_deref(),
-                        all,
-                    )
-                    .await,
+                    } => {
+                        cli::quarantine_drop(
+                            &config,
+                            route.as_deref(),
+                            offset,
+                            msg_id.as_deref(),
+                            all,
+                        )
+                        .await
+                    }
                 }
             }
             Command::ResetRoute { config, route } => {

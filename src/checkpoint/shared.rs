@@ -26,9 +26,15 @@ use super::{CheckpointStore, JournalEntry, QuarantineEntry, SourceQueue, StoreEr
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SharedRecord {
-    Quarantined { entry: QuarantineEntry },
-    QuarantineRemoved { key: String },
-    Journal { entry: JournalEntry },
+    Quarantined {
+        entry: QuarantineEntry,
+    },
+    QuarantineRemoved {
+        key: String,
+    },
+    Journal {
+        entry: JournalEntry,
+    },
     Start {
         route: String,
         queue: SourceQueue,
@@ -183,7 +189,10 @@ impl SharedView {
 /// What the local store holds that the topic does not know: the records an
 /// instance publishes when it starts (it may have stopped between a local
 /// write and its publication).
-pub fn missing_from(view: &SharedView, store: &CheckpointStore) -> Result<Vec<SharedRecord>, StoreError> {
+pub fn missing_from(
+    view: &SharedView,
+    store: &CheckpointStore,
+) -> Result<Vec<SharedRecord>, StoreError> {
     let mut out = Vec::new();
     for entry in store.quarantine_list(None)? {
         if !view.knows(&quarantine_key(&entry)) {
@@ -362,8 +371,18 @@ mod tests {
         v.apply(start(10), 1);
         v.apply(start(500), 2);
         assert_eq!(v.starts.get(&("r".to_string(), q(0))), Some(&10));
-        v.apply(SharedRecord::Journal { entry: journaled(4, 50) }, 1);
-        v.apply(SharedRecord::Journal { entry: journaled(4, 50) }, 9);
+        v.apply(
+            SharedRecord::Journal {
+                entry: journaled(4, 50),
+            },
+            1,
+        );
+        v.apply(
+            SharedRecord::Journal {
+                entry: journaled(4, 50),
+            },
+            9,
+        );
         assert_eq!(v.journal.len(), 1);
     }
 
@@ -375,14 +394,24 @@ mod tests {
         let gone = quarantined(3);
         v.apply(SharedRecord::Quarantined { entry: old.clone() }, 100);
         v.apply(SharedRecord::Quarantined { entry: new }, 900);
-        v.apply(SharedRecord::Quarantined { entry: gone.clone() }, 100);
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: gone.clone(),
+            },
+            100,
+        );
         v.apply(
             SharedRecord::QuarantineRemoved {
                 key: quarantine_key(&gone),
             },
             200,
         );
-        v.apply(SharedRecord::Journal { entry: journaled(4, 50) }, 100);
+        v.apply(
+            SharedRecord::Journal {
+                entry: journaled(4, 50),
+            },
+            100,
+        );
         v.apply(
             SharedRecord::Start {
                 route: "r".into(),
@@ -396,7 +425,9 @@ mod tests {
             stale,
             vec![
                 SharedRecord::Quarantined { entry: old.clone() },
-                SharedRecord::Journal { entry: journaled(4, 50) },
+                SharedRecord::Journal {
+                    entry: journaled(4, 50)
+                },
             ]
         );
         // Written again: its newest copy is recent, so no longer stale.
@@ -417,15 +448,30 @@ mod tests {
 
         let mut v = SharedView::default();
         let theirs = quarantined(3);
-        v.apply(SharedRecord::Quarantined { entry: theirs.clone() }, 1);
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: theirs.clone(),
+            },
+            1,
+        );
         v.apply(
             SharedRecord::QuarantineRemoved {
                 key: quarantine_key(&replayed_elsewhere),
             },
             2,
         );
-        v.apply(SharedRecord::Journal { entry: journaled(10, 30) }, 1);
-        v.apply(SharedRecord::Journal { entry: journaled(20, 50) }, 1);
+        v.apply(
+            SharedRecord::Journal {
+                entry: journaled(10, 30),
+            },
+            1,
+        );
+        v.apply(
+            SharedRecord::Journal {
+                entry: journaled(20, 50),
+            },
+            1,
+        );
         v.apply(
             SharedRecord::Start {
                 route: "r".into(),
@@ -441,7 +487,10 @@ mod tests {
         assert_eq!(alone.route_start("r", &q(0)).unwrap(), Some(40));
 
         let shared = Records::new(&store, Some(&v));
-        assert_eq!(shared.quarantine_list(Some("r")).unwrap(), vec![mine, theirs]);
+        assert_eq!(
+            shared.quarantine_list(Some("r")).unwrap(),
+            vec![mine, theirs]
+        );
         assert!(shared.quarantine_list(Some("other")).unwrap().is_empty());
         let journal = shared.journal("r").unwrap();
         assert_eq!(

@@ -355,8 +355,7 @@ impl Bridge {
         // also go to the 5.x state topic (crate::estate), and what this
         // store holds that the topic lacks is published first.
         let (estate, estate_view) = if cfg.instances.coordinate {
-            let outbox =
-                crate::estate::Outbox::new(state_topic(&cfg).map_err(anyhow::Error::msg)?);
+            let outbox = crate::estate::Outbox::new(state_topic(&cfg).map_err(anyhow::Error::msg)?);
             let view = outbox.attach(&store).await?;
             (Some(outbox), view.map(Arc::new))
         } else {

@@ -90,4 +90,3 @@ pub async fn scan_queue(
     }
     Ok(skipped)
 }
-

@@ -491,17 +491,24 @@ impl RouteVerifier {
         local: Vec<(SourceQueue, Checkpoint)>,
     ) -> anyhow::Result<Vec<(SourceQueue, Checkpoint)>> {
         let mut by_queue: BTreeMap<SourceQueue, Checkpoint> = local.into_iter().collect();
-        let queues = self
-            .source
-            .refresh_route()
-            .await
-            .map_err(|e| anyhow!("route {}: 4.x topic {}: {e}", self.route.name, self.route.source_topic))?;
+        let queues = self.source.refresh_route().await.map_err(|e| {
+            anyhow!(
+                "route {}: 4.x topic {}: {e}",
+                self.route.name,
+                self.route.source_topic
+            )
+        })?;
         for q in queues {
             let group = self
                 .source
                 .group_offset(&q, &cfg.source.consumer_group)
                 .await
-                .map_err(|e| anyhow!("route {}: the instances' position of {q}: {e}", self.route.name))?
+                .map_err(|e| {
+                    anyhow!(
+                        "route {}: the instances' position of {q}: {e}",
+                        self.route.name
+                    )
+                })?
                 .filter(|o| *o >= 0);
             let Some(offset) = group else {
                 continue;
