@@ -16,17 +16,7 @@ const QUEUES: i32 = 4;
 const PER_QUEUE: usize = 50;
 
 fn cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
-        .args(args)
-        .output()
-        .expect("run rmq-bridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("$ rmq-bridge {}\n{text}", args.join(" "));
-    (out.status.success(), text)
+    testkit::run_cli(std::path::Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), args)
 }
 
 async fn read(client: &RemotingClient, cluster: &LocalCluster, topic: &str) -> Vec<MessageRecord> {

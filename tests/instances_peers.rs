@@ -17,6 +17,7 @@ use rmq_bridge::dev::testkit::{self, metric, RouteSpec};
 use rmq_bridge::remoting::{RemotingClient, SendRequest};
 
 const QUEUES: i32 = 16;
+const STATE_TOPIC: &str = "rmq_bridge_state";
 const WINDOW: usize = 64;
 /// FIFO groups of the kill test (two per queue).
 const FIFO_GROUPS: usize = 32;
@@ -55,6 +56,10 @@ impl Estate {
         testkit::create_topic(&client, &target, topic, QUEUES, Some(kind))
             .await
             .expect("5.x topic");
+        // Where the instances keep quarantine, journal and queue starts.
+        testkit::create_topic(&client, &target, STATE_TOPIC, 2, Some("FIFO"))
+            .await
+            .expect("5.x estate state topic");
         Estate {
             source,
             target,
@@ -66,30 +71,38 @@ impl Estate {
     /// One instance: its own state directory and metrics port, the same
     /// group and routes as every other.
     fn instance(&self, name: &str, topic: &str) -> Instance {
+        self.instance_with(name, &[RouteSpec::new(topic, topic, topic, 100)])
+    }
+
+    fn instance_with(&self, name: &str, routes: &[RouteSpec]) -> Instance {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).expect("instance dir");
         let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
-        let routes = vec![RouteSpec::new(topic, topic, topic, 100)];
-        let extra = format!(
-            "[instances]\ncoordinate = true\n\n[pipeline]\ninflight_per_queue = {WINDOW}\n"
-        );
-        let text = testkit::render_config(
-            &self.source,
-            &self.target,
-            &dir.join("checkpoints"),
-            &metrics,
-            &extra,
-            &routes,
-        )
-        .expect("config");
-        testkit::write_config(&dir.join("bridge.toml"), &text).expect("write config");
-        Instance {
+        let inst = Instance {
             name: name.to_string(),
             dir,
             metrics,
             process: None,
             killed_at: Vec::new(),
-        }
+        };
+        self.configure(&inst, routes);
+        inst
+    }
+
+    /// (Re)writes an instance's config: a running one reloads it.
+    fn configure(&self, inst: &Instance, routes: &[RouteSpec]) {
+        let extra = format!(
+            "[instances]\ncoordinate = true\n\n[pipeline]\ninflight_per_queue = {WINDOW}\n"
+        );
+        testkit::write_bridge_config(
+            &self.source,
+            &self.target,
+            &inst.dir,
+            &inst.metrics,
+            &extra,
+            routes,
+        )
+        .expect("config");
     }
 }
 
@@ -665,4 +678,183 @@ async fn scaling_a_long_pause_and_a_rolling_restart_keep_one_sender_per_queue() 
     }
     eprintln!("c's records for its former queues after the resume: {after_resume} (all after it owned them again)");
     assert!(a.terminate());
+}
+
+fn outcome(inst: &Instance, route: &str, outcome: &str) -> f64 {
+    metric(
+        &scrape(&inst.metrics),
+        "rmq_bridge_messages_total",
+        &[("route", route), ("outcome", outcome)],
+    )
+}
+
+/// Sends `count` messages `LABELn` to `topic` round-robin over its queues.
+async fn send_numbered(
+    estate: &Estate,
+    topic: &str,
+    queues: i32,
+    label: &str,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        let mut req = SendRequest::new(
+            "instances_producer",
+            topic,
+            (i as i32) % queues,
+            format!("body-{i}").into_bytes(),
+        );
+        req.properties
+            .insert("UNIQ_KEY", format!("{label}{i:0width$}", width = 8));
+        estate
+            .client
+            .send_message(&estate.source.broker_addr, &req)
+            .await
+            .expect("send to 4.x");
+    }
+}
+
+/// Waits until the group `rmq_bridge` committed every queue of `topic` to
+/// its end on 4.x, and the instance's estate records are all on 5.x.
+async fn wait_settled(estate: &Estate, inst: &Instance, topic: &str, queues: i32) {
+    testkit::eventually(
+        &format!("{topic} committed to its end and the estate records shared"),
+        Duration::from_secs(60),
+        || async {
+            for q in 0..queues {
+                let broker = &estate.source.broker_addr;
+                let max = estate.client.get_max_offset(broker, topic, q).await.ok()?;
+                let committed = estate
+                    .client
+                    .query_consumer_offset(broker, "rmq_bridge", topic, q)
+                    .await
+                    .ok()??;
+                if committed < max {
+                    return None;
+                }
+            }
+            let pending = metric(
+                &scrape(&inst.metrics),
+                "rmq_bridge_state_pending_records",
+                &[],
+            );
+            (pending == 0.0).then_some(())
+        },
+    )
+    .await
+    .expect("settled");
+}
+
+/// Issue 18, item 4: one instance's state directory is the only copy of
+/// nothing. Instance a holds `pay` at 0 %, moves it to 50 %, quarantines
+/// two messages of `misc` (a DELAY topic on 5.x refuses plain ones), then
+/// dies with its disk. b starts on an empty disk: `verify` from b's side
+/// still reads pay from the route's first offset under every edit a made
+/// (the route start and the cutover journal come from the 5.x state topic),
+/// and `quarantine list` still names what a held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
+    let topic = "pay";
+    let estate = Estate::new("inst-disk", topic, "NORMAL").await;
+    testkit::create_topic(&estate.client, &estate.source, "misc", 1, None)
+        .await
+        .expect("4.x misc");
+    testkit::create_topic(
+        &estate.client,
+        &estate.target,
+        "misc_delay",
+        1,
+        Some("DELAY"),
+    )
+    .await
+    .expect("5.x misc_delay");
+    let routes = |percent| {
+        vec![
+            RouteSpec::new(topic, topic, topic, percent),
+            RouteSpec::new("misc", "misc", "misc_delay", 100),
+        ]
+    };
+    let mut a = estate.instance_with("a", &routes(0));
+    a.start();
+    wait_even(&[&a], topic, Duration::from_secs(90)).await;
+    send_numbered(&estate, topic, QUEUES, "DISKA", 0..60).await;
+    send_numbered(&estate, "misc", 1, "MISC", 0..2).await;
+    testkit::eventually(
+        "a held pay and quarantined misc",
+        Duration::from_secs(60),
+        || {
+            let held =
+                outcome(&a, topic, "skipped") >= 60.0 && outcome(&a, "misc", "quarantined") >= 2.0;
+            async move { held.then_some(()) }
+        },
+    )
+    .await
+    .expect("a's first phase");
+    estate.configure(&a, &routes(50));
+    testkit::eventually("a at 50 %", Duration::from_secs(30), || {
+        let now = metric(
+            &scrape(&a.metrics),
+            "rmq_bridge_cutover_percent",
+            &[("route", topic)],
+        );
+        async move { (now == 50.0).then_some(()) }
+    })
+    .await
+    .expect("reload");
+    send_numbered(&estate, topic, QUEUES, "DISKB", 60..120).await;
+    testkit::eventually("a decided 120 of pay", Duration::from_secs(60), || {
+        let decided = outcome(&a, topic, "skipped") + outcome(&a, topic, "forwarded");
+        async move { (decided >= 120.0).then_some(()) }
+    })
+    .await
+    .expect("a's second phase");
+    wait_settled(&estate, &a, topic, QUEUES).await;
+    a.kill9();
+    std::fs::remove_dir_all(a.dir.join("checkpoints")).expect("delete a's state directory");
+
+    let mut b = estate.instance_with("b", &routes(50));
+    b.start();
+    wait_even(&[&b], topic, Duration::from_secs(150)).await;
+    send_numbered(&estate, topic, QUEUES, "DISKC", 120..160).await;
+    testkit::eventually("b decided 40 of pay", Duration::from_secs(60), || {
+        let decided = outcome(&b, topic, "skipped") + outcome(&b, topic, "forwarded");
+        async move { (decided >= 40.0).then_some(()) }
+    })
+    .await
+    .expect("b's phase");
+    keep_logs(&[&a, &b]);
+    assert!(b.terminate(), "b stops cleanly");
+
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
+    let config = b.dir.join("bridge.toml");
+    let json = b.dir.join("verify.json");
+    let (config, json_arg) = (config.to_string_lossy(), json.to_string_lossy());
+    let (ok, out) = testkit::run_cli(
+        bin,
+        &[
+            "verify", "-c", &config, "--route", topic, "--json", &json_arg,
+        ],
+    );
+    assert!(ok, "verify from b's side:\n{out}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
+    let totals = &report["totals"];
+    // All 160 read from offset 0 (a's route start), the first 60 held by
+    // a's 0 % and the rest judged at 50 %: a journal without a's entries
+    // would expect some of the first 60 (missing) or start at b's takeover.
+    assert_eq!(totals["read"], 160, "{report:#}");
+    assert_eq!(totals["missing"], 0, "{report:#}");
+    assert_eq!(totals["found"], totals["expected"], "{report:#}");
+    let skipped = totals["skipped"].as_u64().unwrap_or(0);
+    let expected = totals["expected"].as_u64().unwrap_or(0);
+    assert!(skipped >= 60 && expected > 0, "{report:#}");
+    assert_eq!(skipped + expected, 160, "{report:#}");
+
+    let (ok, listed) = testkit::run_cli(
+        bin,
+        &["quarantine", "list", "-c", &config, "--route", "misc"],
+    );
+    assert!(ok, "quarantine list:\n{listed}");
+    for id in ["MISC00000000", "MISC00000001"] {
+        assert!(listed.contains(id), "{id} lost with a's disk:\n{listed}");
+    }
 }

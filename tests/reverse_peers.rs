@@ -532,28 +532,7 @@ async fn a_rollback_drill_with_a_sigkill_in_the_reverse_direction_loses_nothing(
 
 /// `rmq-bridge ARGS` with a 120 s bound: (success, stdout + stderr).
 fn cli(args: &[&str]) -> (bool, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rmq-bridge"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rmq-bridge");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("rmq-bridge output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("$ rmq-bridge {}\n{text}", args.join(" "));
-    (out.status.success(), text)
+    testkit::run_cli(Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), args)
 }
 
 fn bucket(key: &str) -> u32 {

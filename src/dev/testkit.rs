@@ -338,3 +338,55 @@ pub fn env_pairs(name: &str) -> anyhow::Result<Vec<(String, String)>> {
         })
         .collect()
 }
+
+/// Runs `bin` (the `rmq-bridge` binary) with `args` for at most two
+/// minutes; (exit success, stdout then stderr). The output is echoed to
+/// stderr for the test log.
+pub fn run_cli(bin: &Path, args: &[&str]) -> (bool, String) {
+    use std::io::Read;
+    let mut child = match std::process::Command::new(bin)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return (false, format!("cannot run {}: {e}", bin.display())),
+    };
+    // Both pipes drain on their own threads: a verb that prints more than a
+    // pipe holds must not block until the deadline.
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+        String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+    );
+    let text = match status {
+        Some(_) => text,
+        None => format!("{text}\n(killed after 120 s)"),
+    };
+    eprintln!("$ rmq-bridge {}\n{text}", args.join(" "));
+    (status.is_some_and(|s| s.success()), text)
+}
