@@ -785,6 +785,7 @@ impl CheckpointStore {
             })?;
         self.replicate(|| SharedRecord::Quarantined {
             entry: entry.clone(),
+            refresh: false,
         });
         Ok(())
     }

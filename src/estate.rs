@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::checkpoint::shared::{missing_from, Replica, SharedRecord, SharedView};
+use crate::checkpoint::shared::{
+    missing_from, removed_elsewhere, Replica, SharedRecord, SharedView,
+};
 use crate::checkpoint::{now_ms, CheckpointStore};
 use crate::grpc::{MessageKind, OutgoingMessage};
 use crate::metrics as m;
@@ -299,6 +301,7 @@ impl Outbox {
     /// Puts what the store holds and the topic lacks before every pending
     /// record (those were written after it and may supersede it).
     fn sync(&self, view: &SharedView, store: &CheckpointStore) -> Result<(), String> {
+        forget_removed(view, store);
         let missing = missing_from(view, store)
             .map_err(|e| format!("reading the local records to publish: {e}"))?;
         if !missing.is_empty() {
@@ -350,6 +353,9 @@ impl Outbox {
     async fn refresh(&self) {
         match self.topic.read().await {
             Ok(view) => {
+                if let Some(store) = self.store.get() {
+                    forget_removed(&view, store);
+                }
                 let stale = view.stale(now_ms() - REFRESH_AFTER.as_millis() as i64);
                 if !stale.is_empty() {
                     tracing::info!(
@@ -364,6 +370,25 @@ impl Outbox {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the estate state topic to refresh it; trying again in an hour")
             }
+        }
+    }
+}
+
+/// Lets the store forget what another instance removed from the topic
+/// (best effort: an entry kept is hidden by the removal while the topic
+/// holds it, and forgotten at the next sync or refresh).
+fn forget_removed(view: &SharedView, store: &CheckpointStore) {
+    let gone = match removed_elsewhere(view, store) {
+        Ok(gone) => gone,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the local quarantine to forget entries removed on another instance");
+            return;
+        }
+    };
+    for entry in gone {
+        if let Err(e) = store.quarantine_remove(&entry) {
+            tracing::warn!(error = %e, route = %entry.route, offset = entry.offset,
+                "cannot forget a quarantine entry another instance removed");
         }
     }
 }

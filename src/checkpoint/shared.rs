@@ -11,7 +11,10 @@
 //!
 //! Fold rule: records of one key always go to one queue of the state topic
 //! (the key is the send's ordering group), so their queue order is their
-//! write order. A quarantine entry lives until a later removal of its key;
+//! write order. A quarantine entry lives until a later removal of its key
+//! (and comes back only when quarantined again, never by a retention
+//! refresh; a removal is refreshed while a refresh copy it shadows is in
+//! the topic, and instances forget locally what the topic removed);
 //! a journal entry, once written, is never changed; a queue's start is the
 //! first one written (a later instance that found no position anywhere
 //! writes a later start, which must not narrow what `verify` covers).
@@ -28,6 +31,11 @@ use super::{CheckpointStore, JournalEntry, QuarantineEntry, SourceQueue, StoreEr
 pub enum SharedRecord {
     Quarantined {
         entry: QuarantineEntry,
+        /// Written again by the retention refresh, not by a quarantine: it
+        /// never brings back an entry the topic removed (a removal racing
+        /// the refresh that read the entry as live).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refresh: bool,
     },
     QuarantineRemoved {
         key: String,
@@ -81,7 +89,7 @@ pub fn start_key(route: &str, queue: &SourceQueue) -> String {
 impl SharedRecord {
     pub fn key(&self) -> String {
         match self {
-            SharedRecord::Quarantined { entry } => quarantine_key(entry),
+            SharedRecord::Quarantined { entry, .. } => quarantine_key(entry),
             SharedRecord::QuarantineRemoved { key } => key.clone(),
             SharedRecord::Journal { entry } => journal_key(entry),
             SharedRecord::Start { route, queue, .. } => start_key(route, queue),
@@ -102,7 +110,11 @@ impl SharedRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SharedView {
     quarantine: BTreeMap<String, QuarantineEntry>,
-    removed: BTreeSet<String>,
+    /// Removed keys: store time (unix ms) of the newest removal.
+    removed: BTreeMap<String, i64>,
+    /// Removed keys with a refresh copy stored after their removal: the
+    /// removal must outlive that copy in the topic, so it is refreshed too.
+    shadowed: BTreeSet<String>,
     journal: BTreeMap<String, JournalEntry>,
     starts: BTreeMap<(String, SourceQueue), i64>,
     /// Per live key: store time (unix ms) of its newest copy in the topic.
@@ -114,14 +126,20 @@ impl SharedView {
     pub fn apply(&mut self, record: SharedRecord, stored_ms: i64) {
         let key = record.key();
         match record {
-            SharedRecord::Quarantined { entry } => {
+            SharedRecord::Quarantined { entry, refresh } => {
+                if refresh && self.removed.contains_key(&key) {
+                    self.shadowed.insert(key);
+                    return;
+                }
                 self.removed.remove(&key);
+                self.shadowed.remove(&key);
                 self.quarantine.insert(key.clone(), entry);
             }
             SharedRecord::QuarantineRemoved { .. } => {
                 self.quarantine.remove(&key);
                 self.written_ms.remove(&key);
-                self.removed.insert(key);
+                let at = self.removed.entry(key).or_insert(stored_ms);
+                *at = (*at).max(stored_ms);
                 return;
             }
             SharedRecord::Journal { entry } => {
@@ -141,11 +159,16 @@ impl SharedView {
 
     /// Whether the topic says anything of `key` (live or removed).
     pub fn knows(&self, key: &str) -> bool {
-        self.written_ms.contains_key(key) || self.removed.contains(key)
+        self.written_ms.contains_key(key) || self.removed.contains_key(key)
     }
 
     pub fn is_removed(&self, key: &str) -> bool {
-        self.removed.contains(key)
+        self.removed.contains_key(key)
+    }
+
+    /// Every removed quarantine key.
+    pub fn removed_keys(&self) -> impl Iterator<Item = &str> {
+        self.removed.keys().map(String::as_str)
     }
 
     /// Live records whose newest copy was stored before `before_ms`: what
@@ -156,8 +179,17 @@ impl SharedView {
             .quarantine
             .iter()
             .filter(|(k, _)| old(k))
-            .map(|(_, e)| SharedRecord::Quarantined { entry: e.clone() })
+            .map(|(_, e)| SharedRecord::Quarantined {
+                entry: e.clone(),
+                refresh: true,
+            })
             .collect();
+        out.extend(
+            self.removed
+                .iter()
+                .filter(|(k, at)| **at < before_ms && self.shadowed.contains(*k))
+                .map(|(k, _)| SharedRecord::QuarantineRemoved { key: k.clone() }),
+        );
         out.extend(
             self.journal
                 .iter()
@@ -186,6 +218,20 @@ impl SharedView {
     }
 }
 
+/// Local quarantine entries the topic removed (another instance replayed
+/// or dropped them): the store lets them go, so that it never publishes
+/// them again once the removal has left the topic's retention.
+pub fn removed_elsewhere(
+    view: &SharedView,
+    store: &CheckpointStore,
+) -> Result<Vec<QuarantineEntry>, StoreError> {
+    Ok(store
+        .quarantine_list(None)?
+        .into_iter()
+        .filter(|e| view.is_removed(&quarantine_key(e)))
+        .collect())
+}
+
 /// What the local store holds that the topic does not know: the records an
 /// instance publishes when it starts (it may have stopped between a local
 /// write and its publication).
@@ -196,7 +242,10 @@ pub fn missing_from(
     let mut out = Vec::new();
     for entry in store.quarantine_list(None)? {
         if !view.knows(&quarantine_key(&entry)) {
-            out.push(SharedRecord::Quarantined { entry });
+            out.push(SharedRecord::Quarantined {
+                entry,
+                refresh: false,
+            });
         }
     }
     for route in store.journal_routes()? {
@@ -336,7 +385,10 @@ mod tests {
     #[test]
     fn records_round_trip_and_one_message_has_one_key() {
         let e = quarantined(7);
-        let r = SharedRecord::Quarantined { entry: e.clone() };
+        let r = SharedRecord::Quarantined {
+            entry: e.clone(),
+            refresh: false,
+        };
         assert_eq!(SharedRecord::decode(&r.encode()).unwrap(), r);
         let mut again = e.clone();
         again.reason = "refused again".into();
@@ -350,14 +402,78 @@ mod tests {
         let e = quarantined(7);
         let key = quarantine_key(&e);
         let mut v = SharedView::default();
-        v.apply(SharedRecord::Quarantined { entry: e.clone() }, 1);
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: e.clone(),
+                refresh: false,
+            },
+            1,
+        );
         assert_eq!(v.quarantine.len(), 1);
         v.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 2);
         assert!(v.quarantine.is_empty() && v.is_removed(&key) && v.knows(&key));
         // Re-read from 4.x after a restart and refused again: live again.
-        v.apply(SharedRecord::Quarantined { entry: e }, 3);
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: e,
+                refresh: false,
+            },
+            3,
+        );
         assert_eq!(v.quarantine.len(), 1);
         assert!(!v.is_removed(&key));
+    }
+
+    #[test]
+    fn a_refresh_racing_a_removal_neither_revives_the_entry_nor_outlives_the_removal() {
+        let e = quarantined(7);
+        let key = quarantine_key(&e);
+        let mut v = SharedView::default();
+        let quarantine = |entry: &QuarantineEntry, refresh| SharedRecord::Quarantined {
+            entry: entry.clone(),
+            refresh,
+        };
+        v.apply(quarantine(&e, false), 100);
+        // One instance's refresh read it live; another's removal landed
+        // first; the refresh copy lands after it.
+        v.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 200);
+        v.apply(quarantine(&e, true), 300);
+        assert!(v.quarantine.is_empty() && v.is_removed(&key));
+        assert_eq!(v.removed_keys().collect::<Vec<_>>(), vec![key.as_str()]);
+        // The removal is written again while that copy may outlive it...
+        assert_eq!(
+            v.stale(250),
+            vec![SharedRecord::QuarantineRemoved { key: key.clone() }]
+        );
+        // ...and not once the copy is gone from the topic (a fresh read).
+        let mut later = SharedView::default();
+        later.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 200);
+        assert!(later.stale(250).is_empty());
+        // Quarantined again for real (not a refresh): live again.
+        v.apply(quarantine(&e, false), 400);
+        assert_eq!(v.quarantine.len(), 1);
+        assert!(!v.is_removed(&key) && v.stale(250).is_empty());
+    }
+
+    #[test]
+    fn the_store_forgets_what_the_topic_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), false).unwrap();
+        let dropped_elsewhere = quarantined(1);
+        let kept = quarantined(2);
+        store.quarantine_put(&dropped_elsewhere).unwrap();
+        store.quarantine_put(&kept).unwrap();
+        let mut v = SharedView::default();
+        v.apply(
+            SharedRecord::QuarantineRemoved {
+                key: quarantine_key(&dropped_elsewhere),
+            },
+            1,
+        );
+        assert_eq!(
+            removed_elsewhere(&v, &store).unwrap(),
+            vec![dropped_elsewhere]
+        );
     }
 
     #[test]
@@ -392,11 +508,24 @@ mod tests {
         let old = quarantined(1);
         let new = quarantined(2);
         let gone = quarantined(3);
-        v.apply(SharedRecord::Quarantined { entry: old.clone() }, 100);
-        v.apply(SharedRecord::Quarantined { entry: new }, 900);
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: old.clone(),
+                refresh: false,
+            },
+            100,
+        );
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: new,
+                refresh: false,
+            },
+            900,
+        );
         v.apply(
             SharedRecord::Quarantined {
                 entry: gone.clone(),
+                refresh: false,
             },
             100,
         );
@@ -424,14 +553,23 @@ mod tests {
         assert_eq!(
             stale,
             vec![
-                SharedRecord::Quarantined { entry: old.clone() },
+                SharedRecord::Quarantined {
+                    entry: old.clone(),
+                    refresh: true,
+                },
                 SharedRecord::Journal {
                     entry: journaled(4, 50)
                 },
             ]
         );
         // Written again: its newest copy is recent, so no longer stale.
-        v.apply(SharedRecord::Quarantined { entry: old }, 1000);
+        v.apply(
+            SharedRecord::Quarantined {
+                entry: old,
+                refresh: false,
+            },
+            1000,
+        );
         assert_eq!(v.stale(500).len(), 1);
     }
 
@@ -451,6 +589,7 @@ mod tests {
         v.apply(
             SharedRecord::Quarantined {
                 entry: theirs.clone(),
+                refresh: false,
             },
             1,
         );
@@ -502,7 +641,7 @@ mod tests {
         // What an instance publishes when it starts: what the topic lacks.
         let missing = missing_from(&v, &store).unwrap();
         assert!(
-            matches!(missing.as_slice(), [SharedRecord::Quarantined { entry }] if entry.offset == 1),
+            matches!(missing.as_slice(), [SharedRecord::Quarantined { entry, .. }] if entry.offset == 1),
             "{missing:?}"
         );
     }
