@@ -810,6 +810,17 @@ impl CheckpointStore {
     }
 
     pub fn quarantine_remove(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        self.quarantine_forget(entry)?;
+        self.replicate(|| SharedRecord::QuarantineRemoved {
+            key: shared::quarantine_key(entry),
+        });
+        Ok(())
+    }
+
+    /// Removes an entry from this store only: for one the estate state
+    /// topic already says another instance removed (no second removal is
+    /// published).
+    pub fn quarantine_forget(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
         let db = self.db()?;
         let cf = Self::cf(&db, CF_QUARANTINE)?;
         let mut batch = WriteBatch::default();
@@ -830,11 +841,7 @@ impl CheckpointStore {
                 ),
                 e,
             )
-        })?;
-        self.replicate(|| SharedRecord::QuarantineRemoved {
-            key: shared::quarantine_key(entry),
-        });
-        Ok(())
+        })
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -386,7 +386,7 @@ fn forget_removed(view: &SharedView, store: &CheckpointStore) {
         }
     };
     for entry in gone {
-        if let Err(e) = store.quarantine_remove(&entry) {
+        if let Err(e) = store.quarantine_forget(&entry) {
             tracing::warn!(error = %e, route = %entry.route, offset = entry.offset,
                 "cannot forget a quarantine entry another instance removed");
         }

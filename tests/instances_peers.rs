@@ -688,6 +688,20 @@ fn outcome(inst: &Instance, route: &str, outcome: &str) -> f64 {
     )
 }
 
+/// Waits until `inst` forwarded or held `n` messages of `route`.
+async fn wait_decided(inst: &Instance, route: &str, n: usize) {
+    testkit::eventually(
+        &format!("{} decided {n} of {route}", inst.name),
+        Duration::from_secs(60),
+        || {
+            let decided = outcome(inst, route, "skipped") + outcome(inst, route, "forwarded");
+            async move { (decided >= n as f64).then_some(()) }
+        },
+    )
+    .await
+    .expect("decided");
+}
+
 /// Sends `count` messages `LABELn` to `topic` round-robin over its queues.
 async fn send_numbered(
     estate: &Estate,
@@ -801,12 +815,7 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     .await
     .expect("reload");
     send_numbered(&estate, topic, QUEUES, "DISKB", 60..120).await;
-    testkit::eventually("a decided 120 of pay", Duration::from_secs(60), || {
-        let decided = outcome(&a, topic, "skipped") + outcome(&a, topic, "forwarded");
-        async move { (decided >= 120.0).then_some(()) }
-    })
-    .await
-    .expect("a's second phase");
+    wait_decided(&a, topic, 120).await;
     wait_settled(&estate, &a, topic, QUEUES).await;
     a.kill9();
     std::fs::remove_dir_all(a.dir.join("checkpoints")).expect("delete a's state directory");
@@ -815,28 +824,19 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     b.start();
     wait_even(&[&b], topic, Duration::from_secs(150)).await;
     send_numbered(&estate, topic, QUEUES, "DISKC", 120..160).await;
-    testkit::eventually("b decided 40 of pay", Duration::from_secs(60), || {
-        let decided = outcome(&b, topic, "skipped") + outcome(&b, topic, "forwarded");
-        async move { (decided >= 40.0).then_some(()) }
-    })
-    .await
-    .expect("b's phase");
+    wait_decided(&b, topic, 40).await;
     keep_logs(&[&a, &b]);
     assert!(b.terminate(), "b stops cleanly");
 
     let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
     let config = b.dir.join("bridge.toml");
-    let json = b.dir.join("verify.json");
-    let (config, json_arg) = (config.to_string_lossy(), json.to_string_lossy());
-    let (ok, out) = testkit::run_cli(
+    let (_, report) = testkit::verify_json(
         bin,
-        &[
-            "verify", "-c", &config, "--route", topic, "--json", &json_arg,
-        ],
-    );
-    assert!(ok, "verify from b's side:\n{out}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
+        &config,
+        &["--route", topic],
+        &b.dir.join("verify.json"),
+    )
+    .unwrap_or_else(|e| panic!("verify from b's side: {e}"));
     let totals = &report["totals"];
     // All 160 read from offset 0 (a's route start), the first 60 held by
     // a's 0 % and the rest judged at 50 %: a journal without a's entries
@@ -849,6 +849,7 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     assert!(skipped >= 60 && expected > 0, "{report:#}");
     assert_eq!(skipped + expected, 160, "{report:#}");
 
+    let config = config.to_string_lossy();
     let (ok, listed) = testkit::run_cli(
         bin,
         &["quarantine", "list", "-c", &config, "--route", "misc"],

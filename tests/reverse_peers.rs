@@ -74,17 +74,13 @@ impl Estate {
     /// `rmq-bridge verify -c CONFIG ARGS --json F`, which must pass: its
     /// output and the JSON report.
     fn verify(&self, args: &[&str]) -> (String, serde_json::Value) {
-        let config = self.dir.path().join("bridge.toml");
-        let json = self.dir.path().join("verify.json");
-        let (config, json_arg) = (config.to_string_lossy(), json.to_string_lossy());
-        let mut all = vec!["verify", "-c", &config];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--json", &json_arg]);
-        let (ok, out) = cli(&all);
-        assert!(ok, "verify failed:\n{out}");
-        let report =
-            serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
-        (out, report)
+        testkit::verify_json(
+            Path::new(env!("CARGO_BIN_EXE_rmq-bridge")),
+            &self.dir.path().join("bridge.toml"),
+            args,
+            &self.dir.path().join("verify.json"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn log(&self) -> PathBuf {

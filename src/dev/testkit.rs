@@ -390,3 +390,26 @@ pub fn run_cli(bin: &Path, args: &[&str]) -> (bool, String) {
     eprintln!("$ rmq-bridge {}\n{text}", args.join(" "));
     (status.is_some_and(|s| s.success()), text)
 }
+
+/// `rmq-bridge verify -c CONFIG ARGS --json JSON` through [`run_cli`]:
+/// its output and the JSON report; an error (with the output) when verify
+/// does not pass.
+pub fn verify_json(
+    bin: &Path,
+    config: &Path,
+    args: &[&str],
+    json: &Path,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let (config, json_arg) = (config.to_string_lossy(), json.to_string_lossy());
+    let mut all = vec!["verify", "-c", &config];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", &json_arg]);
+    let (ok, out) = run_cli(bin, &all);
+    if !ok {
+        anyhow::bail!("verify failed:\n{out}");
+    }
+    let bytes = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
+    let report = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a verify report", json.display()))?;
+    Ok((out, report))
+}
