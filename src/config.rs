@@ -964,23 +964,6 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
             );
         }
     }
-    if instances.coordinate {
-        for (i, route) in routes.iter().enumerate() {
-            if route.scheduled == ScheduledMode::Forward {
-                p.push(
-                    format!("routes[{i}].scheduled"),
-                    format!(
-                        "route `{}` forwards pending scheduled messages, which instances.coordinate = true \
-                         does not support yet: the schedule side's positions and ids live in one \
-                         instance's state directory. Use scheduled = \"ignore\" (the broker's copies are \
-                         forwarded when due), or run a single instance",
-                        route.name
-                    ),
-                );
-            }
-        }
-    }
-
     let cfg = BridgeConfig {
         file: path.to_path_buf(),
         source,
@@ -1738,7 +1721,7 @@ cutover_percent = 30
     }
 
     #[test]
-    fn instances_coordinate_is_off_by_default_and_refuses_the_schedule_side() {
+    fn instances_coordinate_is_off_by_default_and_needs_the_5x_name_servers() {
         assert!(!parse_text(MINIMAL).expect("minimal").instances.coordinate);
         // The estate's shared records live on 5.x, read over Remoting.
         let without_5x_namesrv = format!("{MINIMAL}\n[instances]\ncoordinate = true\n");
@@ -1760,13 +1743,10 @@ cutover_percent = 30
             "cutover_percent = 30",
             "cutover_percent = 30\nscheduled = \"forward\"",
         );
-        let e = parse_text(&forward)
-            .expect_err("forward with coordinate")
-            .to_string();
-        assert!(
-            e.contains("routes[0].scheduled") && e.contains("instances.coordinate"),
-            "{e}"
-        );
+        // The schedule side is shared out too (its positions and ids in
+        // the estate state topic).
+        let c = parse_text(&forward).expect("forward with coordinate");
+        assert_eq!(c.routes[0].scheduled, ScheduledMode::Forward);
         let typo = format!("{MINIMAL}\n[instances]\ncoordinated = true\n");
         assert!(parse_text(&typo).is_err(), "unknown keys are errors");
     }

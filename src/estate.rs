@@ -18,7 +18,7 @@
 //! quarantine entry, journal entry and start written for the offsets
 //! below it; what lies above it, it reads and decides again.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,23 @@ impl StateTopic {
 
     /// Every record of the topic, folded.
     pub async fn read(&self) -> Result<SharedView, EstateError> {
+        let mut view = SharedView::default();
+        let mut records = Vec::new();
+        self.read_from(&mut BTreeMap::new(), &mut records).await?;
+        for (record, stored_ms) in records {
+            view.apply(record, stored_ms);
+        }
+        Ok(view)
+    }
+
+    /// The records stored from `next` on (per broker and queue; the
+    /// queue's earliest offset where it has none), in each queue's order;
+    /// `next` is moved past them.
+    async fn read_from(
+        &self,
+        next: &mut BTreeMap<(String, i32), i64>,
+        records: &mut Vec<(SharedRecord, i64)>,
+    ) -> Result<(), EstateError> {
         let unreachable = |reason: String| EstateError::Unreachable {
             topic: self.topic.clone(),
             reason,
@@ -119,7 +136,6 @@ impl StateTopic {
             .ok_or_else(|| EstateError::Missing {
                 topic: self.topic.clone(),
             })?;
-        let mut view = SharedView::default();
         let mut undecodable = 0u64;
         for data in &route.queue_datas {
             let Some(addr) = route.master_addr(&data.broker_name).map(str::to_string) else {
@@ -132,21 +148,29 @@ impl StateTopic {
                 let (min, max) = queue_range(&self.client, &addr, &self.topic, queue_id)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                scan_queue(&self.client, &addr, &self.topic, queue_id, min, max, |r| {
+                let at = next
+                    .entry((data.broker_name.clone(), queue_id))
+                    .or_insert(min);
+                let from = (*at).max(min);
+                if from >= max {
+                    continue;
+                }
+                scan_queue(&self.client, &addr, &self.topic, queue_id, from, max, |r| {
                     match SharedRecord::decode(&r.body) {
-                        Ok(record) => view.apply(record, r.store_timestamp_ms),
+                        Ok(record) => records.push((record, r.store_timestamp_ms)),
                         Err(_) => undecodable += 1,
                     }
                 })
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
+                *at = max;
             }
         }
         if undecodable > 0 {
             tracing::warn!(topic = %self.topic, undecodable,
                 "records of the estate state topic that are not the bridge's were ignored; the topic must be the bridge's alone");
         }
-        Ok(view)
+        Ok(())
     }
 
     /// One record, to the queue its key picks (one attempt).
@@ -390,5 +414,93 @@ fn forget_removed(view: &SharedView, store: &CheckpointStore) {
             tracing::warn!(error = %e, route = %entry.route, offset = entry.offset,
                 "cannot forget a quarantine entry another instance removed");
         }
+    }
+}
+
+/// A forwarded scheduled message is forgotten by the live view this long
+/// past its deadline: its broker copy comes due at the deadline, so one
+/// met later (a 4.x broker that was down) is forwarded again, a duplicate
+/// with the same id. Bounds the view's memory to about the messages
+/// forwarded within the delay levels' longest delay plus this.
+pub const FORWARDED_HORIZON: Duration = Duration::from_secs(3600);
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// The state topic as it is now, for a running instance: read in full
+/// once, then followed every second (and on demand, [`LiveView::catch_up`],
+/// before a queue is taken over). What the schedule side's ledger and
+/// takeovers read (checkpoint::shared::schedule).
+pub struct LiveView {
+    topic: StateTopic,
+    view: std::sync::RwLock<SharedView>,
+    /// Next offset per (broker, queue); one catch-up at a time.
+    next: tokio::sync::Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl std::fmt::Debug for LiveView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveView")
+            .field("topic", &self.topic.topic)
+            .finish()
+    }
+}
+
+impl LiveView {
+    pub fn new(topic: StateTopic) -> Arc<Self> {
+        Arc::new(LiveView {
+            topic,
+            view: Default::default(),
+            next: Default::default(),
+        })
+    }
+
+    /// Reads what was stored since the last catch-up; Ok once the view
+    /// holds every record stored before the call.
+    pub async fn catch_up(&self) -> Result<(), EstateError> {
+        let mut next = self.next.lock().await;
+        let mut records = Vec::new();
+        let read = self.topic.read_from(&mut next, &mut records).await;
+        // What was read is applied even after an error: a queue not read
+        // to its end is read again from where it stood, and applying one
+        // queue's suffix again leaves the same fold.
+        if !records.is_empty() {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            for (record, stored_ms) in records {
+                view.apply(record, stored_ms);
+            }
+        }
+        read
+    }
+
+    /// Reads the view as it stands (never waits for the network).
+    pub fn with<R>(&self, f: impl FnOnce(&SharedView) -> R) -> R {
+        f(&self.view.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Follows the topic until `stop`.
+    pub fn spawn(self: Arc<Self>, mut stop: Shutdown) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut logged: Option<Instant> = None;
+            let mut swept = Instant::now();
+            loop {
+                if let Err(e) = self.catch_up().await {
+                    if logged.map_or(true, |t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "cannot follow the estate state topic; other instances' scheduled-message confirmations may be missed (duplicates, never losses)");
+                        logged = Some(Instant::now());
+                    }
+                }
+                if swept.elapsed() >= Duration::from_secs(60) {
+                    swept = Instant::now();
+                    let before = now_ms() - FORWARDED_HORIZON.as_millis() as i64;
+                    self.view
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .forget_forwarded_before(before);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                    _ = stop.stopped() => break,
+                }
+            }
+        })
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
-use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::cluster::{free_port, ClusterOptions, LocalCluster};
 use rmq_bridge::dev::testkit::{self, metric, RouteSpec};
 use rmq_bridge::remoting::{RemotingClient, SendRequest};
 
@@ -27,6 +27,8 @@ struct Estate {
     target: LocalCluster,
     client: RemotingClient,
     dir: tempfile::TempDir,
+    /// `[source]` keys every instance's config gets besides the defaults.
+    source_keys: String,
 }
 
 struct Instance {
@@ -47,7 +49,12 @@ fn now_s() -> f64 {
 
 impl Estate {
     async fn new(name: &str, topic: &str, kind: &str) -> Estate {
-        let source = testkit::start_source_cluster(&format!("{name}-src")).expect("4.x peers");
+        let options = ClusterOptions::new(format!("{name}-src"));
+        Estate::with_source(options, name, topic, kind).await
+    }
+
+    async fn with_source(options: ClusterOptions, name: &str, topic: &str, kind: &str) -> Estate {
+        let source = LocalCluster::start(options).expect("4.x peers");
         let target = testkit::start_target_cluster(&format!("{name}-dst")).expect("5.x peers");
         let client = testkit::client();
         testkit::create_topic(&client, &source, topic, QUEUES, None)
@@ -65,6 +72,7 @@ impl Estate {
             target,
             client,
             dir: tempfile::tempdir().expect("tempdir"),
+            source_keys: String::new(),
         }
     }
 
@@ -94,7 +102,7 @@ impl Estate {
         let extra = format!(
             "[instances]\ncoordinate = true\n\n[pipeline]\ninflight_per_queue = {WINDOW}\n"
         );
-        testkit::write_bridge_config(
+        let path = testkit::write_bridge_config(
             &self.source,
             &self.target,
             &inst.dir,
@@ -103,6 +111,15 @@ impl Estate {
             routes,
         )
         .expect("config");
+        if !self.source_keys.is_empty() {
+            let text = std::fs::read_to_string(&path).expect("config");
+            let text = text.replacen(
+                "long_poll_ms = 2000\n",
+                &format!("long_poll_ms = 2000\n{}", self.source_keys),
+                1,
+            );
+            testkit::write_config(&path, &text).expect("config");
+        }
     }
 }
 
@@ -858,4 +875,132 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     for id in ["MISC00000000", "MISC00000001"] {
         assert!(listed.contains(id), "{id} lost with a's disk:\n{listed}");
     }
+}
+
+/// Issue 18, item 4, the schedule side: instance a forwards the messages
+/// pending in the 4.x schedule topic early, then dies with its disk. b,
+/// on an empty disk, takes the schedule queues over from the positions a
+/// shared (not from their start), forwards what is pending since, and
+/// skips the broker's copies of everything either instance forwarded (a's
+/// confirmations come from the 5.x state topic): every message once in
+/// 5.x, none lost, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
+    // Level 4: 30 s, level 5: 2 min (a's messages are due after b took
+    // over the topic queues, so b meets their copies).
+    const LEVELS: &str = "1s 5s 10s 30s 2m";
+    const EACH: usize = 8;
+    let topic = "sched";
+    let options = ClusterOptions::new("inst-sched-src")
+        .store_override("messageDelayLevel", format!("\"{LEVELS}\""));
+    let mut estate = Estate::with_source(options, "inst-sched", topic, "DELAY").await;
+    estate.source_keys = format!("delay_levels = \"{LEVELS}\"\n");
+    let route = RouteSpec::new(topic, topic, topic, 100).with("scheduled", "\"forward\"");
+    let side = format!("{topic}#scheduled");
+    let send_delayed = |label: &'static str, level: i32| {
+        let estate = &estate;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                let id = format!("{label}{i:08}");
+                let mut req = SendRequest::new(
+                    "instances_producer",
+                    topic,
+                    i as i32 % QUEUES,
+                    format!("body-{id}").into_bytes(),
+                );
+                req.properties.insert("UNIQ_KEY", id.clone());
+                req.properties.insert("DELAY", level.to_string());
+                estate
+                    .client
+                    .send_message(&estate.source.broker_addr, &req)
+                    .await
+                    .expect("send to 4.x");
+                ids.push(id);
+            }
+            ids
+        }
+    };
+    // Pending before any instance runs: the schedule topic is routed.
+    let mut ids = send_delayed("SCHEDA", 5).await;
+    let mut a = estate.instance_with("a", std::slice::from_ref(&route));
+    a.start();
+    testkit::eventually(
+        "a forwarded the pending messages early",
+        Duration::from_secs(90),
+        || {
+            let n = outcome(&a, &side, "forwarded");
+            async move { (n >= EACH as f64).then_some(()) }
+        },
+    )
+    .await
+    .expect("a's schedule side");
+    // The position (written at least every 5 s) and the confirmations on 5.x.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    testkit::eventually("a's estate records shared", Duration::from_secs(30), || {
+        let pending = metric(&scrape(&a.metrics), "rmq_bridge_state_pending_records", &[]);
+        async move { (pending == 0.0).then_some(()) }
+    })
+    .await
+    .expect("a's records");
+    a.kill9();
+    std::fs::remove_dir_all(a.dir.join("checkpoints")).expect("delete a's state directory");
+
+    let mut b = estate.instance_with("b", std::slice::from_ref(&route));
+    b.start();
+    wait_even(&[&b], topic, Duration::from_secs(150)).await;
+    testkit::eventually(
+        "b owns the schedule queues",
+        Duration::from_secs(60),
+        || {
+            let owned = b.owned(&side);
+            async move { (owned >= 1.0).then_some(()) }
+        },
+    )
+    .await
+    .expect("b's schedule side");
+    ids.extend(send_delayed("SCHEDB", 4).await);
+    testkit::eventually(
+        "b forwarded the new pending messages early",
+        Duration::from_secs(60),
+        || {
+            let n = outcome(&b, &side, "forwarded");
+            async move { (n >= EACH as f64).then_some(()) }
+        },
+    )
+    .await
+    .expect("b's schedule side");
+    // Every copy came due and met b's topic path, which skipped it.
+    let total = ids.len() as f64;
+    testkit::eventually("b met every copy", Duration::from_secs(180), || {
+        let skipped = outcome(&b, topic, "scheduled_copy_skipped");
+        let taken = outcome(&b, topic, "forwarded");
+        async move { (skipped + taken >= total).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        keep_logs(&[&a, &b]);
+        panic!("{e}")
+    });
+    keep_logs(&[&a, &b]);
+    let log = std::fs::read_to_string(b.log()).unwrap_or_default();
+    let landed = landed(&estate, topic, &ids).await;
+    assert!(b.terminate(), "b stops cleanly");
+
+    // b re-sent nothing a had sent: one copy of each in 5.x.
+    let twice: Vec<_> = landed.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "not exactly once in 5.x: {twice:?}");
+    // b took the level-5 queue over from a's position, not from its start.
+    let took_over: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("owning queue") && l.contains(&format!("route={side}")))
+        .filter(|l| field(l, "queue").is_some_and(|q| q.ends_with(":4")))
+        .collect();
+    assert!(
+        !took_over.is_empty()
+            && took_over
+                .iter()
+                .all(|l| field(l, "offset").as_deref() == Some(&EACH.to_string())),
+        "b's takeover of the level-5 schedule queue:\n{took_over:#?}"
+    );
 }

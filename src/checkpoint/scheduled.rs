@@ -19,6 +19,7 @@
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use super::shared::{SharedForward, SharedRecord};
 use super::{CheckpointStore, SourceQueue, StoreError, CF_SCHEDULED};
 
 /// Where a forwarded pending message stands.
@@ -200,7 +201,8 @@ impl CheckpointStore {
         let db = self.db()?;
         let cf = Self::cf(&db, CF_SCHEDULED)?;
         let mut batch = WriteBatch::default();
-        if let Some(old) = self.scheduled_entry(route, key)? {
+        let old = self.scheduled_entry(route, key)?;
+        if let Some(old) = &old {
             if old.deadline_ms != entry.deadline_ms {
                 batch.delete_cf(cf, due_key(route, old.deadline_ms, key));
             }
@@ -212,7 +214,24 @@ impl CheckpointStore {
                 format!("forwarded scheduled message {key} of route {route}"),
                 e,
             )
-        })
+        })?;
+        // Instances sharing an estate: a confirmation or a release is what
+        // another owner of the copy's queue (or of the schedule queue) must
+        // know; a claim is this instance's business.
+        let shared = match entry.state {
+            ForwardState::Claimed => None,
+            ForwardState::Confirmed => Some(SharedForward::Confirmed),
+            ForwardState::Released => Some(SharedForward::Released),
+        };
+        if let Some(state) = shared.filter(|_| old.map(|o| o.state) != Some(entry.state)) {
+            self.replicate(|| SharedRecord::Forwarded {
+                route: route.to_string(),
+                key: key.to_string(),
+                deadline_ms: entry.deadline_ms,
+                state,
+            });
+        }
+        Ok(())
     }
 
     /// The entry of `key` if `route` forwarded it and it is not pruned.

@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{CheckpointStore, JournalEntry, QuarantineEntry, SourceQueue, StoreError};
 
+pub mod schedule;
+pub use schedule::{ForwardedShare, ScheduleShare, SharedForward};
+
 /// One record of the state topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -44,6 +47,21 @@ pub enum SharedRecord {
         entry: JournalEntry,
     },
     Start {
+        route: String,
+        queue: SourceQueue,
+        offset: i64,
+    },
+    /// A pending scheduled message of `route` (ledger key `key`) that 5.x
+    /// accepted from the schedule side, or whose copy the topic path took.
+    Forwarded {
+        route: String,
+        key: String,
+        deadline_ms: i64,
+        state: SharedForward,
+    },
+    /// The schedule side's position in one schedule queue (`route` is the
+    /// route's name, not `<route>#scheduled`).
+    SchedulePosition {
         route: String,
         queue: SourceQueue,
         offset: i64,
@@ -93,6 +111,10 @@ impl SharedRecord {
             SharedRecord::QuarantineRemoved { key } => key.clone(),
             SharedRecord::Journal { entry } => journal_key(entry),
             SharedRecord::Start { route, queue, .. } => start_key(route, queue),
+            SharedRecord::Forwarded { route, key, .. } => schedule::forwarded_key(route, key),
+            SharedRecord::SchedulePosition { route, queue, .. } => {
+                schedule::position_key(route, queue)
+            }
         }
     }
 
@@ -117,6 +139,8 @@ pub struct SharedView {
     shadowed: BTreeSet<String>,
     journal: BTreeMap<String, JournalEntry>,
     starts: BTreeMap<(String, SourceQueue), i64>,
+    /// The schedule side's records (forwarded ids, positions).
+    schedule: ScheduleShare,
     /// Per live key: store time (unix ms) of its newest copy in the topic.
     written_ms: BTreeMap<String, i64>,
 }
@@ -151,6 +175,21 @@ impl SharedView {
                 offset,
             } => {
                 self.starts.entry((route, queue)).or_insert(offset);
+            }
+            SharedRecord::Forwarded {
+                route,
+                key: id,
+                deadline_ms,
+                state,
+            } => {
+                self.schedule.forwarded(&route, &id, deadline_ms, state);
+            }
+            SharedRecord::SchedulePosition {
+                route,
+                queue,
+                offset,
+            } => {
+                self.schedule.position(&route, &queue, offset);
             }
         }
         let at = self.written_ms.entry(key).or_insert(stored_ms);
@@ -206,11 +245,61 @@ impl SharedView {
                     offset: *offset,
                 }),
         );
+        out.extend(
+            self.schedule
+                .positions()
+                .filter(|(r, q, _)| old(&schedule::position_key(r, q)))
+                .map(|(route, queue, offset)| SharedRecord::SchedulePosition {
+                    route: route.to_string(),
+                    queue: queue.clone(),
+                    offset,
+                }),
+        );
+        // A forwarded message is needed until its copy comes (about its
+        // deadline): kept while the deadline is not older than the copy.
+        for (route, key, e) in self.schedule.forwarded_entries() {
+            if !old(&schedule::forwarded_key(route, key)) || e.deadline_ms < before_ms {
+                continue;
+            }
+            for (set, state) in [
+                (e.confirmed, SharedForward::Confirmed),
+                (e.released, SharedForward::Released),
+            ] {
+                if set {
+                    out.push(SharedRecord::Forwarded {
+                        route: route.to_string(),
+                        key: key.to_string(),
+                        deadline_ms: e.deadline_ms,
+                        state,
+                    });
+                }
+            }
+        }
         out
     }
 
     pub fn len(&self) -> usize {
-        self.quarantine.len() + self.journal.len() + self.starts.len()
+        self.quarantine.len() + self.journal.len() + self.starts.len() + self.schedule.len()
+    }
+
+    /// The schedule side's records.
+    pub fn schedule(&self) -> &ScheduleShare {
+        &self.schedule
+    }
+
+    /// Forgets forwarded scheduled messages whose deadline is before
+    /// `before_ms` (see `schedule`'s fold rule); how many.
+    pub fn forget_forwarded_before(&mut self, before_ms: i64) -> usize {
+        let gone: Vec<String> = self
+            .schedule
+            .forwarded_entries()
+            .filter(|(_, _, e)| e.deadline_ms < before_ms)
+            .map(|(r, k, _)| schedule::forwarded_key(r, k))
+            .collect();
+        for k in &gone {
+            self.written_ms.remove(k);
+        }
+        self.schedule.forget_before(before_ms)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -571,6 +660,48 @@ mod tests {
             1000,
         );
         assert_eq!(v.stale(500).len(), 1);
+    }
+
+    #[test]
+    fn the_schedule_sides_records_fold_and_are_refreshed_while_needed() {
+        let forwarded = |key: &str, deadline_ms, state| SharedRecord::Forwarded {
+            route: "r".into(),
+            key: key.into(),
+            deadline_ms,
+            state,
+        };
+        let position = |offset| SharedRecord::SchedulePosition {
+            route: "r".into(),
+            queue: q(4),
+            offset,
+        };
+        let r = forwarded("due-later", 2_000, SharedForward::Confirmed);
+        assert_eq!(SharedRecord::decode(&r.encode()).unwrap(), r);
+        assert_ne!(r.key(), position(1).key());
+        assert_ne!(position(1).key(), start_key("r", &q(4)));
+
+        let mut v = SharedView::default();
+        v.apply(r.clone(), 100);
+        v.apply(forwarded("due-long-ago", 50, SharedForward::Confirmed), 100);
+        v.apply(position(8), 100);
+        v.apply(position(3), 200);
+        assert_eq!(v.schedule().get_position("r", &q(4)), Some(8));
+        assert!(
+            v.schedule()
+                .get_forwarded("r", "due-later")
+                .unwrap()
+                .confirmed
+        );
+        assert_eq!(v.len(), 3);
+        // The refresh writes the position and the message whose copy may
+        // still come (its deadline is not older than the copies checked).
+        let stale = v.stale(500);
+        assert_eq!(stale.len(), 2, "{stale:?}");
+        assert!(stale.contains(&r) && stale.contains(&position(8)));
+        // The live view forgets what is past its horizon.
+        assert_eq!(v.forget_forwarded_before(1_000), 1);
+        assert_eq!(v.len(), 2);
+        assert!(v.schedule().get_forwarded("r", "due-long-ago").is_none());
     }
 
     #[test]

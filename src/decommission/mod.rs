@@ -879,8 +879,10 @@ impl Ctx<'_> {
             *scan.unknown_level.entry(real.to_string()).or_default() += 1;
             return;
         }
-        // Forwarded early only where 5.x confirmed the send.
+        // Forwarded early only where 5.x confirmed the send (here, or on
+        // another instance sharing the estate).
         let forwarded = self.cfg.routes.iter().any(|route| {
+            let key = forward_key(r);
             route.source_topic == real
                 && route.scheduled == ScheduledMode::Forward
                 && matches!(
@@ -894,15 +896,16 @@ impl Ctx<'_> {
                     ),
                     PendingDecision::Pending { .. } | PendingDecision::Due { .. }
                 )
-                && self
+                && (self
                     .store
                     .as_ref()
-                    .and_then(|s| {
-                        s.scheduled_entry(&route.name, &forward_key(r))
-                            .ok()
-                            .flatten()
-                    })
+                    .and_then(|s| s.scheduled_entry(&route.name, &key).ok().flatten())
                     .is_some_and(|e| e.state == crate::checkpoint::ForwardState::Confirmed)
+                    || self.shared.as_ref().is_some_and(|v| {
+                        v.schedule()
+                            .get_forwarded(&route.name, &key)
+                            .is_some_and(|e| e.confirmed)
+                    }))
         });
         if forwarded {
             *scan.forwarded.entry(real.to_string()).or_default() += 1;

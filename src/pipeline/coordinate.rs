@@ -23,6 +23,7 @@ use crate::remoting::LockQueue;
 use crate::source::TopicSource;
 
 use super::ownership::{allocate, Fence, Lease};
+use super::positions::PositionHome;
 
 /// What every route of a coordinating instance shares: who it is, its
 /// group, and a counter the membership listener bumps when a broker says
@@ -36,6 +37,15 @@ pub struct Coordination {
     /// position is written to the group, so that a successor starting from
     /// it finds every quarantine, journal and start record below it.
     pub estate: Option<Arc<crate::estate::Outbox>>,
+    /// The state topic as it is now (what other instances shared since
+    /// this one started): the schedule side's positions and forwarded ids.
+    pub live: Option<Arc<crate::estate::LiveView>>,
+    /// Which of this instance's routes hold each locked queue (topic,
+    /// queue): one lock of the group serves every route of the instance
+    /// that reads the queue (all schedule sides read `SCHEDULE_TOPIC_XXXX`;
+    /// two routes may read one topic), so it is unlocked only when the
+    /// last of them lets it go.
+    holds: std::sync::Mutex<BTreeMap<(String, SourceQueue), std::collections::BTreeSet<String>>>,
 }
 
 impl Coordination {
@@ -43,6 +53,7 @@ impl Coordination {
         client_id: String,
         group: String,
         estate: Option<Arc<crate::estate::Outbox>>,
+        live: Option<Arc<crate::estate::LiveView>>,
     ) -> Arc<Self> {
         let (changed, _) = tokio::sync::watch::channel(0);
         Arc::new(Coordination {
@@ -50,7 +61,40 @@ impl Coordination {
             group,
             changed,
             estate,
+            live,
+            holds: Default::default(),
         })
+    }
+
+    fn hold(&self, topic: &str, queue: &SourceQueue, route: &str) {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds
+            .entry((topic.to_string(), queue.clone()))
+            .or_default()
+            .insert(route.to_string());
+    }
+
+    /// `route` lets the lock go; true while another route of this
+    /// instance still holds it (the lock must stay).
+    fn unhold(&self, topic: &str, queue: &SourceQueue, route: &str) -> bool {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (topic.to_string(), queue.clone());
+        let Some(routes) = holds.get_mut(&key) else {
+            return false;
+        };
+        routes.remove(route);
+        let others = !routes.is_empty();
+        if !others {
+            holds.remove(&key);
+        }
+        others
+    }
+
+    fn held_by_any(&self, topic: &str, queue: &SourceQueue) -> bool {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(topic.to_string(), queue.clone()))
     }
 
     /// Whether every estate record written so far is on 5.x (true without
@@ -72,6 +116,8 @@ impl Coordination {
 
 /// One held queue.
 struct Held {
+    /// The topic it was locked under.
+    topic: String,
     lease: Lease,
     fence: Arc<Fence>,
     /// The last offset written to the group for it, and when.
@@ -108,6 +154,8 @@ pub const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 pub struct RouteOwnership {
     route: String,
     coordination: Arc<Coordination>,
+    /// Where the held queues' positions are shared.
+    home: PositionHome,
     held: BTreeMap<SourceQueue, Held>,
     /// Since when each queue not held has been assigned here without a break.
     assigned_since: BTreeMap<SourceQueue, Instant>,
@@ -143,13 +191,47 @@ pub fn settled(
 }
 
 impl RouteOwnership {
+    /// A route's topic queues: positions in the instances' group.
     pub fn new(route: &str, coordination: Arc<Coordination>) -> Self {
+        let home = PositionHome::Group {
+            group: coordination.group.clone(),
+        };
         RouteOwnership {
             route: route.to_string(),
             coordination,
+            home,
             held: BTreeMap::new(),
             assigned_since: BTreeMap::new(),
         }
+    }
+
+    /// The schedule queues of route `route` (its side is named `side`):
+    /// positions in the estate state topic. None without the estate topic.
+    pub fn schedule_side(side: &str, route: &str, coordination: Arc<Coordination>) -> Option<Self> {
+        let home = PositionHome::StateTopic {
+            route: route.to_string(),
+            outbox: coordination.estate.clone()?,
+            live: coordination.live.clone()?,
+        };
+        Some(RouteOwnership {
+            route: side.to_string(),
+            coordination,
+            home,
+            held: BTreeMap::new(),
+            assigned_since: BTreeMap::new(),
+        })
+    }
+
+    pub fn home(&self) -> &PositionHome {
+        &self.home
+    }
+
+    /// Forgets a held queue here and in the instance's holds.
+    fn forget(&mut self, queue: &SourceQueue) -> Option<Held> {
+        let h = self.held.remove(queue)?;
+        self.coordination.unhold(&h.topic, queue, &self.route);
+        h.fence.close();
+        Some(h)
     }
 
     /// [`settled`] over this route's leases.
@@ -243,9 +325,11 @@ impl RouteOwnership {
                         None => {
                             let lease = Lease::granted(sent_at);
                             let fence = Arc::new(Fence::new(&lease));
+                            self.coordination.hold(source.topic(), &queue, &self.route);
                             self.held.insert(
                                 queue.clone(),
                                 Held {
+                                    topic: source.topic().to_string(),
                                     lease,
                                     fence,
                                     committed: None,
@@ -254,8 +338,7 @@ impl RouteOwnership {
                         }
                     }
                     granted.push(queue);
-                } else if let Some(h) = self.held.remove(&queue) {
-                    h.fence.close();
+                } else if self.forget(&queue).is_some() {
                     tracing::error!(route = %self.route, %queue, "the broker gave this queue's lock to another instance; stopped sending for it");
                 }
             }
@@ -278,9 +361,7 @@ impl RouteOwnership {
             .map(|(q, _)| q.clone())
             .collect();
         for q in &expired {
-            if let Some(h) = self.held.remove(q) {
-                h.fence.close();
-            }
+            self.forget(q);
         }
         expired
     }
@@ -289,8 +370,7 @@ impl RouteOwnership {
     /// and when the lease ends (the caller releases the lock with
     /// [`release_lock`] once the position is durable, if still before then).
     pub fn close(&mut self, queue: &SourceQueue) -> Option<(Arc<Fence>, Instant)> {
-        let h = self.held.remove(queue)?;
-        h.fence.close();
+        let h = self.forget(queue)?;
         Some((h.fence, h.lease.expires_at()))
     }
 
@@ -322,10 +402,10 @@ impl RouteOwnership {
         if !self.coordination.records_shared(&self.route, queue).await || !h.fence.open() {
             return;
         }
-        match commit_offset(source, &self.coordination.group, queue, offset).await {
+        match self.home.write(source, queue, offset).await {
             Ok(()) => h.committed = Some((offset, now)),
             Err(e) => {
-                tracing::warn!(route = %self.route, %queue, offset, error = %e, "cannot write the queue's position to the group; retrying")
+                tracing::warn!(route = %self.route, %queue, offset, home = ?self.home, error = %e, "cannot write the queue's shared position; retrying")
             }
         }
     }
@@ -372,20 +452,6 @@ pub async fn committed_offset(
         .map_err(|e| e.to_string())
 }
 
-async fn commit_offset(
-    source: &TopicSource,
-    group: &str,
-    queue: &SourceQueue,
-    offset: i64,
-) -> Result<(), String> {
-    let addr = source.master_addr(queue).map_err(|e| e.to_string())?;
-    source
-        .client()
-        .update_consumer_offset(&addr, group, source.topic(), queue.queue_id, offset)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// The last step of releasing a queue whose tasks have stopped and whose
 /// position is durable: writes `offset` to the group, reads it back (a
 /// broker answers success and writes nothing while a server-side reset is
@@ -394,26 +460,28 @@ async fn commit_offset(
 pub async fn release_lock(
     source: &TopicSource,
     coordination: &Coordination,
+    home: &PositionHome,
     route: &str,
     queue: &SourceQueue,
     offset: i64,
 ) {
-    let group = &coordination.group;
     let written = if coordination.records_shared(route, queue).await {
-        commit_offset(source, group, queue, offset).await
+        home.write(source, queue, offset).await
     } else {
         Err("estate records not on 5.x yet".to_string())
     };
     match written {
-        Ok(()) => match committed_offset(source, group, queue).await {
-            Ok(Some(read)) if read == offset => {}
-            other => {
-                tracing::warn!(route, %queue, offset, read_back = ?other,
-                    "the group's position did not take (a reset pending on the broker?); the next owner may re-send from an older offset")
-            }
-        },
+        Ok(()) => {
+            home.took(source, queue, offset).await;
+        }
         Err(e) => tracing::warn!(route, %queue, offset, error = %e,
             "cannot write the released queue's position; the next owner may re-send from an older offset"),
+    }
+    // Another route of this instance reading the same queue still holds
+    // the lock (its own rebalance releases it, and unlocks if last).
+    if coordination.held_by_any(source.topic(), queue) {
+        tracing::debug!(route, %queue, "the queue's lock stays: another route of this instance still reads it");
+        return;
     }
     let Ok(addr) = source.master_addr(queue) else {
         return;
@@ -425,7 +493,7 @@ pub async fn release_lock(
     }];
     if let Err(e) = source
         .client()
-        .unlock_queues(&addr, group, &coordination.client_id, &unlock)
+        .unlock_queues(&addr, &coordination.group, &coordination.client_id, &unlock)
         .await
     {
         tracing::warn!(route, %queue, error = %e, "cannot unlock the released queue; the broker frees it within 60 s");
@@ -489,6 +557,22 @@ mod tests {
         let (due, next) = settled(&mut since, &held, &[q(0), q(1), q(2)], t2 + SETTLE_FOR);
         assert_eq!(due, vec![q(0), q(1), q(2)]);
         assert_eq!(next, None);
+    }
+
+    #[test]
+    fn a_lock_several_routes_hold_stays_until_the_last_lets_it_go() {
+        let c = Coordination::new("me".into(), "g".into(), None, None);
+        let topic = "SCHEDULE_TOPIC_XXXX";
+        c.hold(topic, &q(1), "a#scheduled");
+        c.hold(topic, &q(1), "b#scheduled");
+        c.hold(topic, &q(2), "a#scheduled");
+        assert!(c.unhold(topic, &q(1), "a#scheduled"), "b still holds q1");
+        assert!(c.held_by_any(topic, &q(1)));
+        assert!(!c.unhold(topic, &q(1), "b#scheduled"), "the last one");
+        assert!(!c.held_by_any(topic, &q(1)));
+        assert!(c.held_by_any(topic, &q(2)));
+        // Another topic's queue of the same id is another lock.
+        assert!(!c.held_by_any("orders", &q(2)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod coordinate;
 pub mod health;
 pub mod order;
 pub mod ownership;
+pub mod positions;
 pub mod progress;
 pub mod publishers;
 pub mod quarantine;
@@ -354,18 +355,26 @@ impl Bridge {
         // Instances sharing an estate: quarantine, journal and queue starts
         // also go to the 5.x state topic (crate::estate), and what this
         // store holds that the topic lacks is published first.
-        let (estate, estate_view) = if cfg.instances.coordinate {
-            let outbox = crate::estate::Outbox::new(state_topic(&cfg).map_err(anyhow::Error::msg)?);
+        let (estate, estate_view, live) = if cfg.instances.coordinate {
+            let topic = state_topic(&cfg).map_err(anyhow::Error::msg)?;
+            let outbox = crate::estate::Outbox::new(topic.clone());
             let view = outbox.attach(&store).await?;
-            (Some(outbox), view.map(Arc::new))
+            // Followed while running: what other instances share later
+            // (the schedule side's positions and forwarded ids).
+            let live = crate::estate::LiveView::new(topic);
+            if let Err(e) = live.catch_up().await {
+                tracing::warn!(error = %e, "cannot read the estate state topic now; following it from the next attempt");
+            }
+            (Some(outbox), view.map(Arc::new), Some(live))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let coordination = cfg.instances.coordinate.then(|| {
             coordinate::Coordination::new(
                 client_id(),
                 cfg.source.consumer_group.clone(),
                 estate.clone(),
+                live.clone(),
             )
         });
         Ok(Bridge {
@@ -690,6 +699,9 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
             "sharing the estate with the other instances of this group");
         if let Some(outbox) = coordination.estate.clone() {
             tokio::spawn(outbox.spawn(crate::shutdown::Shutdown::new(stop_rx.clone())));
+        }
+        if let Some(live) = coordination.live.clone() {
+            live.spawn(crate::shutdown::Shutdown::new(stop_rx.clone()));
         }
         tokio::spawn(membership_listener(
             bridge.shared.clone(),

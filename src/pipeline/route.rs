@@ -125,8 +125,8 @@ fn start_for_queue(configured: &StartPosition, queue_of_new_route: bool) -> Star
     }
 }
 
-struct QueueTask {
-    progress: Arc<QueueProgress>,
+pub(super) struct QueueTask {
+    pub(super) progress: Arc<QueueProgress>,
     worker: JoinHandle<()>,
     /// Stops this queue's puller and worker alone (a released queue).
     stop_tx: watch::Sender<bool>,
@@ -154,7 +154,7 @@ impl QueueTask {
 
 /// How often a coordinating instance rebalances and renews its locks
 /// (also on NOTIFY_CONSUMER_IDS_CHANGED): within ownership::RENEW_EVERY.
-const REBALANCE_EVERY: Duration = Duration::from_secs(10);
+pub(super) const REBALANCE_EVERY: Duration = Duration::from_secs(10);
 
 async fn run_route(
     shared: Shared,
@@ -233,7 +233,13 @@ async fn run_route(
         retry_log: Default::default(),
         fence: None,
     });
-    let ledger = Arc::new(ScheduleLedger::new(shared.store.clone(), &name));
+    // Instances sharing an estate: also what the others confirmed or took.
+    let others = shared
+        .coordination
+        .as_ref()
+        .and_then(|c| c.live.clone())
+        .map(|live| live as Arc<dyn super::schedule_ledger::SharedForwards>);
+    let ledger = Arc::new(ScheduleLedger::new(shared.store.clone(), &name).with_shared(others));
     let admitter = Admitter {
         route: name.clone(),
         target_topic: route.target_topic.clone(),
@@ -352,6 +358,7 @@ async fn run_route(
                         shared: &shared, source: &source, cfg: &cfg, route: &current_route,
                         rule_rx: &rule_rx, worker_stop_rx: &worker_stop_rx,
                         sender: &sender, admitter: &admitter, new_route: &new_route,
+                        journal: true,
                     };
                     if let Some(due) = rebalance_route(&mut ctx, own, &known, &mut queues, &mut releasing).await {
                         // A queue waiting to settle is taken when due, not a tick later.
@@ -535,7 +542,7 @@ async fn fresh_queue_start(
 
 /// Resolves when the instances' group changed members; never without
 /// coordination.
-async fn members_changed(rx: &mut Option<watch::Receiver<u64>>) {
+pub(super) async fn members_changed(rx: &mut Option<watch::Receiver<u64>>) {
     match rx {
         Some(rx) => {
             if rx.changed().await.is_err() {
@@ -546,24 +553,29 @@ async fn members_changed(rx: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// What a rebalance needs of its route.
-struct RebalanceContext<'a> {
-    shared: &'a Shared,
-    source: &'a TopicSource,
-    cfg: &'a Arc<BridgeConfig>,
-    route: &'a RouteConfig,
-    rule_rx: &'a watch::Receiver<Arc<RouteRule>>,
-    worker_stop_rx: &'a watch::Receiver<bool>,
-    sender: &'a Arc<Sender>,
-    admitter: &'a Admitter,
-    new_route: &'a std::collections::BTreeSet<SourceQueue>,
+/// What a rebalance needs of its route (or of a route's schedule side,
+/// scheduled.rs: `route` is then named `<route>#scheduled` and starts at
+/// the earliest offset).
+pub(super) struct RebalanceContext<'a> {
+    pub shared: &'a Shared,
+    pub source: &'a TopicSource,
+    pub cfg: &'a Arc<BridgeConfig>,
+    pub route: &'a RouteConfig,
+    pub rule_rx: &'a watch::Receiver<Arc<RouteRule>>,
+    pub worker_stop_rx: &'a watch::Receiver<bool>,
+    pub sender: &'a Arc<Sender>,
+    pub admitter: &'a Admitter,
+    pub new_route: &'a std::collections::BTreeSet<SourceQueue>,
+    /// Whether a queue changing hands is journaled (the cutover journal
+    /// `verify` reads; the schedule side has none).
+    pub journal: bool,
 }
 
 /// One rebalance of a coordinating route: stops queues whose lease ended,
 /// hands over those now assigned to another member, takes or renews the
 /// locks of its own (a new one once settled, `coordinate::SETTLE_FOR`), and
 /// starts the ones newly locked. Returns when the next waiting queue settles.
-async fn rebalance_route(
+pub(super) async fn rebalance_route(
     ctx: &mut RebalanceContext<'_>,
     own: &mut RouteOwnership,
     known: &[SourceQueue],
@@ -647,11 +659,10 @@ async fn take_over(
     queue: &SourceQueue,
 ) -> Option<QueueTask> {
     let name = &ctx.route.name;
-    let group = &own.coordination().group;
-    let from_group = match committed_offset(ctx.source, group, queue).await {
+    let from_group = match own.home().read(ctx.source, queue).await {
         Ok(o) => o,
         Err(e) => {
-            tracing::warn!(route = %name, %queue, error = %e, "cannot read the group's position of a locked queue; not starting it yet");
+            tracing::warn!(route = %name, %queue, home = ?own.home(), error = %e, "cannot read the shared position of a locked queue; not starting it yet");
             return None;
         }
     };
@@ -696,13 +707,15 @@ async fn take_over(
         client_id = %own.client_id(), "owning queue");
     // Always journaled where a queue changes hands: the journal read at the
     // route's start may be older than another instance's last rule of it.
-    super::rule::journal_start(
-        &ctx.shared.store,
-        name,
-        &[],
-        &ctx.rule_rx.borrow(),
-        Some((queue, offset)),
-    );
+    if ctx.journal {
+        super::rule::journal_start(
+            &ctx.shared.store,
+            name,
+            &[],
+            &ctx.rule_rx.borrow(),
+            Some((queue, offset)),
+        );
+    }
     Some(start_queue(
         ctx.shared,
         ctx.source,
@@ -729,7 +742,7 @@ async fn stop_lost(task: QueueTask, route: String, queue: SourceQueue) {
 /// Releases a queue now assigned to another member: stops admitting and
 /// sending, waits for in-flight sends (bounded) and the durable position,
 /// writes it to the group, reads it back, then unlocks.
-fn release_queue(
+pub(super) fn release_queue(
     own: &mut RouteOwnership,
     source: &TopicSource,
     name: &str,
@@ -738,6 +751,7 @@ fn release_queue(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let lease_end = own.close(&queue).map(|(_, end)| end);
     let coordination = own.coordination().clone();
+    let home = own.home().clone();
     let (source, name) = (source.clone(), name.to_string());
     async move {
         let progress = task.stop().await;
@@ -745,7 +759,8 @@ fn release_queue(
         let offset = progress.durable();
         tracing::info!(route = %name, %queue, offset, "stopped queue: releasing it");
         if lease_end.is_some_and(|end| std::time::Instant::now() < end) {
-            super::coordinate::release_lock(&source, &coordination, &name, &queue, offset).await;
+            super::coordinate::release_lock(&source, &coordination, &home, &name, &queue, offset)
+                .await;
             tracing::info!(route = %name, %queue, offset, "released queue to another instance");
         } else {
             tracing::warn!(route = %name, %queue, offset,

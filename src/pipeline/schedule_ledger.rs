@@ -28,6 +28,15 @@
 //! past its deadline ([`STALE_AFTER`]): a 4.x broker that delivers late
 //! keeps its ids.
 //!
+//! Instances sharing an estate (issue 18): a schedule queue and the queue
+//! its copies come due in may be owned by two instances. Confirmations and
+//! releases also go to the estate state topic (the store replicates them),
+//! and the ledger reads what others shared there ([`SharedForwards`]):
+//! a copy is skipped when 5.x confirmed its early send here or on another
+//! instance; an early send stops when the copy was taken anywhere. What
+//! crosses instances is only ever more forwarding: a confirmation not seen
+//! yet forwards the copy too (a duplicate with the same id), never less.
+//!
 //! Must not touch: what is pending (`translate::scheduled`), sending and
 //! retries (send.rs), the schedule topic's reading (scheduled.rs).
 
@@ -35,6 +44,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::checkpoint::shared::ForwardedShare;
 use crate::checkpoint::{
     now_ms, CheckpointStore, ForwardEntry, ForwardState, SourceQueue, StoreError,
 };
@@ -90,9 +102,23 @@ pub enum Claim {
     Stopped,
 }
 
+/// What other instances shared of a route's forwarded messages (the
+/// estate state topic, followed: `estate::LiveView`). Never waits.
+pub trait SharedForwards: Send + Sync {
+    fn forwarded(&self, route: &str, key: &str) -> Option<ForwardedShare>;
+}
+
+impl SharedForwards for crate::estate::LiveView {
+    fn forwarded(&self, route: &str, key: &str) -> Option<ForwardedShare> {
+        self.with(|v| v.schedule().get_forwarded(route, key))
+    }
+}
+
 /// One route's ledger, shared by its topic path and its schedule side.
 pub struct ScheduleLedger {
     store: CheckpointStore,
+    /// Instances sharing an estate: what the others shared.
+    shared: Option<Arc<dyn SharedForwards>>,
     route: String,
     /// Admitted by the schedule side, not yet claimed: (schedule queue,
     /// offset) -> (key, deadline).
@@ -107,6 +133,7 @@ impl ScheduleLedger {
         let counter = |r: String, what: &'static str| metrics::counter!(m::MESSAGES_TOTAL, "route" => r, "outcome" => what);
         ScheduleLedger {
             store,
+            shared: None,
             route: route.to_string(),
             admitted: Mutex::new(HashMap::new()),
             copy_skipped: counter(route.to_string(), outcome::SCHEDULED_COPY_SKIPPED),
@@ -115,8 +142,21 @@ impl ScheduleLedger {
         }
     }
 
+    /// Also reads what other instances shared (see the module doc).
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedForwards>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     pub fn route(&self) -> &str {
         &self.route
+    }
+
+    fn shared(&self, key: &str) -> ForwardedShare {
+        self.shared
+            .as_ref()
+            .and_then(|s| s.forwarded(&self.route, key))
+            .unwrap_or_default()
     }
 
     /// The topic path's question for a record read from `queue`: true (and
@@ -130,9 +170,18 @@ impl ScheduleLedger {
             return false;
         }
         let key = forward_key(record);
+        let elsewhere = self.shared(&key).confirmed;
+        let confirmed_elsewhere = || {
+            self.copy_skipped.increment(1);
+            tracing::debug!(route = %self.route, msg_id = record.message_id(),
+                "another instance forwarded it from the 4.x schedule topic; skipping the broker's copy");
+            true
+        };
         let mut entry = match self.store.scheduled_entry(&self.route, &key) {
             Ok(Some(entry)) => entry,
+            Ok(None) if elsewhere => return confirmed_elsewhere(),
             Ok(None) => return false,
+            Err(_) if elsewhere => return confirmed_elsewhere(),
             Err(e) => {
                 tracing::error!(route = %self.route, msg_id = record.message_id(), error = %e,
                     "cannot read forwarded scheduled ids; forwarding the broker's copy (may duplicate, same message id)");
@@ -151,6 +200,11 @@ impl ScheduleLedger {
                     return true;
                 }
                 true
+            }
+            // Claimed here, then the schedule queue changed hands and its
+            // new owner's send was confirmed.
+            ForwardState::Claimed if elsewhere => {
+                return confirmed_elsewhere();
             }
             ForwardState::Claimed => {
                 self.copy_taken.increment(1);
@@ -173,6 +227,10 @@ impl ScheduleLedger {
     /// Whether the schedule side still has to send the message of `key`
     /// (admission: a store error answers yes, `claim` reads again).
     pub fn needs_send(&self, key: &str) -> bool {
+        let shared = self.shared(key);
+        if shared.confirmed || shared.released {
+            return false;
+        }
         !matches!(
             self.store.scheduled_entry(&self.route, key),
             Ok(Some(ForwardEntry {
@@ -257,6 +315,9 @@ impl ScheduleLedger {
     /// the schedule side sends it no more. A store error answers false (a
     /// duplicate with the same id at worst).
     pub fn released(&self, key: &str) -> bool {
+        if self.shared(key).released {
+            return true;
+        }
         match self.store.scheduled_entry(&self.route, key) {
             Ok(Some(e)) => e.state == ForwardState::Released,
             Ok(None) => true,

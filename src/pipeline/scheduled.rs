@@ -16,6 +16,12 @@
 //!   send layer asks before, during and after each send;
 //! - which records the schedule side admits: [`ScheduleSide`] here.
 //!
+//! Instances sharing an estate (`[instances] coordinate = true`, issue 18):
+//! each schedule queue is read by one instance at a time, under the
+//! broker's lock like a topic queue (route.rs's rebalance, fenced sends),
+//! its position shared in the estate state topic (pipeline/positions.rs),
+//! and the ledger reads what the other instances confirmed or took.
+//!
 //! Must not touch: the window, retries, FIFO order (the worker and the send
 //! layer own those for both sides).
 
@@ -40,8 +46,12 @@ use crate::translate::scheduled::{
 use crate::translate::SourceContext;
 
 use super::admit::{Admission, Admitter, OwnAdmission};
+use super::coordinate::RouteOwnership;
 use super::progress::QueueProgress;
 use super::quarantine::Quarantine;
+use super::route::{
+    members_changed, rebalance_route, release_queue, QueueTask, RebalanceContext, REBALANCE_EVERY,
+};
 use super::rule::RouteRule;
 use super::schedule_ledger::{outcome, schedule_side_name, ScheduleLedger};
 use super::send::Sender;
@@ -242,9 +252,16 @@ pub fn spawn_schedule_side(
         let publisher = shared.publisher.clone();
         move || publisher.max_body_size()
     }));
+    // Coordinating: the schedule queues are shared out like topic queues.
+    let ownership = shared
+        .coordination
+        .clone()
+        .map(|c| RouteOwnership::schedule_side(&side_name, &route.name, c));
     let run = ScheduleRun {
         shared: shared.clone(),
         cfg: cfg.clone(),
+        route_cfg: route.clone(),
+        ownership,
         route: route.name.clone(),
         target: route.target_topic.clone(),
         side_name,
@@ -258,6 +275,10 @@ pub fn spawn_schedule_side(
 struct ScheduleRun {
     shared: Shared,
     cfg: Arc<BridgeConfig>,
+    route_cfg: crate::config::RouteConfig,
+    /// Coordinating: Some (None inside when the estate topic is missing,
+    /// which the daemon refuses at its start).
+    ownership: Option<Option<RouteOwnership>>,
     route: String,
     target: String,
     side_name: String,
@@ -268,7 +289,7 @@ struct ScheduleRun {
 
 impl ScheduleRun {
     async fn run(
-        self,
+        mut self,
         mut rule_rx: watch::Receiver<Arc<RouteRule>>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -288,6 +309,15 @@ impl ScheduleRun {
                 "scheduled = \"forward\" needs a DELAY target topic; pending scheduled messages are NOT forwarded early (they stay on 4.x until due). Create the target with message.type=DELAY or set scheduled = \"ignore\"");
             return;
         }
+        match self.ownership.take() {
+            Some(Some(own)) => return self.run_coordinated(own, rule_rx, stop).await,
+            Some(None) => {
+                tracing::error!(route = %self.route,
+                    "instances sharing an estate keep the schedule side's positions in the estate state topic, which is not set up; pending scheduled messages are NOT forwarded early");
+                return;
+            }
+            None => {}
+        }
         let mut workers: BTreeMap<SourceQueue, JoinHandle<()>> = BTreeMap::new();
         let mut refresh = tokio::time::interval(Duration::from_secs(30));
         loop {
@@ -298,6 +328,79 @@ impl ScheduleRun {
         }
         for (_, worker) in workers {
             let _ = worker.await;
+        }
+    }
+
+    /// The schedule queues this instance holds the lock of, taken over from
+    /// their shared positions and handed over with them (route.rs's
+    /// rebalance, as for the route's topic queues).
+    async fn run_coordinated(
+        self,
+        mut own: RouteOwnership,
+        rule_rx: watch::Receiver<Arc<RouteRule>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let side_route = crate::config::RouteConfig {
+            name: self.side_name.clone(),
+            start: crate::config::StartPosition::Earliest,
+            ..self.route_cfg.clone()
+        };
+        let mut membership_rx = Some(own.coordination().changed.subscribe());
+        let mut refresh = tokio::time::interval(Duration::from_secs(30));
+        let mut rebalance = tokio::time::interval(REBALANCE_EVERY);
+        rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known: Vec<SourceQueue> = Vec::new();
+        let mut queues: BTreeMap<SourceQueue, QueueTask> = BTreeMap::new();
+        let mut releasing: BTreeMap<SourceQueue, JoinHandle<()>> = BTreeMap::new();
+        let step = (self.cfg.pipeline.inflight_per_queue / 4).max(1) as i64;
+        loop {
+            tokio::select! {
+                _ = refresh.tick() => match self.source.refresh_route().await {
+                    Ok(found) => {
+                        known = found;
+                        rebalance.reset_immediately();
+                    }
+                    Err(e) => {
+                        tracing::error!(route = %self.route, error = %e, "cannot read the 4.x schedule topic's route; retrying");
+                        refresh.reset_after(Duration::from_secs(2));
+                    }
+                },
+                _ = rebalance.tick() => {
+                    // Every schedule queue is the side's from its earliest
+                    // offset when no position is shared yet.
+                    let all = known.iter().cloned().collect();
+                    let mut ctx = RebalanceContext {
+                        shared: &self.shared, source: &self.source, cfg: &self.cfg, route: &side_route,
+                        rule_rx: &rule_rx, worker_stop_rx: &stop,
+                        sender: &self.sender, admitter: &self.admitter, new_route: &all,
+                        journal: false,
+                    };
+                    if let Some(due) = rebalance_route(&mut ctx, &mut own, &known, &mut queues, &mut releasing).await {
+                        if due < REBALANCE_EVERY {
+                            rebalance.reset_after(due + Duration::from_millis(100));
+                        }
+                    }
+                }
+                _ = members_changed(&mut membership_rx) => rebalance.reset_immediately(),
+                _ = commit_tick.tick() => {
+                    for (queue, task) in &queues {
+                        own.commit(&self.source, queue, task.progress.durable(), step).await;
+                    }
+                }
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+            }
+        }
+        let releases: Vec<_> = std::mem::take(&mut queues)
+            .into_iter()
+            .map(|(queue, task)| {
+                release_queue(&mut own, &self.source, &self.side_name, queue, task)
+            })
+            .collect();
+        futures::future::join_all(releases).await;
+        for (_, release) in releasing {
+            let _ = release.await;
         }
     }
 

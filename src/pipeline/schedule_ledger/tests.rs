@@ -336,3 +336,73 @@ fn an_unconfirmed_entry_stays_until_the_schedule_side_passed_its_record() {
     assert!(!prunable(&legacy, cp(None), cp(None), Some(d + 60_000)));
     assert!(prunable(&legacy, cp(None), cp(None), Some(d + 6 * 60_000)));
 }
+
+/// The estate state topic between two instances' stores: what each store
+/// replicates is folded into one view both ledgers read.
+#[derive(Default)]
+struct Topic(std::sync::Mutex<crate::checkpoint::shared::SharedView>);
+
+impl crate::checkpoint::shared::Replica for Topic {
+    fn enqueue(&self, record: crate::checkpoint::shared::SharedRecord) {
+        self.0.lock().expect("view").apply(record, now_ms());
+    }
+}
+
+impl SharedForwards for Topic {
+    fn forwarded(&self, route: &str, key: &str) -> Option<ForwardedShare> {
+        self.0
+            .lock()
+            .expect("view")
+            .schedule()
+            .get_forwarded(route, key)
+    }
+}
+
+fn instance(dir: &std::path::Path, topic: &Arc<Topic>) -> ScheduleLedger {
+    let s = store(dir);
+    assert!(s.set_replica(topic.clone()));
+    ScheduleLedger::new(s, "r").with_shared(Some(topic.clone() as Arc<dyn SharedForwards>))
+}
+
+#[tokio::test]
+async fn instances_sharing_an_estate_skip_copies_the_other_confirmed_and_stop_sends_the_other_took()
+{
+    let topic = Arc::new(Topic::default());
+    let (da, db) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    // a owns the schedule queue, b the topic queue the copies come due in.
+    let a = instance(da.path(), &topic);
+    let b = instance(db.path(), &topic);
+    let deadline = now_ms() + HOUR_MS;
+
+    // 5.x confirmed a's early send: b skips the broker's copy.
+    assert_eq!(claim(&a, "M1", 10, deadline).await, Claim::Send(key("M1")));
+    confirm(&a, &key("M1")).await;
+    assert!(b.copy_delivered(&topic_queue(), &copy("M1", 5)));
+    // Claimed but not confirmed on a: b forwards the copy.
+    assert_eq!(claim(&a, "M2", 11, deadline).await, Claim::Send(key("M2")));
+    assert!(!b.copy_delivered(&topic_queue(), &copy("M2", 6)));
+
+    // b owned the schedule queue before and claimed M3; a took the queue
+    // over (b's disk gone or not) and 5.x confirmed a's send: b skips.
+    assert_eq!(claim(&b, "M3", 12, deadline).await, Claim::Send(key("M3")));
+    assert!(a.needs_send(&key("M3")), "only a claim is not shared");
+    assert_eq!(claim(&a, "M3", 12, deadline).await, Claim::Send(key("M3")));
+    confirm(&a, &key("M3")).await;
+    assert!(b.copy_delivered(&topic_queue(), &copy("M3", 7)));
+    // Read again by a successor of the schedule queue: nothing to send.
+    assert!(!b.needs_send(&key("M1")) && !b.needs_send(&key("M3")));
+
+    // b claimed M4, then met its copy first: the release is shared, so a
+    // (the schedule queue's owner now) stops sending it.
+    assert_eq!(claim(&b, "M4", 13, deadline).await, Claim::Send(key("M4")));
+    assert!(!b.copy_delivered(&topic_queue(), &copy("M4", 8)));
+    assert!(!a.needs_send(&key("M4")));
+    assert!(a.released(&key("M4")));
+
+    // Alone (no shared view), b would have forwarded M1's copy again.
+    let alone = ScheduleLedger::new(store(tempfile::tempdir().expect("c").path()), "r");
+    assert!(!alone.copy_delivered(&topic_queue(), &copy("M1", 5)));
+}
