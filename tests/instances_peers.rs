@@ -837,12 +837,30 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     a.kill9();
     std::fs::remove_dir_all(a.dir.join("checkpoints")).expect("delete a's state directory");
 
-    let mut b = estate.instance_with("b", &routes(50));
+    // b moves pay to 100 % and writes its progress back to the 4.x group
+    // pay_app: a's journal (from the state topic) says every queue held
+    // messages on 4.x only from offset 0, so the group must not move.
+    let mut b_routes = routes(100);
+    b_routes[0] = RouteSpec::new(topic, topic, topic, 100).with("commit_as_group", "\"pay_app\"");
+    let mut b = estate.instance_with("b", &b_routes);
     b.start();
     wait_even(&[&b], topic, Duration::from_secs(150)).await;
     send_numbered(&estate, topic, QUEUES, "DISKC", 120..160).await;
     wait_decided(&b, topic, 40).await;
+    // Two write-back rounds (every 5 s) after b's queues are at their end.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     keep_logs(&[&a, &b]);
+    for q in 0..QUEUES {
+        let written = estate
+            .client
+            .query_consumer_offset(&estate.source.broker_addr, "pay_app", topic, q)
+            .await
+            .expect("query pay_app's offset");
+        assert!(
+            written.unwrap_or(0) <= 0,
+            "queue {q}: pay_app moved to {written:?} past messages a held on 4.x only"
+        );
+    }
     assert!(b.terminate(), "b stops cleanly");
 
     let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
@@ -856,8 +874,9 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     .unwrap_or_else(|e| panic!("verify from b's side: {e}"));
     let totals = &report["totals"];
     // All 160 read from offset 0 (a's route start), the first 60 held by
-    // a's 0 % and the rest judged at 50 %: a journal without a's entries
-    // would expect some of the first 60 (missing) or start at b's takeover.
+    // a's 0 %, the next 60 judged at 50 % and the rest at 100 %: a journal
+    // without a's entries would expect some of the first 60 (missing) or
+    // start at b's takeover.
     assert_eq!(totals["read"], 160, "{report:#}");
     assert_eq!(totals["missing"], 0, "{report:#}");
     assert_eq!(totals["found"], totals["expected"], "{report:#}");

@@ -391,7 +391,7 @@ async fn run_route(
                 }
                 if let Some(group) = current_route.commit_as_group.clone() {
                     let current_rule = rule_rx.borrow().cutover.clone();
-                    commit_back(&shared.store, &source, &name, &group, &queues, &current_rule, &mut commit_refusal_logged_at).await;
+                    commit_back(&shared, &source, &name, &group, &queues, &current_rule, &mut commit_refusal_logged_at).await;
                 }
             }
             changed = config_rx.changed() => {
@@ -919,7 +919,7 @@ fn publish_route_gauges(
 /// Writes the route's durable checkpoints to its 4.x consumer group;
 /// [`super::writeback`] owns the live-consumer interlock.
 async fn commit_back(
-    store: &crate::checkpoint::CheckpointStore,
+    shared: &Shared,
     source: &TopicSource,
     route: &str,
     group: &str,
@@ -928,8 +928,23 @@ async fn commit_back(
     logged_at: &mut i64,
 ) {
     // Where each queue's history may have held messages on 4.x only; an
-    // unreadable journal writes nothing back (fail closed).
-    let journal = match store.journal(route) {
+    // unreadable journal writes nothing back (fail closed). Instances
+    // sharing an estate: the journal every instance wrote, read up to now
+    // (a queue taken over from an instance whose disk is gone may have been
+    // held there, which this store never saw).
+    let journal = match shared.coordination.as_ref().and_then(|c| c.live.clone()) {
+        Some(live) => match live.catch_up().await {
+            Ok(()) => live.with(|v| {
+                crate::checkpoint::shared::Records::new(&shared.store, Some(v)).journal(route)
+            }),
+            Err(e) => {
+                tracing::warn!(route, group, error = %e, "cannot read the other instances' cutover journal (estate state topic); not writing progress back");
+                return;
+            }
+        },
+        None => shared.store.journal(route),
+    };
+    let journal = match journal {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(route, group, error = %e, "cannot read the cutover journal; not writing progress back");
