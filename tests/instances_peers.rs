@@ -840,6 +840,11 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     // b moves pay to 100 % and writes its progress back to the 4.x group
     // pay_app: a's journal (from the state topic) says every queue held
     // messages on 4.x only from offset 0, so the group must not move.
+    estate
+        .client
+        .create_subscription_group(&estate.source.broker_addr, "pay_app")
+        .await
+        .expect("create pay_app");
     let mut b_routes = routes(100);
     b_routes[0] = RouteSpec::new(topic, topic, topic, 100).with("commit_as_group", "\"pay_app\"");
     let mut b = estate.instance_with("b", &b_routes);
@@ -1003,6 +1008,9 @@ async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
     });
     keep_logs(&[&a, &b]);
     let log = std::fs::read_to_string(b.log()).unwrap_or_default();
+    // A copy forwarded again goes as DELAY clamped to the earliest time
+    // 5.x accepts: let it arrive before counting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let landed = landed(&estate, topic, &ids).await;
     assert!(b.terminate(), "b stops cleanly");
 
@@ -1022,4 +1030,108 @@ async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
                 .all(|l| field(l, "offset").as_deref() == Some(&EACH.to_string())),
         "b's takeover of the level-5 schedule queue:\n{took_over:#?}"
     );
+}
+
+/// Issue 18, item 4 and SPEC 4's write-back: `commit_as_group` under
+/// coordinate judges a queue's history by every instance's cutover journal
+/// as it is now, not by this instance's own (nor by what the state topic
+/// held when it started). b starts at 100 % writing progress back to the
+/// 4.x group pay_app; a's config is then edited to 50 % (a rolling config
+/// push reaches a first) and a holds half of its queues' messages on 4.x
+/// only. a dies; b takes a's queues over past those messages and must not
+/// move pay_app past them: a rollback to 4.x consumers would skip what
+/// 5.x never got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_writes_back_no_further_than_what_another_instance_held() {
+    let topic = "pay";
+    let estate = Estate::new("inst-wb", topic, "NORMAL").await;
+    let at = |percent| vec![RouteSpec::new(topic, topic, topic, percent)];
+    let writing_back =
+        vec![RouteSpec::new(topic, topic, topic, 100).with("commit_as_group", "\"pay_app\"")];
+    // The application's group, known to the broker (which refuses offsets
+    // of a group it does not know).
+    estate
+        .client
+        .create_subscription_group(&estate.source.broker_addr, "pay_app")
+        .await
+        .expect("create pay_app");
+    let mut a = estate.instance_with("a", &at(100));
+    let mut b = estate.instance_with("b", &writing_back);
+    a.start();
+    b.start();
+    wait_even(&[&a, &b], topic, Duration::from_secs(150)).await;
+    estate.configure(&a, &at(50));
+    testkit::eventually("a at 50 %", Duration::from_secs(30), || {
+        let now = metric(
+            &scrape(&a.metrics),
+            "rmq_bridge_cutover_percent",
+            &[("route", topic)],
+        );
+        async move { (now == 50.0).then_some(()) }
+    })
+    .await
+    .expect("reload");
+    const PER_QUEUE: usize = 4;
+    let count = QUEUES as usize * PER_QUEUE;
+    send_numbered(&estate, topic, QUEUES, "WB", 0..count).await;
+    testkit::eventually(
+        "a and b decided every message",
+        Duration::from_secs(60),
+        || {
+            let decided: f64 = [&a, &b]
+                .iter()
+                .map(|i| outcome(i, topic, "skipped") + outcome(i, topic, "forwarded"))
+                .sum();
+            async move { (decided >= count as f64).then_some(()) }
+        },
+    )
+    .await
+    .expect("decided");
+    // a's positions (past what it held) in the group, its journal on 5.x.
+    wait_settled(&estate, &a, topic, QUEUES).await;
+    a.kill9();
+    wait_even(&[&b], topic, Duration::from_secs(150)).await;
+    // Two write-back rounds (every 5 s) with every queue at its end.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    keep_logs(&[&a, &b]);
+    let a_queues: BTreeSet<i32> = ownership_intervals(&[&a])
+        .into_iter()
+        .filter(|(_, _, _, to)| a.killed_at.iter().any(|k| (k - to).abs() < 1.0))
+        .filter_map(|(q, _, _, _)| q.rsplit(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        a_queues.len(),
+        QUEUES as usize / 2,
+        "a's queues at its kill"
+    );
+    let mut held_by_a = 0;
+    for q in 0..QUEUES {
+        let written = estate
+            .client
+            .query_consumer_offset(&estate.source.broker_addr, "pay_app", topic, q)
+            .await
+            .expect("query pay_app's offset");
+        if !a_queues.contains(&q) {
+            // b's own queues, at 100 % all along: written to their end (the
+            // write-back runs at all).
+            assert_eq!(written, Some(PER_QUEUE as i64), "b's queue {q}");
+            continue;
+        }
+        // Message i went to queue i % QUEUES at offset i / QUEUES; a held it
+        // on 4.x only when its bucket was 50 or more.
+        let first_held = (0..PER_QUEUE).find(|k| {
+            let i = q as usize + k * QUEUES as usize;
+            rmq_bridge::cutover::bucket(&format!("WB{i:08}")) >= 50
+        });
+        let Some(first_held) = first_held else {
+            continue;
+        };
+        held_by_a += 1;
+        assert!(
+            written.unwrap_or(0) <= first_held as i64,
+            "queue {q}: pay_app moved to {written:?} past offset {first_held}, which a held on 4.x only"
+        );
+    }
+    assert!(held_by_a > 0, "a held nothing; the test proves nothing");
+    assert!(b.terminate(), "b stops cleanly");
 }
