@@ -123,6 +123,17 @@ impl Estate {
     }
 }
 
+impl Estate {
+    /// An application's 4.x consumer group, known to the broker (which
+    /// refuses offsets of a group it does not know).
+    async fn application_group(&self, group: &str) {
+        self.client
+            .create_subscription_group(&self.source.broker_addr, group)
+            .await
+            .unwrap_or_else(|e| panic!("create {group}: {e}"));
+    }
+}
+
 impl Instance {
     fn log(&self) -> PathBuf {
         self.dir.join("bridge.log")
@@ -719,6 +730,24 @@ async fn wait_decided(inst: &Instance, route: &str, n: usize) {
     .expect("decided");
 }
 
+/// Waits until `inst` reloaded `route` at `percent`.
+async fn wait_percent(inst: &Instance, route: &str, percent: u8) {
+    testkit::eventually(
+        &format!("{} at {percent} %", inst.name),
+        Duration::from_secs(30),
+        || {
+            let now = metric(
+                &scrape(&inst.metrics),
+                "rmq_bridge_cutover_percent",
+                &[("route", route)],
+            );
+            async move { (now == percent as f64).then_some(()) }
+        },
+    )
+    .await
+    .expect("reload");
+}
+
 /// Sends `count` messages `LABELn` to `topic` round-robin over its queues.
 async fn send_numbered(
     estate: &Estate,
@@ -821,16 +850,7 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     .await
     .expect("a's first phase");
     estate.configure(&a, &routes(50));
-    testkit::eventually("a at 50 %", Duration::from_secs(30), || {
-        let now = metric(
-            &scrape(&a.metrics),
-            "rmq_bridge_cutover_percent",
-            &[("route", topic)],
-        );
-        async move { (now == 50.0).then_some(()) }
-    })
-    .await
-    .expect("reload");
+    wait_percent(&a, topic, 50).await;
     send_numbered(&estate, topic, QUEUES, "DISKB", 60..120).await;
     wait_decided(&a, topic, 120).await;
     wait_settled(&estate, &a, topic, QUEUES).await;
@@ -840,11 +860,7 @@ async fn the_estate_records_survive_the_loss_of_an_instance_disk() {
     // b moves pay to 100 % and writes its progress back to the 4.x group
     // pay_app: a's journal (from the state topic) says every queue held
     // messages on 4.x only from offset 0, so the group must not move.
-    estate
-        .client
-        .create_subscription_group(&estate.source.broker_addr, "pay_app")
-        .await
-        .expect("create pay_app");
+    estate.application_group("pay_app").await;
     let mut b_routes = routes(100);
     b_routes[0] = RouteSpec::new(topic, topic, topic, 100).with("commit_as_group", "\"pay_app\"");
     let mut b = estate.instance_with("b", &b_routes);
@@ -1048,29 +1064,14 @@ async fn a_successor_writes_back_no_further_than_what_another_instance_held() {
     let at = |percent| vec![RouteSpec::new(topic, topic, topic, percent)];
     let writing_back =
         vec![RouteSpec::new(topic, topic, topic, 100).with("commit_as_group", "\"pay_app\"")];
-    // The application's group, known to the broker (which refuses offsets
-    // of a group it does not know).
-    estate
-        .client
-        .create_subscription_group(&estate.source.broker_addr, "pay_app")
-        .await
-        .expect("create pay_app");
+    estate.application_group("pay_app").await;
     let mut a = estate.instance_with("a", &at(100));
     let mut b = estate.instance_with("b", &writing_back);
     a.start();
     b.start();
     wait_even(&[&a, &b], topic, Duration::from_secs(150)).await;
     estate.configure(&a, &at(50));
-    testkit::eventually("a at 50 %", Duration::from_secs(30), || {
-        let now = metric(
-            &scrape(&a.metrics),
-            "rmq_bridge_cutover_percent",
-            &[("route", topic)],
-        );
-        async move { (now == 50.0).then_some(()) }
-    })
-    .await
-    .expect("reload");
+    wait_percent(&a, topic, 50).await;
     const PER_QUEUE: usize = 4;
     let count = QUEUES as usize * PER_QUEUE;
     send_numbered(&estate, topic, QUEUES, "WB", 0..count).await;
