@@ -716,6 +716,20 @@ fn outcome(inst: &Instance, route: &str, outcome: &str) -> f64 {
     )
 }
 
+/// Waits until `inst` counted `n` messages of `route` with `outcome`.
+async fn wait_outcome(inst: &Instance, route: &str, what: &str, n: usize, within: Duration) {
+    testkit::eventually(
+        &format!("{} counted {n} {what} of {route}", inst.name),
+        within,
+        || {
+            let counted = outcome(inst, route, what);
+            async move { (counted >= n as f64).then_some(()) }
+        },
+    )
+    .await
+    .expect("counted");
+}
+
 /// Waits until `inst` forwarded or held `n` messages of `route`.
 async fn wait_decided(inst: &Instance, route: &str, n: usize) {
     testkit::eventually(
@@ -965,16 +979,7 @@ async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
     let mut ids = send_delayed("SCHEDA", 5).await;
     let mut a = estate.instance_with("a", std::slice::from_ref(&route));
     a.start();
-    testkit::eventually(
-        "a forwarded the pending messages early",
-        Duration::from_secs(90),
-        || {
-            let n = outcome(&a, &side, "forwarded");
-            async move { (n >= EACH as f64).then_some(()) }
-        },
-    )
-    .await
-    .expect("a's schedule side");
+    wait_outcome(&a, &side, "forwarded", EACH, Duration::from_secs(90)).await;
     // The position (written at least every 5 s) and the confirmations on 5.x.
     tokio::time::sleep(Duration::from_secs(7)).await;
     testkit::eventually("a's estate records shared", Duration::from_secs(30), || {
@@ -1000,16 +1005,7 @@ async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
     .await
     .expect("b's schedule side");
     ids.extend(send_delayed("SCHEDB", 4).await);
-    testkit::eventually(
-        "b forwarded the new pending messages early",
-        Duration::from_secs(60),
-        || {
-            let n = outcome(&b, &side, "forwarded");
-            async move { (n >= EACH as f64).then_some(()) }
-        },
-    )
-    .await
-    .expect("b's schedule side");
+    wait_outcome(&b, &side, "forwarded", EACH, Duration::from_secs(60)).await;
     // Every copy came due and met b's topic path, which skipped it.
     let total = ids.len() as f64;
     testkit::eventually("b met every copy", Duration::from_secs(180), || {
