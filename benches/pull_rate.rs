@@ -13,8 +13,7 @@
 //! | `RMQ_BENCH_MESSAGES` | 200000 | messages to preload |
 //! | `RMQ_BENCH_PULL_BATCH` | `32,256` | `pull_batch_size` values to measure, in order |
 //! | `RMQ_BENCH_ROUNDS` | 1 | measurements per batch size |
-//! | `RMQ_BENCH_BROKER_OVERRIDES` | none | `key=value,...` extra `[broker]` keys of the peer |
-//! | `RMQ_BENCH_STORE_OVERRIDES` | none | `key=value,...` extra `[store]` keys of the peer |
+//! | `RMQ_BENCH_BROKER_PROPERTIES` | none | `key=value,...` extra keys of the 4.x broker's properties file |
 //!
 //! The figures depend on the machine and on what else runs on it: the load
 //! average is printed next to them. The peer runs on the same cores as the
@@ -326,11 +325,8 @@ fn main() -> anyhow::Result<()> {
         load_average()
     );
     let mut options = ClusterOptions::new("pullrate");
-    for (k, v) in env_pairs("RMQ_BENCH_BROKER_OVERRIDES")? {
-        options = options.broker_override(k, v);
-    }
-    for (k, v) in env_pairs("RMQ_BENCH_STORE_OVERRIDES")? {
-        options = options.store_override(k, v);
+    for (k, v) in env_pairs("RMQ_BENCH_BROKER_PROPERTIES")? {
+        options = options.broker_property(k, v);
     }
     let cluster =
         LocalCluster::start(options).map_err(|e| anyhow!("starting the 4.x peers: {e}"))?;

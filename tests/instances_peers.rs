@@ -946,7 +946,7 @@ async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
     const EACH: usize = 8;
     let topic = "sched";
     let options = ClusterOptions::new("inst-sched-src")
-        .store_override("messageDelayLevel", format!("\"{LEVELS}\""));
+        .broker_property("messageDelayLevel", LEVELS);
     let mut estate = Estate::with_source(options, "inst-sched", topic, "DELAY").await;
     estate.source_keys = format!("delay_levels = \"{LEVELS}\"\n");
     let route = RouteSpec::new(topic, topic, topic, 100).with("scheduled", "\"forward\"");

@@ -107,7 +107,7 @@ async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
     let started = Instant::now();
     let source = start(
         ClusterOptions::new("sched-src")
-            .store_override("messageDelayLevel", format!("\"{LEVELS}\"")),
+            .broker_property("messageDelayLevel", LEVELS),
     )
     .await;
     let target = start(ClusterOptions::new("sched-dst").with_proxy(true)).await;

@@ -391,7 +391,7 @@ async fn every_type_lands_intact_and_mismatches_are_permanent() {
     const BROKER_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
     let cluster = start_target(
         ClusterOptions::new("tp-types")
-            .store_override("maxMessageSize", BROKER_MAX_MESSAGE_SIZE.to_string()),
+            .broker_property("maxMessageSize", BROKER_MAX_MESSAGE_SIZE.to_string()),
     )
     .await;
     let client = testkit::client();

@@ -1,12 +1,13 @@
-//! Launcher for real RocketMQ test peers on loopback (SPEC.md section 7): a
-//! name server, a broker and optionally a gRPC proxy (`--mode cluster`), the
-//! rocketmq-rust 1.0.0 binaries installed by `scripts/install-peers.sh`.
-//! Used by the integration tests in `tests/`, the `demo` quick start and the
-//! end-to-end benchmark. `docs/peers.md` lists every setting and why.
+//! Launcher for the test peers on loopback (SPEC.md section 7): Apache
+//! RocketMQ itself, run from the jars `scripts/install-peers.sh` resolves
+//! from Maven Central. A 4.x cluster is a 4.9.7 name server and broker; a 5.x
+//! cluster (`with_proxy(true)`) a 5.x name server, broker and gRPC proxy in
+//! cluster mode. Used by the integration tests in `tests/`, the `demo` quick
+//! start and the benchmarks. `docs/peers.md` lists every setting and why.
 //!
 //! Owns: peer processes, their directories, configs, logs and ports.
-//! Must not: speak Remoting or gRPC (readiness uses TCP connects and the
-//! peers' own HTTP `/readyz` probe), create topics (a helper on top of
+//! Must not: speak Remoting or gRPC (readiness is each server's own "boot
+//! success" line plus TCP connects), create topics (a helper on top of
 //! [`LocalCluster`] does that with the project's Remoting client).
 //!
 //! ```no_run
@@ -17,9 +18,9 @@
 //! # Ok::<(), rmq_bridge::dev::cluster::DevClusterError>(())
 //! ```
 
-mod binaries;
 mod ports;
 mod process;
+pub mod runtime;
 mod sentinel;
 pub mod settings;
 
@@ -32,11 +33,11 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use binaries::{locate_binary, PeerBinaries, BROKER_BINARY, NAMESRV_BINARY, PROXY_BINARY};
 pub use ports::{free_broker_port, free_port};
+pub use runtime::{PeerLine, PeerRuntime};
 
 use process::{PeerProcess, PeerSpec};
-use settings::{BrokerPlan, LOOPBACK};
+use settings::{BrokerPlan, Role, LOOPBACK};
 
 /// Default bound on each peer's startup (override: `RMQ_PEER_START_TIMEOUT_SECS`).
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,13 +55,10 @@ pub const TEMP_DIR_PREFIX: &str = "rmq-devcluster-";
 #[derive(Debug, thiserror::Error)]
 pub enum DevClusterError {
     #[error(
-        "test peer binary `{binary}` not found (searched: {searched}); run scripts/install-peers.sh \
-         or set RMQ_PEERS_BIN to the directory holding it"
+        "test peers not installed: cannot find {what} in {}; run scripts/install-peers.sh \
+         (or set RMQ_PEERS_DIR to where it put them)", dir.display()
     )]
-    MissingBinary {
-        binary: &'static str,
-        searched: String,
-    },
+    MissingPeers { what: String, dir: PathBuf },
     #[error("cannot find {what} on 127.0.0.1: {source}")]
     NoFreePort {
         what: String,
@@ -112,9 +110,7 @@ impl DevClusterError {
         match self {
             Self::PeerExited { log, .. } | Self::NotReady { log, .. } => {
                 [&log.tail, &log.errors].iter().any(|text| {
-                    text.contains("Address already in use")
-                        || text.contains("AddrInUse")
-                        || text.contains("os error 98")
+                    text.contains("Address already in use") || text.contains("BindException")
                 })
             }
             _ => false,
@@ -175,7 +171,8 @@ pub struct ClusterOptions {
     /// Short name, e.g. `src` (4.x side) or `dst` (5.x side): letters, digits,
     /// `-`, `_`. The cluster is `<name>-cluster`, its broker `<name>-broker-a`.
     pub name: String,
-    /// Also start `rocketmq-proxy-rust --mode cluster` (gRPC v2) in front.
+    /// A 5.x cluster with a gRPC v2 proxy (`ProxyStartup -pm cluster`) in
+    /// front of its broker; otherwise a 4.x cluster.
     pub with_proxy: bool,
     /// Where to keep configs, data and logs. `None`: a throwaway directory
     /// under the system temp dir, removed on drop unless `RMQ_KEEP_PEER_DIRS`
@@ -183,11 +180,9 @@ pub struct ClusterOptions {
     pub base_dir: Option<PathBuf>,
     /// Bound on each peer's startup.
     pub startup_timeout: Duration,
-    /// Extra or replaced `[broker]` keys of the broker config: (camelCase key,
-    /// TOML literal), e.g. `("maxMessageSize".into(), "1048576".into())`.
-    pub broker_overrides: Vec<(String, String)>,
-    /// Extra or replaced `[store]` keys, e.g. `("fileReservedTime".into(), "1".into())`.
-    pub store_overrides: Vec<(String, String)>,
+    /// Extra or replaced keys of the broker's properties file: (camelCase
+    /// key, plain value), e.g. `("maxMessageSize".into(), "1048576".into())`.
+    pub broker_properties: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -197,8 +192,7 @@ impl ClusterOptions {
             with_proxy: false,
             base_dir: None,
             startup_timeout: startup_timeout_from_env(),
-            broker_overrides: Vec::new(),
-            store_overrides: Vec::new(),
+            broker_properties: Vec::new(),
         }
     }
 
@@ -217,18 +211,20 @@ impl ClusterOptions {
         self
     }
 
-    pub fn broker_override(
-        mut self,
-        key: impl Into<String>,
-        toml_value: impl Into<String>,
-    ) -> Self {
-        self.broker_overrides.push((key.into(), toml_value.into()));
+    /// Sets one key of the broker's properties file (broker and store
+    /// settings share the file in the Java servers).
+    pub fn broker_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.broker_properties.push((key.into(), value.into()));
         self
     }
 
-    pub fn store_override(mut self, key: impl Into<String>, toml_value: impl Into<String>) -> Self {
-        self.store_overrides.push((key.into(), toml_value.into()));
-        self
+    /// The server line this cluster runs.
+    pub fn line(&self) -> PeerLine {
+        if self.with_proxy {
+            PeerLine::V5
+        } else {
+            PeerLine::V4
+        }
     }
 
     fn validate(&self) -> Result<(), DevClusterError> {
@@ -268,13 +264,6 @@ fn startup_timeout_from_env() -> Duration {
         .unwrap_or(DEFAULT_STARTUP_TIMEOUT)
 }
 
-fn log_filter_from_env() -> String {
-    std::env::var("RMQ_PEER_LOG_FILTER")
-        .ok()
-        .filter(|filter| !filter.trim().is_empty())
-        .unwrap_or_else(|| "info".to_string())
-}
-
 fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|value| !value.is_empty() && value != "0")
 }
@@ -304,26 +293,16 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts the name server, then the broker, then the proxy, each only
-    /// after the previous one is ready: its port accepts connections and its
-    /// `/readyz` probe answers 200. A broker is ready only after its startup
-    /// registration with the name server succeeded (it exits otherwise); a
-    /// proxy only after its own dependency check of routes and brokers.
-    /// Retries with fresh ports if another process took one meanwhile.
+    /// after the previous one is ready: it printed its "boot success" line
+    /// (a broker prints it after its first registration with the name
+    /// server) and its ports accept connections. Retries with fresh ports if
+    /// another process took one meanwhile.
     pub fn start(opts: ClusterOptions) -> Result<Self, DevClusterError> {
         opts.validate()?;
-        // A cluster without a proxy does not need the proxy binary.
-        let binaries = PeerBinaries {
-            namesrv: locate_binary(NAMESRV_BINARY)?,
-            broker: locate_binary(BROKER_BINARY)?,
-            proxy: if opts.with_proxy {
-                locate_binary(PROXY_BINARY)?
-            } else {
-                PathBuf::new()
-            },
-        };
+        let runtime = PeerRuntime::locate(opts.line())?;
         let mut attempt = 1;
         loop {
-            match Self::try_start(&opts, &binaries) {
+            match Self::try_start(&opts, &runtime) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     tracing::warn!(%error, attempt, "devcluster port taken meanwhile; retrying with new ports");
                     attempt += 1;
@@ -333,7 +312,7 @@ impl LocalCluster {
         }
     }
 
-    fn try_start(opts: &ClusterOptions, binaries: &PeerBinaries) -> Result<Self, DevClusterError> {
+    fn try_start(opts: &ClusterOptions, runtime: &PeerRuntime) -> Result<Self, DevClusterError> {
         let (dir, temporary) = match &opts.base_dir {
             Some(dir) => (prepare_dir(dir)?, false),
             None => (create_temp_dir(&opts.name)?, true),
@@ -352,78 +331,81 @@ impl LocalCluster {
 
         let cluster_name = format!("{}-cluster", opts.name);
         let broker_name = format!("{}-broker-a", opts.name);
-        let log_filter = log_filter_from_env();
+        let line = runtime.line;
         let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let spec = |role: Role, peer: Peer, home: PathBuf, config: &Path, addrs: Vec<SocketAddr>| {
+            PeerSpec {
+                label: format!("{}/{}", opts.name, peer),
+                binary: runtime.java.clone(),
+                args: settings::jvm_args(line, role, &home, &runtime.classpath, config),
+                home,
+                log_path: log_dir.join(format!("{}.log", peer.file_name())),
+                pid_path: run_dir.join(format!("{}.pid", peer.file_name())),
+                addrs,
+                ready_marker: settings::ready_marker(role),
+            }
+        };
 
         // Name server.
         let namesrv_port = free_port()?;
         let namesrv_addr = format!("{LOOPBACK}:{namesrv_port}");
-        let namesrv_home = peer_home(&dir, Peer::NameServer)?;
-        let namesrv_config = namesrv_home.join("namesrv.toml");
+        let namesrv_home = peer_home(&dir, Peer::NameServer, line)?;
+        let namesrv_config = namesrv_home.join("namesrv.properties");
         write_file(
             &namesrv_config,
-            &settings::namesrv_toml(&namesrv_home, namesrv_port),
+            &settings::namesrv_properties(&namesrv_home, namesrv_port),
         )?;
-        let namesrv = PeerProcess::new(PeerSpec {
-            label: format!("{}/{}", opts.name, Peer::NameServer),
-            binary: binaries.namesrv.clone(),
-            args: settings::namesrv_args(&namesrv_config, &log_filter),
-            home: namesrv_home,
-            log_path: log_dir.join("namesrv.log"),
-            pid_path: run_dir.join("namesrv.pid"),
-            main_addr: loopback(namesrv_port),
-            probe_addr: loopback(free_port()?),
-        });
+        let namesrv = PeerProcess::new(spec(
+            Role::NameServer,
+            Peer::NameServer,
+            namesrv_home,
+            &namesrv_config,
+            vec![loopback(namesrv_port)],
+        ));
 
         // Broker.
         let broker_port = free_broker_port()?;
         let broker_addr = format!("{LOOPBACK}:{broker_port}");
-        let broker_home = peer_home(&dir, Peer::Broker)?;
-        let broker_config = broker_home.join("broker.toml");
+        let broker_home = peer_home(&dir, Peer::Broker, line)?;
+        let broker_config = broker_home.join("broker.properties");
         let store_root = broker_home.join("store");
         write_file(
             &broker_config,
-            &settings::broker_toml(&BrokerPlan {
+            &settings::broker_properties(&BrokerPlan {
+                line,
                 cluster_name: &cluster_name,
                 broker_name: &broker_name,
                 listen_port: broker_port,
-                ha_listen_port: free_port()?,
                 namesrv_addr: &namesrv_addr,
                 store_root: &store_root,
-                broker_overrides: &opts.broker_overrides,
-                store_overrides: &opts.store_overrides,
+                overrides: &opts.broker_properties,
             })?,
         )?;
-        let broker = PeerProcess::new(PeerSpec {
-            label: format!("{}/{}", opts.name, Peer::Broker),
-            binary: binaries.broker.clone(),
-            args: settings::broker_args(&broker_config, &log_filter),
-            home: broker_home,
-            log_path: log_dir.join("broker.log"),
-            pid_path: run_dir.join("broker.pid"),
-            main_addr: loopback(broker_port),
-            probe_addr: loopback(free_port()?),
-        });
+        let broker = PeerProcess::new(spec(
+            Role::Broker,
+            Peer::Broker,
+            broker_home,
+            &broker_config,
+            vec![loopback(broker_port)],
+        ));
 
         // Proxy.
         let (proxy, proxy_endpoint) = if opts.with_proxy {
             let grpc_port = free_port()?;
-            let proxy_home = peer_home(&dir, Peer::Proxy)?;
-            let proxy_config = proxy_home.join("proxy.toml");
+            let remoting_port = free_port()?;
+            let proxy_home = peer_home(&dir, Peer::Proxy, line)?;
+            let proxy_config = proxy_home.join("rmq-proxy.json");
             write_file(
                 &proxy_config,
-                &settings::proxy_toml(&proxy_home, grpc_port, &namesrv_addr, &cluster_name),
+                &settings::proxy_json(grpc_port, remoting_port, &namesrv_addr, &cluster_name),
             )?;
-            let proxy = PeerProcess::new(PeerSpec {
-                label: format!("{}/{}", opts.name, Peer::Proxy),
-                binary: binaries.proxy.clone(),
-                args: settings::proxy_args(&proxy_config, grpc_port, &namesrv_addr, &log_filter),
-                home: proxy_home,
-                log_path: log_dir.join("proxy.log"),
-                pid_path: run_dir.join("proxy.pid"),
-                main_addr: loopback(grpc_port),
-                probe_addr: loopback(free_port()?),
-            });
+            let proxy = PeerProcess::new(spec(
+                Role::Proxy,
+                Peer::Proxy,
+                proxy_home,
+                &proxy_config,
+                vec![loopback(grpc_port), loopback(remoting_port)],
+            ));
             (Some(proxy), Some(format!("{LOOPBACK}:{grpc_port}")))
         } else {
             (None, None)
@@ -673,9 +655,18 @@ fn write_file(path: &Path, contents: &str) -> Result<(), DevClusterError> {
     fs::write(path, contents).map_err(|e| DevClusterError::io("write", path, e))
 }
 
-fn peer_home(dir: &Path, peer: Peer) -> Result<PathBuf, DevClusterError> {
+/// A peer's home: its working directory, `rocketmq.home.dir` and `user.home`
+/// (the 5.x servers' own log files land in `<home>/logs/rocketmqlogs`). A
+/// 4.x home gets the `conf/logback_*.xml` files 4.9.x cannot start without.
+fn peer_home(dir: &Path, peer: Peer, line: PeerLine) -> Result<PathBuf, DevClusterError> {
     let home = dir.join(peer.file_name());
-    fs::create_dir_all(&home).map_err(|e| DevClusterError::io("create directory", &home, e))?;
+    let conf = home.join("conf");
+    fs::create_dir_all(&conf).map_err(|e| DevClusterError::io("create directory", &conf, e))?;
+    if line == PeerLine::V4 {
+        for file in settings::V4_LOGBACK_FILES {
+            write_file(&conf.join(file), settings::v4_logback_xml())?;
+        }
+    }
     Ok(home)
 }
 
@@ -767,8 +758,10 @@ mod tests {
     /// The live tests need the real peers: a missing peer fails the test
     /// loudly (install them with scripts/install-peers.sh), never skips it.
     fn peers_installed(test: &str) -> bool {
-        if let Err(error) = PeerBinaries::locate() {
-            panic!("{test} needs the real RocketMQ peers: {error}");
+        for line in [PeerLine::V4, PeerLine::V5] {
+            if let Err(error) = PeerRuntime::locate(line) {
+                panic!("{test} needs the real RocketMQ peers: {error}");
+            }
         }
         true
     }
@@ -907,9 +900,10 @@ mod tests {
         if !peers_installed("failed_start_reports_the_log_and_leaves_no_process") {
             return;
         }
-        let opts = ClusterOptions::new("devfail").store_override("noSuchStoreKey", "1");
+        // BrokerStartup exits (-3) for a slave whose brokerId is 0.
+        let opts = ClusterOptions::new("devfail").broker_property("brokerRole", "SLAVE");
         let error = match LocalCluster::start(opts) {
-            Ok(_) => panic!("a broker with an unknown config key started"),
+            Ok(_) => panic!("a slave broker with brokerId 0 started"),
             Err(error) => error,
         };
         let message = error.to_string();

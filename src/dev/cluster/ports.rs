@@ -43,8 +43,9 @@ pub fn free_port() -> Result<u16, DevClusterError> {
     Err(no_free_port("a free loopback port", last_error))
 }
 
-/// A free port `p` for a broker, such that `p - 2` is free too: RocketMQ
-/// brokers also listen on `listenPort - 2` (the "fast" / VIP channel).
+/// A free port `p` for a broker, such that `p - 2` and `p + 1` are free too:
+/// the Java brokers also listen on `listenPort - 2` (the "fast" / VIP
+/// channel) and `listenPort + 1` (HA), whatever their config says.
 pub fn free_broker_port() -> Result<u16, DevClusterError> {
     let mut last_error = None;
     for _ in 0..ATTEMPTS {
@@ -65,20 +66,24 @@ pub fn free_broker_port() -> Result<u16, DevClusterError> {
         let Some(fast) = port.checked_sub(2).filter(|fast| *fast >= 1024) else {
             continue;
         };
-        match bind_probe(fast) {
-            Ok(_fast_listener) => {}
-            Err(error) => {
+        let Some(ha) = port.checked_add(1) else {
+            continue;
+        };
+        let probes = (bind_probe(fast), bind_probe(ha));
+        match probes {
+            (Ok(_fast_listener), Ok(_ha_listener)) => {}
+            (Err(error), _) | (_, Err(error)) => {
                 last_error = Some(error);
                 continue;
             }
         }
         drop(main);
-        if reserve(&[port, fast]) {
+        if reserve(&[port, fast, ha]) {
             return Ok(port);
         }
     }
     Err(no_free_port(
-        "a free loopback port pair (p, p - 2) for a broker",
+        "free loopback ports p, p - 2 and p + 1 for a broker",
         last_error,
     ))
 }
@@ -123,8 +128,10 @@ mod tests {
         // Both are reserved now; neither may be handed out again.
         assert!(!reserve(&[port]));
         assert!(!reserve(&[port - 2]));
-        // And both are bindable right now.
+        assert!(!reserve(&[port + 1]));
+        // And all three are bindable right now.
         let _main = bind_probe(port).unwrap();
         let _fast = bind_probe(port - 2).unwrap();
+        let _ha = bind_probe(port + 1).unwrap();
     }
 }

@@ -11,12 +11,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::settings::PEER_SHUTDOWN_TIMEOUT_SECS;
 use super::{DevClusterError, PeerLog};
 
-const POLL: Duration = Duration::from_millis(25);
+const POLL: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
-const PROBE_IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lines of a peer's log quoted in errors.
 pub const LOG_TAIL_LINES: usize = 40;
 /// ERROR lines of a failed start quoted in errors.
@@ -29,27 +27,37 @@ const BANNER: &str = "===== devcluster: starting ";
 pub struct PeerSpec {
     /// For messages: `cluster/peer`, e.g. `src/broker`.
     pub label: String,
+    /// The `java` executable.
     pub binary: PathBuf,
     pub args: Vec<String>,
     /// Working directory, `HOME` and `ROCKETMQ_HOME` of the peer.
     pub home: PathBuf,
     pub log_path: PathBuf,
     pub pid_path: PathBuf,
-    /// The service port; must accept TCP connections before the peer counts as ready.
-    pub main_addr: SocketAddr,
-    /// `ROCKETMQ_HEALTH_BIND_ADDR`: serves `/readyz`, `/livez`, `/drainz`.
-    pub probe_addr: SocketAddr,
+    /// The service ports; each must accept TCP connections before the peer
+    /// counts as ready.
+    pub addrs: Vec<SocketAddr>,
+    /// The line the server prints on stdout once it serves
+    /// (`settings::ready_marker`).
+    pub ready_marker: &'static str,
 }
 
 #[derive(Debug)]
 pub struct PeerProcess {
     pub spec: PeerSpec,
     child: Option<Child>,
+    /// Length of the log when the latest start's banner was written: the
+    /// ready marker counts only after it.
+    start_offset: u64,
 }
 
 impl PeerProcess {
     pub fn new(spec: PeerSpec) -> Self {
-        Self { spec, child: None }
+        Self {
+            spec,
+            child: None,
+            start_offset: 0,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -105,6 +113,10 @@ impl PeerProcess {
         );
         log.write_all(banner.as_bytes())
             .map_err(|source| DevClusterError::io("write peer log", &spec.log_path, source))?;
+        let start_offset = log
+            .metadata()
+            .map(|meta| meta.len())
+            .map_err(|source| DevClusterError::io("read peer log", &spec.log_path, source))?;
         let stderr = log.try_clone().map_err(|source| {
             DevClusterError::io("duplicate peer log handle", &spec.log_path, source)
         })?;
@@ -122,15 +134,10 @@ impl PeerProcess {
             // ~/rocketmq-namesrv, ~/config, ...) lands inside its own dir.
             .env("HOME", &spec.home)
             .env("ROCKETMQ_HOME", &spec.home)
-            .env("ROCKETMQ_HEALTH_BIND_ADDR", spec.probe_addr.to_string())
-            .env(
-                "ROCKETMQ_SHUTDOWN_TIMEOUT_SECONDS",
-                PEER_SHUTDOWN_TIMEOUT_SECS.to_string(),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr));
-        for passthrough in ["RUST_BACKTRACE", "TMPDIR", "LANG", "LC_ALL", "TZ"] {
+        for passthrough in ["JAVA_HOME", "TMPDIR", "LANG", "LC_ALL", "TZ"] {
             if let Some(value) = std::env::var_os(passthrough) {
                 command.env(passthrough, value);
             }
@@ -142,6 +149,7 @@ impl PeerProcess {
         })?;
         let pid = child.id();
         self.child = Some(child);
+        self.start_offset = start_offset;
         fs::write(&self.spec.pid_path, format!("{pid}\n"))
             .map_err(|source| DevClusterError::io("write pid file", &self.spec.pid_path, source))?;
         Ok(())
@@ -157,26 +165,24 @@ impl PeerProcess {
                     log: self.failed_start_log(),
                 });
             }
-            let listening =
-                TcpStream::connect_timeout(&self.spec.main_addr, CONNECT_TIMEOUT).is_ok();
-            let probe = if listening {
-                http_probe(self.spec.probe_addr, "GET", "/readyz")
+            let announced = log_since(&self.spec.log_path, self.start_offset)
+                .contains(self.spec.ready_marker);
+            let closed = if announced {
+                self.spec
+                    .addrs
+                    .iter()
+                    .find(|addr| TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).is_err())
+                    .copied()
             } else {
-                Err(io::Error::other("not probed"))
+                None
             };
-            if matches!(&probe, Ok(line) if line.contains(" 200 ")) {
+            if announced && closed.is_none() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let detail = if !listening {
-                    format!("{} does not accept TCP connections", self.spec.main_addr)
-                } else {
-                    match probe {
-                        Ok(line) => {
-                            format!("http://{}/readyz answers `{line}`", self.spec.probe_addr)
-                        }
-                        Err(error) => format!("http://{}/readyz: {error}", self.spec.probe_addr),
-                    }
+                let detail = match closed {
+                    Some(addr) => format!("{addr} does not accept TCP connections"),
+                    None => format!("it never printed `{}`", self.spec.ready_marker),
                 };
                 return Err(DevClusterError::NotReady {
                     peer: self.spec.label.clone(),
@@ -212,23 +218,19 @@ impl PeerProcess {
         }
     }
 
-    /// Asks the peer to shut down (SIGTERM, else `POST /drainz`) without waiting.
+    /// Asks the peer to shut down (SIGTERM: the JVM runs the server's
+    /// shutdown hooks) without waiting.
     pub fn request_stop(&mut self) {
         let Some(pid) = self.pid() else {
             return;
         };
         // The child is not reaped yet, so its pid cannot have been reused.
-        let signalled = Command::new("kill")
+        let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .map(|status| status.success())
-            .unwrap_or(false);
-        if !signalled {
-            let _ = http_probe(self.spec.probe_addr, "POST", "/drainz");
-        }
+            .status();
     }
 
     /// Waits until the process has exited or `deadline` passes; true if it exited.
@@ -279,19 +281,20 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// One HTTP/1.1 request to a peer's probe listener; returns the status line.
-pub fn http_probe(addr: SocketAddr, method: &str, path: &str) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(PROBE_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(PROBE_IO_TIMEOUT))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::with_capacity(256);
-    stream.take(4096).read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+/// What the log holds from byte `offset` on (at most its last 4 MiB).
+fn log_since(path: &std::path::Path, offset: u64) -> String {
+    const WINDOW: u64 = 4 * 1024 * 1024;
+    let read = || -> io::Result<Vec<u8>> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(offset.max(len.saturating_sub(WINDOW))))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    read()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
 }
 
 /// The last `lines` lines of a log file (reads at most its last 256 KiB).
@@ -319,30 +322,16 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     }
 }
 
-/// What the rocketmq-rust 1.0.0 broker logs when its disk has less than 10 %
-/// of its size free (it counts `1 - available / size`, capped at 0.90): it
-/// then refuses writes and rolls its startup back.
-const DISK_FULL: &str = "disk capacity requires reclaim";
-
 /// The first `lines` ERROR (or panic) lines the peer logged since its last
-/// start banner, indented like [`log_tail`]; `    (none)` if there are none.
-/// A broker that found its disk too full says so in plain words.
+/// start banner (with Java exceptions), indented like [`log_tail`];
+/// `    (none)` if there are none.
 pub fn startup_errors(path: &std::path::Path, lines: usize) -> String {
     let tail = log_tail(path, usize::MAX);
     let section = tail.rfind(BANNER).map_or(tail.as_str(), |at| &tail[at..]);
     let mut out = String::new();
-    if section.contains(DISK_FULL) {
-        let _ =
-            writeln!(
-            out,
-            "    the broker found less than 10 % of its store's filesystem free ({}) and refuses \
-             writes: free space there, or put the test peers on a tmpfs (TMPDIR=/dev/shm)",
-            path.parent().and_then(std::path::Path::parent).unwrap_or(path).display()
-        );
-    }
-    for line in section
-        .lines()
-        .filter(|line| line.contains(" ERROR ") || line.contains("panicked"))
+    for line in section.lines().filter(|line| {
+        line.contains(" ERROR ") || line.contains("Exception") || line.contains("Error:")
+    })
         .take(lines)
     {
         let _ = writeln!(out, "{line}");
@@ -405,10 +394,10 @@ mod tests {
         assert_eq!(startup_errors(&path, 8), "    (none)\n");
         std::fs::write(
             &path,
-            format!("{BANNER}x at 4 =====\nt  WARN {DISK_FULL}\n"),
+            format!("{BANNER}x at 4 =====\njava.net.BindException: Address already in use\n"),
         )
         .unwrap();
-        assert!(startup_errors(&path, 8).contains("less than 10 %"));
+        assert!(startup_errors(&path, 8).contains("BindException"));
     }
 
     #[test]
