@@ -19,7 +19,6 @@ start=$(date +%s)
 scripts/install-deps.sh
 scripts/install-peers.sh
 . scripts/peer-tmpdir.sh
-export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 echo "== cargo bench --bench estate ($(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 env | grep '^RMQ_ESTATE_' | sort | sed 's/^/   /' || true
 cargo bench --bench estate

@@ -22,7 +22,6 @@ start=$(date +%s)
 scripts/install-deps.sh
 scripts/install-peers.sh
 . scripts/peer-tmpdir.sh
-export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 echo "== cargo bench --bench e2e ($(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 env | grep '^RMQ_BENCH_' | sort | sed 's/^/   /' || true
 cargo bench --bench e2e

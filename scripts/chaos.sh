@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/install-peers.sh
 . scripts/peer-tmpdir.sh
-export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"
 cargo bench --bench chaos_soak 2>&1 | tee "$target_dir/chaos-soak.txt"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of rmq-bridge on this machine, installing what is missing:
-# Debian build deps, the real RocketMQ test peers (SPEC.md section 7), then
-# formatting, lints, unit tests and the integration tests against the peers.
+# Debian build deps, the test peers (Apache RocketMQ 4.9.7 and 5.5.0 jars from
+# Maven Central, SPEC.md section 7), cargo-nextest, then formatting, lints,
+# unit tests and the integration tests against the peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -11,7 +12,10 @@ phase "install build dependencies"
 scripts/install-deps.sh
 phase "install test peers"
 scripts/install-peers.sh
-export RMQ_PEERS_BIN="${RMQ_PEERS_BIN:-${RMQ_PEERS_ROOT:-$HOME/.cargo}/bin}"
+phase "install cargo-nextest (first time: a few minutes of compiling; reused later)"
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest || echo "test: cargo-nextest did not install; cargo test runs the tests instead"
+fi
 phase "cargo fmt --check"
 cargo fmt --check
 # Tests, benches and doctests build with the `dev` feature (rmq_bridge::dev:
@@ -28,9 +32,9 @@ phase "unit, property and peer integration tests"
 . scripts/peer-tmpdir.sh
 
 # Peer tests each start real clusters; two at a time fit a 2-core machine.
-# cargo-nextest (on every machine of this kind) keeps two running across the
-# test binaries, where cargo test waits for each binary's last test; its
-# profile (.config/nextest.toml) bounds a hung test. Benchmarks are compiled
+# cargo-nextest (installed above) keeps two running across the test binaries,
+# where cargo test waits for each binary's last test; its profile
+# (.config/nextest.toml) bounds a hung test. Benchmarks are compiled
 # by clippy above but not run here (scripts/bench.sh).
 threads="${RMQ_TEST_THREADS:-2}"
 if command -v cargo-nextest >/dev/null 2>&1; then

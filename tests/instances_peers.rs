@@ -945,8 +945,8 @@ async fn the_schedule_side_survives_the_loss_of_an_instance_disk() {
     const LEVELS: &str = "1s 5s 10s 30s 2m";
     const EACH: usize = 8;
     let topic = "sched";
-    let options = ClusterOptions::new("inst-sched-src")
-        .broker_property("messageDelayLevel", LEVELS);
+    let options =
+        ClusterOptions::new("inst-sched-src").broker_property("messageDelayLevel", LEVELS);
     let mut estate = Estate::with_source(options, "inst-sched", topic, "DELAY").await;
     estate.source_keys = format!("delay_levels = \"{LEVELS}\"\n");
     let route = RouteSpec::new(topic, topic, topic, 100).with("scheduled", "\"forward\"");

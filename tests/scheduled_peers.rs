@@ -105,11 +105,8 @@ struct Pending {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_scheduled_messages_forwarded_early_and_exactly_once() {
     let started = Instant::now();
-    let source = start(
-        ClusterOptions::new("sched-src")
-            .broker_property("messageDelayLevel", LEVELS),
-    )
-    .await;
+    let source =
+        start(ClusterOptions::new("sched-src").broker_property("messageDelayLevel", LEVELS)).await;
     let target = start(ClusterOptions::new("sched-dst").with_proxy(true)).await;
     let client = testkit::client();
     testkit::create_topic(&client, &source, "sched_src", 2, None)

@@ -32,16 +32,13 @@ use rmq_bridge::source::{PullOutcome, SourceSettings, TopicSource};
 
 /// Consumer group of every pull in these tests.
 const GROUP: &str = "source_peers_test";
-/// Properties the broker adds to every message it stores, as Java brokers
-/// do: `CLUSTER` (its cluster name, `SendMessageProcessor`), `MSG_REGION`
-/// and `TRACE_ON` (the send hook context). The bridge must map or drop them
-/// like any other system property; they are not the producer's.
+/// Properties the broker adds to every message it stores: a 4.9.7 broker
+/// adds `CLUSTER` (its cluster name, `SendMessageProcessor`) and nothing
+/// else (`MSG_REGION` and `TRACE_ON` come only with a send hook, which a
+/// plain broker has none of; docs/peers.md). The bridge must map or drop it
+/// like any other system property; it is not the producer's.
 fn broker_added(cluster: &LocalCluster) -> Vec<(&'static str, String)> {
-    vec![
-        (names::CLUSTER, cluster.cluster_name.clone()),
-        (names::MSG_REGION, "DefaultRegion".to_string()),
-        (names::TRACE_ON, "true".to_string()),
-    ]
+    vec![(names::CLUSTER, cluster.cluster_name.clone())]
 }
 
 /// The exact properties a stored message must carry: what the producer

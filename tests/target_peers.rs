@@ -29,7 +29,7 @@ use rmq_bridge::dev::cluster::{ClusterOptions, LocalCluster, Peer};
 use rmq_bridge::dev::testkit;
 use rmq_bridge::grpc::{
     is_reserved_property, pb, validate, GrpcClientConfig, MessageKind, OutgoingMessage,
-    PublishError, Publisher, TopicMessageType,
+    PublishError, Publisher, ReceivedMessage, TopicMessageType,
 };
 use rmq_bridge::remoting::{names, MessageRecord, RemotingClient, TransactionType};
 
@@ -570,18 +570,19 @@ async fn every_type_lands_intact_and_mismatches_are_permanent() {
 
     let txs = read_back_at_least(&client, &cluster, "types_tx", 1).await;
     let stored_tx = check_stored(&txs, &tx);
-    // Committed: the record's sysFlag says COMMIT and, as on Java brokers,
-    // TRAN_MSG is cleared while PGROUP stays (the peer's proxy uses its own
-    // producer group, e.g. `PROXY_SEND-<client id>`).
+    // Committed: the record's sysFlag says COMMIT, and the Java broker
+    // (5.5.0) keeps TRAN_MSG=true and PGROUP on the committed message
+    // (EndTransactionProcessor rebuilds it from the half message's properties).
     assert_eq!(
         stored_tx.transaction_type(),
         TransactionType::Commit,
         "sysFlag {}",
         stored_tx.sys_flag
     );
-    assert!(
-        !stored_tx.properties.contains(names::TRAN_MSG),
-        "TRAN_MSG left on a committed message"
+    assert_eq!(
+        stored_tx.properties.get(names::TRAN_MSG),
+        Some("true"),
+        "TRAN_MSG of a committed message"
     );
     assert!(
         stored_tx.properties.contains(names::PGROUP),
@@ -755,113 +756,171 @@ fn stored_delay_ms_or_panic(rec: &MessageRecord) -> i64 {
     })
 }
 
+/// Receives until `want` messages arrived (or 30 s pass) and acks them.
+async fn receive_n(
+    publisher: &Publisher,
+    topic: &str,
+    group: &str,
+    want: usize,
+) -> Vec<ReceivedMessage> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        let batch = publisher
+            .receive(topic, group, want - got.len(), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("receive from {topic} as {group}: {e}"));
+        publisher
+            .ack(topic, group, &batch)
+            .await
+            .unwrap_or_else(|e| panic!("ack on {topic} as {group}: {e}"));
+        got.extend(batch);
+    }
+    assert_eq!(got.len(), want, "{topic} as {group}: {got:?}");
+    got
+}
+
+/// Every field a 5.x consumer sees, against what was sent.
+fn check_received(m: &ReceivedMessage, sent: &OutgoingMessage, kind: TopicMessageType) {
+    let what = format!("{} received from {}", sent.message_id, sent.topic);
+    assert_eq!(m.topic, sent.topic, "{what}: topic");
+    assert_eq!(m.message_id, sent.message_id, "{what}: message id");
+    assert_eq!(m.body, sent.body, "{what}: body");
+    assert_eq!(m.tag, sent.tag, "{what}: tag");
+    assert_eq!(m.keys, sent.keys, "{what}: keys");
+    // The 5.5.0 proxy hands a FIFO message's group to a consumer twice: as
+    // `message_group` and as a user property `__SHARDINGKEY` (how it stores
+    // the group); a producer that sent straight to 5.x gets the same.
+    let mut expected = sent.user_properties.clone();
+    if let MessageKind::Fifo { group } = &sent.kind {
+        expected.insert("__SHARDINGKEY".to_string(), group.clone());
+    }
+    // A committed transactional message reaches a consumer with three
+    // properties the 5.5.0 proxy and broker add on their own (the proxy's
+    // transaction id and check immunity, the broker's check count).
+    let mut received = m.user_properties.clone();
+    if matches!(sent.kind, MessageKind::Transaction) {
+        for key in [
+            "__transactionId__",
+            "CHECK_IMMUNITY_TIME_IN_SECONDS",
+            "TRANSACTION_CHECK_TIMES",
+        ] {
+            received.remove(key);
+        }
+    }
+    assert_eq!(
+        received, expected,
+        "{what}: user properties, environment tag included"
+    );
+    assert_eq!(
+        m.born_timestamp_ms,
+        Some(sent.born_timestamp_ms),
+        "{what}: born time"
+    );
+    assert_eq!(m.message_type, Some(kind), "{what}: type");
+    assert!(!m.receipt_handle.is_empty(), "{what}: receipt handle");
+}
+
+/// A real 5.x consumer (gRPC ReceiveMessage through the Java proxy) gets
+/// every type with every field and the id we chose; FIFO in order for a
+/// group with `consumeMessageOrderly`; an empty queue answers empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receive_and_ack_where_the_peer_can() {
+async fn a_5x_consumer_receives_every_type_intact() {
     let cluster = start_target(ClusterOptions::new("tp-recv")).await;
     let client = testkit::client();
-    // One queue, so every receive looks at the queue we sent to.
-    create_topic(&client, &cluster, "recv_normal", 1, "NORMAL").await;
+    // One queue each, so every receive looks at the queue we sent to.
+    for (topic, kind) in [
+        ("recv_normal", "NORMAL"),
+        ("recv_fifo", "FIFO"),
+        ("recv_delay", "DELAY"),
+        ("recv_tx", "TRANSACTION"),
+    ] {
+        create_topic(&client, &cluster, topic, 1, kind).await;
+    }
     let publisher = connect(&cluster).await;
-    let group = "tp_recv_group";
-    let invisible = Duration::from_secs(30);
 
-    // What works on the peer: one message ready, receive one, ack it;
-    // twice, to show it is not a one-off.
-    for round in 0..2 {
-        let sent = full_message("recv_normal", MessageKind::Normal, &format!("recv-{round}"));
-        send_ok(&publisher, &sent).await;
-        let stored = read_back_at_least(&client, &cluster, "recv_normal", round + 1).await;
-        let offset_msg_id = check_stored(&stored, &sent).offset_msg_id.clone();
-        let got = publisher
-            .receive("recv_normal", group, 1, invisible)
-            .await
-            .unwrap_or_else(|e| panic!("receive #{round}: {e}"));
-        assert_eq!(got.len(), 1, "receive #{round}: {got:?}");
-        let m = &got[0];
-        assert_eq!(m.topic, "recv_normal");
-        assert_eq!(m.body, sent.body);
-        assert_eq!(m.tag, sent.tag);
-        assert_eq!(m.keys, sent.keys);
-        assert_eq!(
-            m.user_properties, sent.user_properties,
-            "user properties, environment tag included"
-        );
-        assert_eq!(m.message_type, Some(TopicMessageType::Normal));
-        assert!(!m.receipt_handle.is_empty());
-        // PEER DEVIATION: Java reports the client message id (UNIQ_KEY);
-        // rocketmq-proxy 1.0.0 reports the broker's offset message id, e.g.
-        // `7F00000100009BA10000000000000A9C` for our
-        // `00005C2918EA2EE2F3408E1E00000005`. The Remoting read-back above
-        // proved the UNIQ_KEY is stored.
-        assert!(
-            m.message_id == sent.message_id || m.message_id == offset_msg_id,
-            "received id {} is neither ours ({}) nor the offset id ({offset_msg_id})",
-            m.message_id,
-            sent.message_id
-        );
-        if m.message_id != sent.message_id {
-            eprintln!(
-                "PEER DEVIATION: ReceiveMessage reported the offset id {} instead of {}",
-                m.message_id, sent.message_id
-            );
-        }
-        publisher
-            .ack("recv_normal", group, &got)
-            .await
-            .unwrap_or_else(|e| panic!("ack #{round}: {e}"));
-    }
-
-    // What does not: Java answers an empty queue with MESSAGE_NOT_FOUND (an
-    // empty receive for us).
-    // PEER DEVIATION: after the long poll (5 s) the peer fails with
-    // INTERNAL_SERVER_ERROR "Serialization failed".
-    match publisher.receive("recv_normal", group, 1, invisible).await {
-        Ok(got) => assert!(got.is_empty(), "everything was acked, yet received {got:?}"),
-        Err(e) => {
-            assert!(
-                e.to_string().contains("Serialization failed"),
-                "receive on an empty queue: {e}"
-            );
-            assert!(!e.is_permanent(), "{e:?}");
-            eprintln!("PEER DEVIATION: receive on an empty queue: {e}");
-        }
-    }
-
-    // Java returns both of two ready messages for a batch of 2.
-    // PEER DEVIATION: a pop that finds more than one message fails with
-    // BAD_REQUEST "Argument is invalid" (and the popped messages stay
-    // invisible, so later receives fail as above).
+    // NORMAL: one, then an empty queue, then a batch of two.
+    let sent = full_message("recv_normal", MessageKind::Normal, "recv-0");
+    send_ok(&publisher, &sent).await;
+    let got = receive_n(&publisher, "recv_normal", "tp_recv_group", 1).await;
+    check_received(&got[0], &sent, TopicMessageType::Normal);
+    let empty = publisher
+        .receive("recv_normal", "tp_recv_group", 1, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("receive on an empty queue: {e}"));
+    assert!(
+        empty.is_empty(),
+        "everything was acked, yet received {empty:?}"
+    );
     let pair: Vec<OutgoingMessage> = (0..2)
         .map(|i| full_message("recv_normal", MessageKind::Normal, &format!("pair-{i}")))
         .collect();
     for m in &pair {
         send_ok(&publisher, m).await;
     }
-    match publisher.receive("recv_normal", group, 2, invisible).await {
-        Ok(got) => {
-            assert_eq!(got.len(), 2, "{got:?}");
-            publisher
-                .ack("recv_normal", group, &got)
-                .await
-                .expect("ack of two");
-        }
-        Err(e) => {
-            assert!(
-                e.to_string().contains("Argument is invalid"),
-                "receive of two: {e}"
-            );
-            eprintln!("PEER DEVIATION: receive of two ready messages: {e}");
-        }
+    let got = publisher
+        .receive("recv_normal", "tp_recv_group", 2, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("receive of two: {e}"));
+    assert_eq!(
+        got.len(),
+        2,
+        "one receive returns both ready messages: {got:?}"
+    );
+    publisher
+        .ack("recv_normal", "tp_recv_group", &got)
+        .await
+        .expect("ack of two");
+
+    // FIFO: an orderly group receives one message group in send order.
+    let broker = cluster.broker_addr.clone();
+    client
+        .put_subscription_group(&broker, "tp_recv_fifo", true)
+        .await
+        .unwrap_or_else(|e| panic!("orderly group on {broker}: {e}"));
+    let fifo: Vec<OutgoingMessage> = (0..4)
+        .map(|i| {
+            full_message(
+                "recv_fifo",
+                MessageKind::Fifo {
+                    group: "order-42".into(),
+                },
+                &format!("fifo-{i}"),
+            )
+        })
+        .collect();
+    for m in &fifo {
+        send_ok(&publisher, m).await;
+    }
+    let got = receive_n(&publisher, "recv_fifo", "tp_recv_fifo", fifo.len()).await;
+    for (m, sent) in got.iter().zip(&fifo) {
+        check_received(m, sent, TopicMessageType::Fifo);
+        assert_eq!(m.message_group.as_deref(), Some("order-42"));
     }
 
-    // PEER DEVIATION: every pop makes the 1.0.0 broker log "reject invalid
-    // timer message: timer delay exceeds the configured maximum" in a tight
-    // loop (hundreds of lines a second) — its pop checkpoint / revive path.
-    let log = std::fs::read_to_string(cluster.log_path(Peer::Broker)).unwrap_or_default();
-    let spins = log.matches("reject invalid timer message").count();
-    if spins > 0 {
-        eprintln!("PEER DEVIATION: the broker logged {spins} 'reject invalid timer message' lines after our pops");
-    }
+    // DELAY: delivered once due, with its delivery time.
+    let due_ms = now_ms() + 3_000;
+    let delayed = full_message(
+        "recv_delay",
+        MessageKind::Delay {
+            delivery_timestamp_ms: due_ms,
+        },
+        "delay",
+    );
+    send_ok(&publisher, &delayed).await;
+    let got = receive_n(&publisher, "recv_delay", "tp_recv_group", 1).await;
+    check_received(&got[0], &delayed, TopicMessageType::Delay);
+    assert_eq!(got[0].delivery_timestamp_ms, Some(due_ms), "delivery time");
+    assert!(
+        now_ms() >= due_ms,
+        "a DELAY message was delivered before it was due"
+    );
+
+    // TRANSACTION: the committed message, once.
+    let tx = full_message("recv_tx", MessageKind::Transaction, "tx");
+    send_ok(&publisher, &tx).await;
+    let got = receive_n(&publisher, "recv_tx", "tp_recv_group", 1).await;
+    check_received(&got[0], &tx, TopicMessageType::Transaction);
     publisher.shutdown().await;
 }
 

@@ -333,18 +333,19 @@ impl LocalCluster {
         let broker_name = format!("{}-broker-a", opts.name);
         let line = runtime.line;
         let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let spec = |role: Role, peer: Peer, home: PathBuf, config: &Path, addrs: Vec<SocketAddr>| {
-            PeerSpec {
-                label: format!("{}/{}", opts.name, peer),
-                binary: runtime.java.clone(),
-                args: settings::jvm_args(line, role, &home, &runtime.classpath, config),
-                home,
-                log_path: log_dir.join(format!("{}.log", peer.file_name())),
-                pid_path: run_dir.join(format!("{}.pid", peer.file_name())),
-                addrs,
-                ready_marker: settings::ready_marker(role),
-            }
-        };
+        let spec =
+            |role: Role, peer: Peer, home: PathBuf, config: &Path, addrs: Vec<SocketAddr>| {
+                PeerSpec {
+                    label: format!("{}/{}", opts.name, peer),
+                    binary: runtime.java.clone(),
+                    args: settings::jvm_args(line, role, &home, &runtime.classpath, config),
+                    home,
+                    log_path: log_dir.join(format!("{}.log", peer.file_name())),
+                    pid_path: run_dir.join(format!("{}.pid", peer.file_name())),
+                    addrs,
+                    ready_marker: settings::ready_marker(role),
+                }
+            };
 
         // Name server.
         let namesrv_port = free_port()?;
@@ -494,7 +495,24 @@ impl LocalCluster {
     /// until it is ready. Does nothing if it is running.
     pub fn start_peer(&mut self, peer: Peer) -> Result<(), DevClusterError> {
         let timeout = self.startup_timeout;
-        let took = self.process(peer)?.start(timeout)?;
+        let mut attempt = 1;
+        let took = loop {
+            match self.process(peer)?.start(timeout) {
+                // The 5.x proxy exits when its first admin call (creating
+                // its heartbeat topic on the broker, 3 s timeout) fails,
+                // which a loaded machine makes happen; starting it again is
+                // the remedy (docs/peers.md).
+                Err(error)
+                    if peer == Peer::Proxy
+                        && is_proxy_boot_race(&error)
+                        && attempt < START_ATTEMPTS =>
+                {
+                    tracing::warn!(%error, attempt, "devcluster: proxy exited at boot; starting it again");
+                    attempt += 1;
+                }
+                result => break result?,
+            }
+        };
         if took > Duration::ZERO {
             tracing::info!(%peer, cluster = %self.cluster_name, ?took, "devcluster peer ready");
             self.startup_times.retain(|(p, _)| *p != peer);
@@ -636,6 +654,11 @@ impl Drop for LocalCluster {
             tracing::warn!(dir = %self.dir.display(), %error, "devcluster: cannot remove cluster dir");
         }
     }
+}
+
+fn is_proxy_boot_race(error: &DevClusterError) -> bool {
+    matches!(error, DevClusterError::PeerExited { log, .. }
+        if log.errors.contains("create system broadcast topic") || log.tail.contains("create system broadcast topic"))
 }
 
 /// Removes a throwaway directory unless disarmed (`dir = None`).

@@ -1,6 +1,7 @@
-//! Quick start (`rmq-bridge demo`): local 4.x and 5.x peers on loopback,
-//! sample traffic of every message type, the bridge between them, and its
-//! progress until lag is zero; then a read-back of what landed in 5.x.
+//! Quick start (`rmq-bridge demo`): local 4.x and 5.x Apache RocketMQ
+//! clusters on loopback, sample traffic of every message type, the bridge
+//! between them, and its progress until lag is zero; then a read-back of what
+//! landed in 5.x, `verify`, and the decommission report.
 
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,24 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
             );
         }
     }
+    // The playbook's last check before the report: every forwarded message
+    // read back from 5.x and compared with its 4.x original. The report's
+    // verify lines read the verdict this pass leaves next to the checkpoints.
+    println!(
+        "== reconciliation (rmq-bridge verify -c {}):",
+        path.display()
+    );
+    let clean = crate::verify::run(&path, crate::verify::VerifyOptions::default())
+        .await
+        .context("verify")?;
+    println!(
+        "   verify: {}",
+        if clean {
+            "clean: every forwarded message found in 5.x, intact"
+        } else {
+            "NOT clean (table above)"
+        }
+    );
     println!(
         "== decommission report of the demo estate (rmq-bridge check --decommission -c {}):",
         path.display()

@@ -165,8 +165,8 @@ impl PeerProcess {
                     log: self.failed_start_log(),
                 });
             }
-            let announced = log_since(&self.spec.log_path, self.start_offset)
-                .contains(self.spec.ready_marker);
+            let announced =
+                log_since(&self.spec.log_path, self.start_offset).contains(self.spec.ready_marker);
             let closed = if announced {
                 self.spec
                     .addrs
@@ -329,9 +329,11 @@ pub fn startup_errors(path: &std::path::Path, lines: usize) -> String {
     let tail = log_tail(path, usize::MAX);
     let section = tail.rfind(BANNER).map_or(tail.as_str(), |at| &tail[at..]);
     let mut out = String::new();
-    for line in section.lines().filter(|line| {
-        line.contains(" ERROR ") || line.contains("Exception") || line.contains("Error:")
-    })
+    for line in section
+        .lines()
+        .filter(|line| {
+            line.contains(" ERROR ") || line.contains("Exception") || line.contains("Error:")
+        })
         .take(lines)
     {
         let _ = writeln!(out, "{line}");

@@ -55,7 +55,9 @@ impl PeerRuntime {
         };
         let classpath = fs::read_to_string(line_dir.join("classpath"))
             .map(|text| text.trim().to_string())
-            .map_err(|error| missing(format!("the {} classpath file ({error})", line.dir_name())))?;
+            .map_err(|error| {
+                missing(format!("the {} classpath file ({error})", line.dir_name()))
+            })?;
         if classpath.is_empty() {
             return Err(missing(format!("jars of the {} line", line.dir_name())));
         }

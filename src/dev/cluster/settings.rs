@@ -273,7 +273,11 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn plan<'a>(line: PeerLine, root: &'a Path, overrides: &'a [(String, String)]) -> BrokerPlan<'a> {
+    fn plan<'a>(
+        line: PeerLine,
+        root: &'a Path,
+        overrides: &'a [(String, String)],
+    ) -> BrokerPlan<'a> {
         BrokerPlan {
             line,
             cluster_name: "src-cluster",
@@ -299,7 +303,10 @@ mod tests {
             "brokerId=0",
             "storePathCommitLog=/tmp/x/broker/store/commitlog",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
         }
         assert!(!text.contains("timerWheelEnable"));
         let v5 = broker_properties(&plan(PeerLine::V5, &root, &[])).unwrap();
@@ -327,7 +334,13 @@ mod tests {
     #[test]
     fn jvm_command_lines_per_line() {
         let home = Path::new("/h");
-        let v4 = jvm_args(PeerLine::V4, Role::Broker, home, "a.jar", Path::new("/h/b.properties"));
+        let v4 = jvm_args(
+            PeerLine::V4,
+            Role::Broker,
+            home,
+            "a.jar",
+            Path::new("/h/b.properties"),
+        );
         for flag in V4_JDK17_FLAGS {
             assert!(v4.iter().any(|a| a == flag), "{v4:?}");
         }
@@ -336,8 +349,16 @@ mod tests {
             "-c".to_string(),
             "/h/b.properties".to_string()
         ]));
-        let proxy = jvm_args(PeerLine::V5, Role::Proxy, home, "a.jar", Path::new("/h/p.json"));
-        assert!(proxy.iter().any(|a| a == "-Drmq.logback.configurationFile=rmq.proxy.logback.xml"));
+        let proxy = jvm_args(
+            PeerLine::V5,
+            Role::Proxy,
+            home,
+            "a.jar",
+            Path::new("/h/p.json"),
+        );
+        assert!(proxy
+            .iter()
+            .any(|a| a == "-Drmq.logback.configurationFile=rmq.proxy.logback.xml"));
         assert!(proxy.ends_with(&["-pm".to_string(), "cluster".to_string()]));
     }
 
@@ -359,9 +380,15 @@ mod tests {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
             };
-            assert!(script.contains(&format!("{key}=")), "scripts/peers.sh does not set `{key}`");
+            assert!(
+                script.contains(&format!("{key}=")),
+                "scripts/peers.sh does not set `{key}`"
+            );
             let constant = (value.parse::<u64>().is_ok() && !key.contains("Port"))
-                || matches!(value, "true" | "false" | "ASYNC_MASTER" | "ASYNC_FLUSH" | LOOPBACK);
+                || matches!(
+                    value,
+                    "true" | "false" | "ASYNC_MASTER" | "ASYNC_FLUSH" | LOOPBACK
+                );
             if constant {
                 assert!(
                     script.contains(&format!("{key}={value}")),
@@ -370,14 +397,35 @@ mod tests {
             }
         }
         let proxy = proxy_json(1, 2, "x", "c");
-        for key in proxy.lines().filter_map(|l| l.trim().strip_prefix('"')?.split('"').next()) {
-            assert!(script.contains(&format!("\"{key}\"")), "scripts/peers.sh lacks proxy key {key}");
+        for key in proxy
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
+        {
+            assert!(
+                script.contains(&format!("\"{key}\"")),
+                "scripts/peers.sh lacks proxy key {key}"
+            );
         }
-        let flags = jvm_args(PeerLine::V4, Role::Broker, Path::new("/h"), "cp", Path::new("/c"))
-            .into_iter()
-            .chain(jvm_args(PeerLine::V5, Role::Proxy, Path::new("/h"), "cp", Path::new("/c")));
+        let flags = jvm_args(
+            PeerLine::V4,
+            Role::Broker,
+            Path::new("/h"),
+            "cp",
+            Path::new("/c"),
+        )
+        .into_iter()
+        .chain(jvm_args(
+            PeerLine::V5,
+            Role::Proxy,
+            Path::new("/h"),
+            "cp",
+            Path::new("/c"),
+        ));
         for flag in flags.filter(|f| f.starts_with("-X") || f.starts_with("--add")) {
-            assert!(script.contains(&flag), "scripts/peers.sh lacks JVM flag {flag}");
+            assert!(
+                script.contains(&flag),
+                "scripts/peers.sh lacks JVM flag {flag}"
+            );
         }
     }
 }

@@ -269,7 +269,21 @@ impl RemotingClient {
     /// 16 retries). Brokers refuse offsets of a group they do not know
     /// (SUBSCRIPTION_GROUP_NOT_EXIST): call this only for a missing group.
     pub async fn create_subscription_group(&self, broker: &str, group: &str) -> Result<()> {
+        self.put_subscription_group(broker, group, false).await
+    }
+
+    /// Creates (or replaces: a put replaces the whole config) `group` on a
+    /// 5.x broker with `consumeMessageOrderly` set: a 5.x proxy delivers a
+    /// FIFO topic's messages in order, one group at a time, only to a group
+    /// that has it (4.x brokers ignore the key).
+    pub async fn put_subscription_group(
+        &self,
+        broker: &str,
+        group: &str,
+        consume_orderly: bool,
+    ) -> Result<()> {
         let body = serde_json::json!({
+            "consumeMessageOrderly": consume_orderly,
             "groupName": group,
             "consumeEnable": true,
             "consumeFromMinEnable": true,

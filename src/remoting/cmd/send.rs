@@ -82,15 +82,20 @@ impl SendRequest {
     /// SEND_MESSAGE_V2: the same request with the one-letter header names
     /// Java producers send (`SendMessageRequestHeaderV2`).
     pub fn to_command_v2(&self) -> Result<RemotingCommand> {
-        let full = self.to_command()?;
-        let mut v2 = RemotingCommand::request(request::SEND_MESSAGE_V2);
-        for (long, short) in V2_NAMES {
-            if let Some(value) = full.ext(long) {
-                v2 = v2.with_ext(short, value);
-            }
-        }
-        Ok(v2.with_body(full.body))
+        Ok(with_v2_names(request::SEND_MESSAGE_V2, self.to_command()?))
     }
+}
+
+/// `full` under `code`, its header renamed to the one-letter names of
+/// `SendMessageRequestHeaderV2`.
+fn with_v2_names(code: i32, full: RemotingCommand) -> RemotingCommand {
+    let mut v2 = RemotingCommand::request(code);
+    for (long, short) in V2_NAMES {
+        if let Some(value) = full.ext(long) {
+            v2 = v2.with_ext(short, value);
+        }
+    }
+    v2.with_body(full.body)
 }
 
 /// Header names of SEND_MESSAGE and their SEND_MESSAGE_V2 letters.
@@ -119,7 +124,9 @@ pub struct BatchEntry {
 }
 
 /// SEND_BATCH_MESSAGE: all entries go to one queue. Entries are not
-/// compressed (Java does not compress batches either).
+/// compressed (Java does not compress batches either). The header carries
+/// the one-letter names of `SendMessageRequestHeaderV2`: Java brokers decode
+/// a batch with that header only, and find no topic under the long names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendBatchRequest {
     pub producer_group: String,
@@ -140,7 +147,7 @@ impl SendBatchRequest {
         }
         let mut batch_props = Properties::new();
         batch_props.insert(names::WAIT, "true");
-        Ok(RemotingCommand::request(request::SEND_BATCH_MESSAGE)
+        let full = RemotingCommand::request(request::SEND_BATCH_MESSAGE)
             .with_ext("producerGroup", &self.producer_group)
             .with_ext("topic", &self.topic)
             .with_ext("defaultTopic", DEFAULT_TOPIC)
@@ -153,7 +160,8 @@ impl SendBatchRequest {
             .with_ext("reconsumeTimes", 0)
             .with_ext("unitMode", false)
             .with_ext("batch", true)
-            .with_body(body.freeze()))
+            .with_body(body.freeze());
+        Ok(with_v2_names(request::SEND_BATCH_MESSAGE, full))
     }
 }
 
@@ -334,7 +342,12 @@ mod tests {
         };
         let cmd = req.to_command().unwrap();
         assert_eq!(cmd.code, 320);
-        assert_eq!(cmd.ext("batch"), Some("true"));
+        // Java brokers decode SEND_BATCH_MESSAGE with SendMessageRequestHeaderV2
+        // (one-letter names); long names leave the topic blank there.
+        assert_eq!(cmd.ext("b"), Some("t"));
+        assert_eq!(cmd.ext("a"), Some("pg"));
+        assert_eq!(cmd.ext("m"), Some("true"));
+        assert_eq!(cmd.ext("topic"), None);
         assert_eq!(
             cmd.body.len(),
             4 + 4 + 4 + 4 + 4 + 3 + 2 + "UNIQ_KEY\u{1}U1\u{2}".len()
