@@ -95,7 +95,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
-use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::cluster::{free_port, ClusterOptions, LocalCluster};
 use rmq_bridge::dev::testkit::{metric, RouteSpec, Sample};
 use rmq_bridge::remoting::{HeartbeatData, MessageRecord, RemotingClient, SendRequest};
 
@@ -596,7 +596,17 @@ fn report_lines(shown: &str) -> Vec<(String, String, String)> {
 /// dealt with: lag 0, nothing pending, verify clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_report_names_each_red_line_and_turns_green_when_resolved() {
-    let src = testkit::start_source_cluster("decom-src").expect("4.x peers");
+    // A 4.x broker registers its half topic (and serves reads of it) only
+    // at its first transaction check, 60 s after its start by default: check
+    // every 5 s, and check back no message younger than 10 min, so the
+    // prepared message below stays prepared. (Before that first check the
+    // report says the half messages are not served yet: red, not green.)
+    let src = LocalCluster::start(
+        ClusterOptions::new("decom-src")
+            .broker_property("transactionCheckInterval", "5000")
+            .broker_property("transactionTimeOut", "600000"),
+    )
+    .expect("4.x peers");
     let dst = testkit::start_target_cluster("decom-dst").expect("5.x peers");
     let client = testkit::client();
     testkit::create_topic(&client, &src, "orders", 2, None)

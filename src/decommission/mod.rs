@@ -31,7 +31,7 @@ use crate::checkpoint::{now_ms, CheckpointStore, SourceQueue};
 use crate::config::{BridgeConfig, RouteConfig, ScheduledMode, StartPosition};
 use crate::pipeline;
 use crate::remoting::cmd::consumer::LiveConsumers;
-use crate::remoting::{names, NameServers, RemotingClient};
+use crate::remoting::{codes, names, NameServers, RemotingClient};
 use crate::source::{SourceSettings, TopicSource};
 use crate::translate::scheduled::{
     deadline_ms, decide_pending, forward_key, level_of_queue, PendingDecision, TagFilter,
@@ -994,6 +994,11 @@ impl Ctx<'_> {
         let brokers: BTreeSet<&String> = topics.values().flatten().collect();
         let mut pending: BTreeMap<String, (u64, Option<i64>)> = BTreeMap::new();
         let mut errors = Vec::new();
+        // Brokers whose op topic is not served: a 4.9.x broker writes op
+        // records straight to its store and never registers the op topic, so
+        // a pull answers TOPIC_NOT_EXIST. Then only the broker's own check
+        // offset tells resolved half messages apart (never fewer reds).
+        let mut ops_unserved: BTreeSet<String> = BTreeSet::new();
         for broker in brokers {
             let mut resolved: HashSet<i64> = HashSet::new();
             // Java and the peers write the op record to the op queue with
@@ -1001,7 +1006,7 @@ impl Ctx<'_> {
             for queue_id in 0..1 {
                 match probe::queue_range(&self.client, broker, OP_TOPIC, queue_id).await {
                     Ok((min, max)) => {
-                        if let Err(e) = probe::scan_queue(
+                        let scanned = probe::scan_queue(
                             &self.client,
                             broker,
                             OP_TOPIC,
@@ -1014,9 +1019,13 @@ impl Ctx<'_> {
                                 }
                             },
                         )
-                        .await
-                        {
-                            errors.push(format!("{e}"));
+                        .await;
+                        match scanned {
+                            Ok(_) => {}
+                            Err(e) if answered(&e, codes::response::TOPIC_NOT_EXIST) => {
+                                ops_unserved.insert(broker.to_string());
+                            }
+                            Err(e) => errors.push(format!("{e}")),
                         }
                     }
                     Err(e) => errors.push(format!("{e}")),
@@ -1034,7 +1043,7 @@ impl Ctx<'_> {
                             .flatten()
                             .unwrap_or(min);
                         let from = checked.clamp(min, max);
-                        if let Err(e) = probe::scan_queue(
+                        let scanned = probe::scan_queue(
                             &self.client,
                             broker,
                             HALF_TOPIC,
@@ -1053,9 +1062,19 @@ impl Ctx<'_> {
                                 }
                             },
                         )
-                        .await
-                        {
-                            errors.push(format!("{e}"));
+                        .await;
+                        match scanned {
+                            Ok(_) => {}
+                            Err(e) if answered(&e, codes::response::TOPIC_NOT_EXIST) => {
+                                errors.push(format!(
+                                    "{broker} holds {} half message(s) in {HALF_TOPIC} queue {queue_id} it does \
+                                     not serve yet: a 4.x broker registers its half topic at its first \
+                                     transaction check (transactionCheckInterval, 60 s by default) after a start; \
+                                     re-run once it has",
+                                    max - from
+                                ));
+                            }
+                            Err(e) => errors.push(format!("{e}")),
                         }
                     }
                     Err(e) => errors.push(format!("{e}")),
@@ -1078,8 +1097,18 @@ impl Ctx<'_> {
                     &scope,
                     "half transactions",
                     format!(
-                        "{n} prepared transaction(s) neither committed nor rolled back, oldest {} old",
-                        oldest.map(|t| age(self.now - t)).unwrap_or_else(|| "?".into())
+                        "{n} prepared transaction(s) neither committed nor rolled back, oldest {} old{}",
+                        oldest.map(|t| age(self.now - t)).unwrap_or_else(|| "?".into()),
+                        if ops_unserved.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (as far as the broker's transaction check has passed: {} serve no \
+                                 {OP_TOPIC} to read commits and rollbacks from; those it has not \
+                                 checked yet count as open, re-run after its transactionCheckInterval)",
+                                ops_unserved.iter().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        }
                     ),
                     "their producers must commit or roll back (the 4.x broker asks them by check-back); keep 4.x \
                      and the producers' check-back listeners up until this is 0 — committed ones reach the topic \
@@ -1560,4 +1589,14 @@ mod coverage_tests {
         old.verified_from.clear();
         assert_eq!(coverage_gaps(&old, &checkpoints, &floors).len(), 2);
     }
+}
+
+/// Whether `error` is a broker's answer with response `code`.
+fn answered(error: &anyhow::Error, code: i32) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::remoting::RemotingError>()
+            .and_then(crate::remoting::RemotingError::response_code)
+            == Some(code)
+    })
 }

@@ -67,7 +67,10 @@ pub async fn scan_queue(
             .pull_message_bounded(broker, &request, MAX_BODY)
             .await
             .map_err(|e| {
-                anyhow!("reading {topic} queue {queue_id} on {broker} at {offset}: {e}")
+                // Keeps the RemotingError for callers that tell answers apart.
+                anyhow::Error::new(e).context(format!(
+                    "reading {topic} queue {queue_id} on {broker} at {offset}"
+                ))
             })?;
         let next = result.next_begin_offset;
         match result.status {
