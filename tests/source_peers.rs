@@ -645,26 +645,21 @@ async fn fidelity_long_polling_offsets_and_peek() {
             extra.push((names::WAIT, "true"));
         }
         if !s.properties.contains(names::UNIQ_KEY) {
-            // PEER DEVIATION from Java 4.x (matches Java 5.x brokers): the
-            // peer gives a message that arrives without UNIQ_KEY one of its
-            // own (32 hex digits, `MessageClientIDSetter.createUniqID`), so
-            // its message id is that, not the offset message id a Java 4.x
-            // broker leaves it with. `message_id()` falls back to the offset
-            // id when UNIQ_KEY is absent (unit-tested in remoting::message).
-            let generated = got.uniq_key().unwrap_or_else(|| {
-                panic!(
-                    "{}: the peer no longer adds UNIQ_KEY; assert the Java 4.x contract (message id = offset id {})",
-                    s.what, got.offset_msg_id
-                )
-            });
-            assert!(
-                generated.len() == 32 && generated.chars().all(|c| c.is_ascii_hexdigit()),
-                "{}: generated UNIQ_KEY {generated}",
+            // The Java 4.x contract (4.9.7): a message that arrives without
+            // UNIQ_KEY gets none from the broker, and its message id is the
+            // offset message id.
+            assert_eq!(
+                got.uniq_key(),
+                None,
+                "{}: the broker added a UNIQ_KEY",
                 s.what
             );
-            assert_ne!(generated, got.offset_msg_id);
-            assert_eq!(got.message_id(), generated);
-            extra.push((names::UNIQ_KEY, generated));
+            assert_eq!(
+                got.message_id(),
+                got.offset_msg_id,
+                "{}: message id",
+                s.what
+            );
         }
         check_record(
             &cluster,

@@ -545,7 +545,16 @@ async fn every_type_lands_intact_and_mismatches_are_permanent() {
         );
     }
 
-    let txs = read_back_at_least(&client, &cluster, "types_tx", 1).await;
+    // The Java proxy forwards a COMMIT to its broker one-way: on a loaded
+    // machine it can be lost, and the broker's check-back (answered by the
+    // publisher's telemetry session) commits the message later.
+    let tx_deadline = Instant::now() + Duration::from_secs(150);
+    let txs = loop {
+        let txs = read_back_at_least(&client, &cluster, "types_tx", 1).await;
+        if !txs.is_empty() || Instant::now() >= tx_deadline {
+            break txs;
+        }
+    };
     let stored_tx = check_stored(&txs, &tx);
     // Committed: the record's sysFlag says COMMIT, and the Java broker
     // (5.5.0) keeps TRAN_MSG=true and PGROUP on the committed message

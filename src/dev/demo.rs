@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config;
-use crate::dev::cluster::LocalCluster;
+use crate::dev::cluster::{ClusterOptions, LocalCluster};
 use crate::dev::testkit::{self, RouteSpec, Sample};
 use crate::pipeline::Bridge;
 use crate::remoting::RemotingClient;
@@ -81,7 +81,16 @@ pub async fn produce_samples(
 pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("== starting a local 4.x cluster (name server + broker) on loopback");
-    let source = testkit::start_source_cluster("demo-src")?;
+    // A 4.x broker serves its transaction half topic (which the report
+    // reads) from its first transaction check on, 60 s after its start by
+    // default: check every 5 s (and check back no message younger than
+    // 10 min), so the report at the end can read it.
+    let source = LocalCluster::start(
+        ClusterOptions::new("demo-src")
+            .broker_property("transactionCheckInterval", "5000")
+            .broker_property("transactionTimeOut", "600000"),
+    )
+    .context("starting the 4.x cluster")?;
     println!(
         "   4.x name server {}  broker {}",
         source.namesrv_addr, source.broker_addr
@@ -118,6 +127,8 @@ pub async fn run(messages_per_type: usize) -> anyhow::Result<()> {
         "",
         &routes,
     )?;
+    // `verify` and the report read 5.x back through its name server.
+    let text = testkit::with_target_namesrv(&text, &target);
     let path = testkit::write_config(&dir.join("bridge.toml"), &text)?;
     println!("== bridge config: {}", path.display());
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;

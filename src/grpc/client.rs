@@ -28,7 +28,9 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response};
 
 use super::direct::{DirectChannel, Keepalive};
-use super::error::{classify, grpc_refuses_request, CodeClass, PublishError, ServerCode};
+use super::error::{
+    classify, classify_status, grpc_refuses_request, CodeClass, PublishError, ServerCode,
+};
 use super::message::{duration_to_wire, TopicMessageType};
 use super::metadata::{CallHeaders, GrpcCredentials};
 use super::pb;
@@ -257,7 +259,7 @@ impl RpcFailure {
                 code,
                 message,
                 attempts,
-            } => match classify(code) {
+            } => match classify_status(code, &message) {
                 CodeClass::Ok | CodeClass::Retriable => PublishError::Retriable {
                     what,
                     code: ServerCode(code),
@@ -734,7 +736,7 @@ impl Client {
                         code: pb::Code::Ok as i32,
                         message: String::new(),
                     });
-                    match classify(st.code) {
+                    match classify_status(st.code, &st.message) {
                         CodeClass::Ok => return Ok((resp, idx)),
                         CodeClass::Retriable if attempt < max => {
                             tracing::debug!(

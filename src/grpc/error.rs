@@ -359,6 +359,20 @@ pub(crate) enum CodeClass {
     Permanent,
 }
 
+/// [`classify`], told by the status message where a code alone misleads:
+/// the Java proxy (5.5.0) answers MESSAGE_PROPERTY_CONFLICT_WITH_TYPE with
+/// "the expected type is UNSPECIFIED" for every send while it cannot read
+/// the topic's config (its broker is down). That names no fault of the
+/// message: retry (the route stalls and reports), never quarantine.
+pub(crate) fn classify_status(code: i32, message: &str) -> CodeClass {
+    if code == pb::Code::MessagePropertyConflictWithType as i32
+        && message.contains("expected type is UNSPECIFIED")
+    {
+        return CodeClass::Retriable;
+    }
+    classify(code)
+}
+
 pub(crate) fn classify(code: i32) -> CodeClass {
     use pb::Code as C;
     let Ok(code) = pb::Code::try_from(code) else {
@@ -462,6 +476,23 @@ mod tests {
         }
         assert_eq!(
             classify(C::MessagePropertyConflictWithType as i32),
+            CodeClass::Permanent
+        );
+        // What the Java proxy (5.5.0) answers every send while it cannot
+        // read the topic's config from its broker (broker down): the type
+        // conflict is with "UNSPECIFIED", nothing about the message.
+        let unknown_type =
+            "org.apache.rocketmq.proxy.common.ProxyException: TopicMessageType validate \
+                            failed, the expected type is UNSPECIFIED, but actual type is FIFO";
+        assert_eq!(
+            classify_status(C::MessagePropertyConflictWithType as i32, unknown_type),
+            CodeClass::Retriable
+        );
+        let real_conflict =
+            "TopicMessageType validate failed, the expected type is NORMAL, but actual \
+                             type is FIFO";
+        assert_eq!(
+            classify_status(C::MessagePropertyConflictWithType as i32, real_conflict),
             CodeClass::Permanent
         );
         assert_eq!(

@@ -438,9 +438,9 @@ impl Publisher {
         // changed: refresh it next time.
         let message_problem = matches!(
             failure,
-            RpcFailure::Server { code, .. }
+            RpcFailure::Server { code, message, .. }
                 if matches!(
-                    super::error::classify(*code),
+                    super::error::classify_status(*code, message),
                     super::error::CodeClass::Permanent
                         | super::error::CodeClass::IllegalMessage
                         | super::error::CodeClass::BodyEmpty
