@@ -103,12 +103,44 @@ pub async fn check(path: &Path, online: bool) -> anyhow::Result<()> {
     };
     for r in &cfg.routes {
         match namesrv.topic_route(&client, &r.source_topic).await {
-            Ok(Some(route)) => println!(
-                "  {}: 4.x topic {} has {} readable queue(s)",
-                r.name,
-                r.source_topic,
-                route.readable_queues().len()
-            ),
+            Ok(Some(route)) => {
+                let queues = route.readable_queues();
+                println!(
+                    "  {}: 4.x topic {} has {} readable queue(s)",
+                    r.name,
+                    r.source_topic,
+                    queues.len()
+                );
+                // The name server answers anyone; a broker with an ACL only
+                // signed requests. Ask each master for one queue's end, as
+                // every pull will.
+                let mut asked = std::collections::BTreeSet::new();
+                for (broker_name, queue_id) in &queues {
+                    if !asked.insert(broker_name.clone()) {
+                        continue;
+                    }
+                    let Some(addr) = route.master_addr(broker_name) else {
+                        continue;
+                    };
+                    if let Err(e) = client
+                        .get_max_offset(addr, &r.source_topic, *queue_id)
+                        .await
+                    {
+                        println!(
+                            "  {}: 4.x broker {broker_name} ({addr}) refuses to serve {}: {e}{}",
+                            r.name,
+                            r.source_topic,
+                            if cfg.source.credentials.is_none() {
+                                " (no [source] credentials are set: an ACL broker needs \
+                                 RMQ_BRIDGE_SOURCE_ACCESS_KEY and RMQ_BRIDGE_SOURCE_SECRET_KEY)"
+                            } else {
+                                " (check RMQ_BRIDGE_SOURCE_ACCESS_KEY / _SECRET_KEY against the broker's plain_acl.yml)"
+                            }
+                        );
+                        problems += 1;
+                    }
+                }
+            }
             Ok(None) => {
                 println!(
                     "  {}: 4.x topic {} NOT FOUND on {namesrv}",

@@ -183,6 +183,9 @@ pub struct ClusterOptions {
     /// Extra or replaced keys of the broker's properties file: (camelCase
     /// key, plain value), e.g. `("maxMessageSize".into(), "1048576".into())`.
     pub broker_properties: Vec<(String, String)>,
+    /// Files written into the broker's `conf/` before it starts: (file
+    /// name, contents), e.g. `plain_acl.yml` for a broker with `aclEnable`.
+    pub broker_conf_files: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -193,6 +196,7 @@ impl ClusterOptions {
             base_dir: None,
             startup_timeout: startup_timeout_from_env(),
             broker_properties: Vec::new(),
+            broker_conf_files: Vec::new(),
         }
     }
 
@@ -215,6 +219,18 @@ impl ClusterOptions {
     /// settings share the file in the Java servers).
     pub fn broker_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.broker_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Writes `contents` to `conf/<file_name>` under the broker's home
+    /// (its `rocketmq.home.dir`) before it starts.
+    pub fn broker_conf_file(
+        mut self,
+        file_name: impl Into<String>,
+        contents: impl Into<String>,
+    ) -> Self {
+        self.broker_conf_files
+            .push((file_name.into(), contents.into()));
         self
     }
 
@@ -368,6 +384,15 @@ impl LocalCluster {
         let broker_port = free_broker_port()?;
         let broker_addr = format!("{LOOPBACK}:{broker_port}");
         let broker_home = peer_home(&dir, Peer::Broker, line)?;
+        for (name, contents) in &opts.broker_conf_files {
+            let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+            if !plain {
+                return Err(DevClusterError::InvalidOption(format!(
+                    "broker conf file `{name}` must be a plain file name"
+                )));
+            }
+            write_file(&broker_home.join("conf").join(name), contents)?;
+        }
         let broker_config = broker_home.join("broker.properties");
         let store_root = broker_home.join("store");
         write_file(
