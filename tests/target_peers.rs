@@ -902,6 +902,27 @@ async fn a_5x_consumer_receives_every_type_intact() {
         "a DELAY message was delivered before it was due"
     );
 
+    // DELAY with a delivery time in the past: the Java proxy (5.5.0) takes
+    // it as it is and the broker delivers it at once, keeping the time.
+    let past_ms = now_ms() - 60_000;
+    let overdue = full_message(
+        "recv_delay",
+        MessageKind::Delay {
+            delivery_timestamp_ms: past_ms,
+        },
+        "overdue",
+    );
+    let sent_at = Instant::now();
+    send_ok(&publisher, &overdue).await;
+    let got = receive_n(&publisher, "recv_delay", "tp_recv_group", 1).await;
+    check_received(&got[0], &overdue, TopicMessageType::Delay);
+    assert_eq!(got[0].delivery_timestamp_ms, Some(past_ms), "past delivery time kept");
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(20),
+        "an overdue DELAY message took {:?} to be delivered",
+        sent_at.elapsed()
+    );
+
     // TRANSACTION: the committed message, once.
     let tx = full_message("recv_tx", MessageKind::Transaction, "tx");
     send_ok(&publisher, &tx).await;

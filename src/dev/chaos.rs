@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::RwLock;
 
-use crate::dev::cluster::{free_port, LocalCluster, Peer};
+use crate::dev::cluster::{free_port, ClusterOptions, LocalCluster, Peer};
 use crate::dev::testkit::{self, metric, RouteSpec};
 use crate::remoting::{MessageRecord, RemotingClient};
 
@@ -49,7 +49,16 @@ impl Rig {
     /// Starts both clusters and creates the four topics of `spec` (typed on 5.x).
     pub async fn start(name: &str, spec: MixSpec) -> anyhow::Result<Rig> {
         let source = testkit::start_source_cluster(&format!("{name}-src"))?;
-        let target = testkit::start_target_cluster(&format!("{name}-dst"))?;
+        // A COMMIT the 5.x proxy forwards one-way to a broker that is going
+        // down is lost; the broker then asks the producer (the bridge) by
+        // check-back. Check every 5 s instead of Java's default, so that a
+        // bounded test sees the recovery.
+        let target = LocalCluster::start(
+            ClusterOptions::new(format!("{name}-dst"))
+                .with_proxy(true)
+                .broker_property("transactionCheckInterval", "5000"),
+        )
+        .map_err(|e| anyhow::anyhow!("starting 5.x peers: {e}"))?;
         let client = testkit::client();
         for kind in spec.kinds.clone() {
             let topic = spec.topic(kind);
