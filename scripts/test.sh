@@ -13,6 +13,8 @@ scripts/install-deps.sh
 phase "install test peers"
 scripts/install-peers.sh
 phase "install cargo-nextest (first time: a few minutes of compiling; reused later)"
+# `cargo install` puts it in $CARGO_HOME/bin, which a fresh shell may lack.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest || echo "test: cargo-nextest did not install; cargo test runs the tests instead"
 fi
