@@ -31,7 +31,7 @@
 //! <= 1 s.
 //!
 //! Run: `scripts/bench.sh` (installs what is missing), or
-//! `RMQ_PEERS_BIN=~/.cargo/bin cargo bench --bench e2e`.
+//! `cargo bench --bench e2e` (after `scripts/install-peers.sh`).
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -2217,7 +2217,7 @@ fn main() -> anyhow::Result<()> {
     let mut header = String::new();
     let _ = writeln!(
         header,
-        "rmq-bridge end-to-end benchmark (benches/e2e.rs), real rocketmq-rust peers on loopback"
+        "rmq-bridge end-to-end benchmark (benches/e2e.rs), Apache RocketMQ 4.9.7 and 5.5.0 on loopback"
     );
     let _ = writeln!(
         header,

@@ -746,7 +746,7 @@ fn main() -> anyhow::Result<()> {
     let mut header = String::new();
     let _ = writeln!(
         header,
-        "rmq-bridge estate benchmark (benches/estate.rs): real rocketmq-rust 4.x peer, blackhole 5.x endpoint"
+        "rmq-bridge estate benchmark (benches/estate.rs): Apache RocketMQ 4.9.7 broker, blackhole 5.x endpoint"
     );
     let _ = writeln!(
         header,

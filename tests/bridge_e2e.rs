@@ -1,5 +1,5 @@
 //! End-to-end tests of the bridge daemon (`rmq-bridge run`) between a real
-//! 4.x cluster and a real 5.x cluster (rocketmq-rust peers on loopback).
+//! 4.x cluster and a real 5.x cluster (Apache RocketMQ 4.9.7 and 5.5.0 on loopback).
 //! What landed in 5.x is read back from the 5.x broker over Remoting.
 
 use std::collections::{BTreeMap, BTreeSet};

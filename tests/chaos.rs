@@ -1,6 +1,6 @@
 //! Faults through the whole bridge against the real peers (issue 10): the
 //! bridge (`rmq-bridge run`, a child process) between a 4.x and a 5.x
-//! cluster of rocketmq-rust peers, faults injected mid-stream by
+//! cluster of Apache RocketMQ servers (4.9.7, 5.5.0), faults injected mid-stream by
 //! `rmq_bridge::dev::chaos`, and what landed read back from the 5.x broker
 //! over Remoting. Each test is bounded in time.
 

@@ -916,7 +916,11 @@ async fn a_5x_consumer_receives_every_type_intact() {
     send_ok(&publisher, &overdue).await;
     let got = receive_n(&publisher, "recv_delay", "tp_recv_group", 1).await;
     check_received(&got[0], &overdue, TopicMessageType::Delay);
-    assert_eq!(got[0].delivery_timestamp_ms, Some(past_ms), "past delivery time kept");
+    assert_eq!(
+        got[0].delivery_timestamp_ms,
+        Some(past_ms),
+        "past delivery time kept"
+    );
     assert!(
         sent_at.elapsed() < Duration::from_secs(20),
         "an overdue DELAY message took {:?} to be delivered",
