@@ -88,15 +88,16 @@ async fn mixed_stream_survives_kills_and_peer_restarts() {
         tally.missing_in_source.is_empty(),
         "the producer's messages are not all in 4.x (a test setup problem): {tally}"
     );
-    // The peer proxy forwards EndTransaction to its broker one way
-    // (rocketmq-client-rust `end_transaction_oneway`, as Java does): a COMMIT
-    // that reaches a 5.x broker while it shuts down is lost although the
-    // proxy answered OK, and the peer sent the bridge no check-back to
-    // recover it (the bridge would commit it, see README). Such a message is
-    // a 5.x loss, not the bridge's: it is excused only with evidence (a
-    // TRANSACTION message whose half message the 5.x broker stored), and
-    // the probe is checked on a message that did arrive, so that it cannot
-    // excuse anything by being blind.
+    // The Java proxy forwards EndTransaction to its broker one way: a
+    // COMMIT that reaches a 5.x broker while it shuts down is lost although
+    // the proxy answered OK. The broker then asks by check-back (every 5 s
+    // in this rig) and the bridge commits what it forwarded; yet on 5.5.0
+    // some stay half messages past the settle time (78 of 20,000 in one run
+    // here: docs/peers.md, an open problem). Such a message is a 5.x loss,
+    // not the bridge's: it is excused only with evidence (a TRANSACTION
+    // message whose half message the 5.x broker stored), and the probe is
+    // checked on a message that did arrive, so that it cannot excuse
+    // anything by being blind.
     let tx_ids: Vec<String> = sent
         .iter()
         .filter(|m| m.kind == Kind::Transaction)
@@ -128,8 +129,8 @@ async fn mixed_stream_survives_kills_and_peer_restarts() {
     if !commit_lost_in_5x.is_empty() {
         eprintln!(
             "chaos mixed stream: {} TRANSACTION message(s) whose half message 5.x stored \
-             but whose acknowledged COMMIT the 5.x broker never applied (peer: one-way \
-             forward, no check-back): {commit_lost_in_5x:?}",
+             but whose acknowledged COMMIT the 5.x broker never applied (one-way forward; \
+             no check-back recovered them in time): {commit_lost_in_5x:?}",
             commit_lost_in_5x.len()
         );
     }
