@@ -918,3 +918,61 @@ async fn verify_accepts_delay_messages_forwarded_early() {
     assert_eq!(report["totals"]["duplicated"], 0, "{report:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A 4.x broker that has not run its first transaction check since its
+/// start (60 s by default) stores half messages it does not serve yet: the
+/// report must say so in red, never read "none unresolved" into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_names_half_messages_a_fresh_4x_broker_does_not_serve_yet() {
+    let src = testkit::start_source_cluster("halfnew-src").expect("4.x peers");
+    let dst = testkit::start_target_cluster("halfnew-dst").expect("5.x peers");
+    let client = testkit::client();
+    testkit::create_topic(&client, &src, "pay", 1, None)
+        .await
+        .expect("topic");
+    testkit::create_topic(&client, &dst, "pay", 1, Some("NORMAL"))
+        .await
+        .expect("topic");
+    let prepared = Sample {
+        uniq_key: Some("HALFNEW0".into()),
+        body: b"prepared".to_vec(),
+        sys_flag: 4,
+        properties: vec![
+            ("TRAN_MSG".into(), "true".into()),
+            ("PGROUP".into(), "halfnew_tx".into()),
+        ],
+        ..Default::default()
+    };
+    testkit::produce(&client, &src, "pay", &prepared)
+        .await
+        .expect("prepare");
+    let dir = scratch("halfnew");
+    let cfg_path = dir.join("bridge.toml");
+    testkit::write_config(
+        &cfg_path,
+        &config(
+            &src,
+            &dst,
+            &dir.join("checkpoints"),
+            "off",
+            &[RouteSpec::new("pay", "pay", "pay", 100)],
+        ),
+    )
+    .expect("config");
+    let cfg = cfg_path.to_string_lossy().to_string();
+    let out = run_cli(&["check", "-c", &cfg, "--decommission"]);
+    let shown = text(&out);
+    assert!(
+        !out.status.success(),
+        "a report over unread half messages passed:\n{shown}"
+    );
+    let line = shown
+        .lines()
+        .find(|l| l.contains("topic pay") && l.contains("half transactions"))
+        .unwrap_or_else(|| panic!("no half transactions line for pay:\n{shown}"));
+    assert!(line.starts_with("RED"), "{line}");
+    assert!(
+        line.contains("does not serve yet") && line.contains("transactionCheckInterval"),
+        "the red line says why and when to re-run: {line}"
+    );
+}
