@@ -1356,7 +1356,16 @@ async fn run(
         );
         // What the 5.x side made of the batches: one stored message per sent
         // message, each with its own id and body? Only then does the rate count.
-        let stored = testkit::read_back(client, dst, BATCH_TOPIC).await?;
+        // The broker dispatches stored messages to their consume queue a
+        // moment after it answered: read until all are there or 15 s passed.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let stored = loop {
+            let stored = testkit::read_back(client, dst, BATCH_TOPIC).await?;
+            if stored.len() >= params.send_messages || Instant::now() >= deadline {
+                break stored;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         let ids: std::collections::HashSet<&str> = stored.iter().map(|r| r.message_id()).collect();
         let intact = stored.len() == params.send_messages
             && ids.len() == params.send_messages
