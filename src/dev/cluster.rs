@@ -37,7 +37,7 @@ pub use ports::{free_broker_port, free_port};
 pub use runtime::{PeerLine, PeerRuntime};
 
 use process::{PeerProcess, PeerSpec};
-use settings::{BrokerPlan, Role, LOOPBACK};
+use settings::{BrokerPlan, LOOPBACK};
 
 /// Default bound on each peer's startup (override: `RMQ_PEER_START_TIMEOUT_SECS`).
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -349,19 +349,16 @@ impl LocalCluster {
         let broker_name = format!("{}-broker-a", opts.name);
         let line = runtime.line;
         let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let spec =
-            |role: Role, peer: Peer, home: PathBuf, config: &Path, addrs: Vec<SocketAddr>| {
-                PeerSpec {
-                    label: format!("{}/{}", opts.name, peer),
-                    binary: runtime.java.clone(),
-                    args: settings::jvm_args(line, role, &home, &runtime.classpath, config),
-                    home,
-                    log_path: log_dir.join(format!("{}.log", peer.file_name())),
-                    pid_path: run_dir.join(format!("{}.pid", peer.file_name())),
-                    addrs,
-                    ready_marker: settings::ready_marker(role),
-                }
-            };
+        let spec = |peer: Peer, home: PathBuf, config: &Path, addrs: Vec<SocketAddr>| PeerSpec {
+            label: format!("{}/{}", opts.name, peer),
+            binary: runtime.java.clone(),
+            args: settings::jvm_args(line, peer, &home, &runtime.classpath, config),
+            home,
+            log_path: log_dir.join(format!("{}.log", peer.file_name())),
+            pid_path: run_dir.join(format!("{}.pid", peer.file_name())),
+            addrs,
+            ready_marker: settings::ready_marker(peer),
+        };
 
         // Name server.
         let namesrv_port = free_port()?;
@@ -373,7 +370,6 @@ impl LocalCluster {
             &settings::namesrv_properties(&namesrv_home, namesrv_port),
         )?;
         let namesrv = PeerProcess::new(spec(
-            Role::NameServer,
             Peer::NameServer,
             namesrv_home,
             &namesrv_config,
@@ -408,7 +404,6 @@ impl LocalCluster {
             })?,
         )?;
         let broker = PeerProcess::new(spec(
-            Role::Broker,
             Peer::Broker,
             broker_home,
             &broker_config,
@@ -426,7 +421,6 @@ impl LocalCluster {
                 &settings::proxy_json(grpc_port, remoting_port, &namesrv_addr, &cluster_name),
             )?;
             let proxy = PeerProcess::new(spec(
-                Role::Proxy,
                 Peer::Proxy,
                 proxy_home,
                 &proxy_config,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::runtime::PeerLine;
-use super::DevClusterError;
+use super::{DevClusterError, Peer};
 
 /// Every peer is reached on loopback (the Java servers bind every address;
 /// their ports are chosen free on 127.0.0.1 and only 127.0.0.1 is registered).
@@ -22,49 +22,32 @@ pub const TEST_COMMIT_LOG_FILE_SIZE: u64 = 64 * 1024 * 1024;
 pub const PEER_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// The line a server's stdout prints once it serves (readiness).
-pub fn ready_marker(role: Role) -> &'static str {
-    match role {
+pub fn ready_marker(peer: Peer) -> &'static str {
+    match peer {
         // "The Name Server boot success. serializeType=JSON"
-        Role::NameServer => "The Name Server boot success",
+        Peer::NameServer => "The Name Server boot success",
         // "The broker[<name>, <ip:port>] boot success. serializeType=JSON ..."
-        Role::Broker => "boot success",
+        Peer::Broker => "boot success",
         // "<date> rocketmq-proxy startup successfully"
-        Role::Proxy => "rocketmq-proxy startup successfully",
+        Peer::Proxy => "rocketmq-proxy startup successfully",
     }
 }
 
-/// Which server a JVM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    NameServer,
-    Broker,
-    Proxy,
+/// The main class of `peer`'s JVM.
+fn main_class(peer: Peer) -> &'static str {
+    match peer {
+        Peer::NameServer => "org.apache.rocketmq.namesrv.NamesrvStartup",
+        Peer::Broker => "org.apache.rocketmq.broker.BrokerStartup",
+        Peer::Proxy => "org.apache.rocketmq.proxy.ProxyStartup",
+    }
 }
 
-impl Role {
-    fn main_class(self) -> &'static str {
-        match self {
-            Self::NameServer => "org.apache.rocketmq.namesrv.NamesrvStartup",
-            Self::Broker => "org.apache.rocketmq.broker.BrokerStartup",
-            Self::Proxy => "org.apache.rocketmq.proxy.ProxyStartup",
-        }
-    }
-
-    fn file_name(self) -> &'static str {
-        match self {
-            Self::NameServer => "namesrv",
-            Self::Broker => "broker",
-            Self::Proxy => "proxy",
-        }
-    }
-
-    /// Heap of each JVM: small, fixed, and enough for the tests' traffic.
-    fn heap(self) -> &'static str {
-        match self {
-            Self::NameServer => "-Xmx128m",
-            Self::Broker => "-Xmx512m",
-            Self::Proxy => "-Xmx256m",
-        }
+/// Heap of each JVM: small, fixed, and enough for the tests' traffic.
+fn heap(peer: Peer) -> &'static str {
+    match peer {
+        Peer::NameServer => "-Xmx128m",
+        Peer::Broker => "-Xmx512m",
+        Peer::Proxy => "-Xmx256m",
     }
 }
 
@@ -173,13 +156,13 @@ pub const V4_JDK17_FLAGS: [&str; 3] = [
 /// `rocketmq.home.dir` and `user.home` (its logs go to `home/logs`).
 pub fn jvm_args(
     line: PeerLine,
-    role: Role,
+    peer: Peer,
     home: &Path,
     classpath: &str,
     config: &Path,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
-        role.heap().into(),
+        heap(peer).into(),
         "-XX:+UseSerialGC".into(),
         "-XX:-UsePerfData".into(),
         "-Xss512k".into(),
@@ -193,19 +176,19 @@ pub fn jvm_args(
             args.push("--add-opens=java.base/java.lang=ALL-UNNAMED".into());
             args.push(format!(
                 "-Drmq.logback.configurationFile=rmq.{}.logback.xml",
-                role.file_name()
+                peer.file_name()
             ));
         }
     }
     args.push("-cp".into());
     args.push(classpath.into());
-    args.push(role.main_class().into());
-    match role {
-        Role::NameServer | Role::Broker => {
+    args.push(main_class(peer).into());
+    match peer {
+        Peer::NameServer | Peer::Broker => {
             args.push("-c".into());
             args.push(config.display().to_string());
         }
-        Role::Proxy => {
+        Peer::Proxy => {
             args.push("-pc".into());
             args.push(config.display().to_string());
             args.push("-pm".into());
@@ -336,7 +319,7 @@ mod tests {
         let home = Path::new("/h");
         let v4 = jvm_args(
             PeerLine::V4,
-            Role::Broker,
+            Peer::Broker,
             home,
             "a.jar",
             Path::new("/h/b.properties"),
@@ -351,7 +334,7 @@ mod tests {
         ]));
         let proxy = jvm_args(
             PeerLine::V5,
-            Role::Proxy,
+            Peer::Proxy,
             home,
             "a.jar",
             Path::new("/h/p.json"),
@@ -408,7 +391,7 @@ mod tests {
         }
         let flags = jvm_args(
             PeerLine::V4,
-            Role::Broker,
+            Peer::Broker,
             Path::new("/h"),
             "cp",
             Path::new("/c"),
@@ -416,7 +399,7 @@ mod tests {
         .into_iter()
         .chain(jvm_args(
             PeerLine::V5,
-            Role::Proxy,
+            Peer::Proxy,
             Path::new("/h"),
             "cp",
             Path::new("/c"),
