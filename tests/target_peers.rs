@@ -1096,3 +1096,33 @@ async fn proxy_restart_mid_stream_loses_nothing() {
     );
     publisher.shutdown().await;
 }
+
+/// A TRANSACTION message forwarded from a 4.x backlog keeps its 4.x born
+/// time, and a Java 5.x broker counts the half message's recovery window
+/// from it: with a fixed 30 s window, the COMMIT of every message older
+/// than 30 s was refused ("Message commit fail [producer end] ... wait
+/// check"; the proxy forwards the COMMIT one way and answers OK) and the
+/// message depended on a check-back. Here no check-back can help (the
+/// producer is gone right after its COMMIT): messages born 10 minutes and
+/// 2 hours ago (past the proxy's 1-hour maximum window) must both be
+/// committed by their COMMIT alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_transaction_is_committed_without_a_check_back() {
+    let cluster = start_target(ClusterOptions::new("tp-txage")).await;
+    let client = testkit::client();
+    create_topic(&client, &cluster, "aged_tx", 2, "TRANSACTION").await;
+    let publisher = connect(&cluster).await;
+    let mut sent = Vec::new();
+    for (what, age_ms) in [("ten-minutes", 600_000), ("two-hours", 7_200_000)] {
+        let mut m = full_message("aged_tx", MessageKind::Transaction, what);
+        m.born_timestamp_ms = now_ms() - age_ms;
+        send_ok(&publisher, &m).await;
+        sent.push(m);
+    }
+    publisher.shutdown().await;
+    let records = read_back_at_least(&client, &cluster, "aged_tx", sent.len()).await;
+    for m in &sent {
+        let rec = check_stored(&records, m);
+        check_born(rec, m, "aged transaction");
+    }
+}

@@ -102,12 +102,36 @@ impl fmt::Display for TopicMessageType {
     }
 }
 
-/// How long a transaction half message may stay unresolved before the
-/// server asks a producer to resolve it (Java proxies cap this at 1 hour).
-/// We commit right after the prepare, so this only matters if the commit is
-/// lost; then our telemetry handler answers the check with ROLLBACK and the
-/// pipeline re-sends (see `client.rs`).
+/// How long after it was sent a transaction half message may stay
+/// unresolved before the server asks a producer to resolve it. We commit
+/// right after the prepare, so this only matters if the commit is lost;
+/// then our telemetry handler answers the check (see `client.rs`).
 pub(crate) const ORPHANED_TRANSACTION_RECOVERY: Duration = Duration::from_secs(30);
+
+/// The longest recovery window a Java proxy takes
+/// (`maxTransactionRecoverySecond`, 1 hour; a longer one is refused with
+/// BAD_REQUEST).
+pub(crate) const MAX_ORPHAN_RECOVERY: Duration = Duration::from_secs(3600);
+
+/// The recovery window to send with a half message born at `born_ms`
+/// (the 4.x born time the bridge keeps), sent at `now_ms`. A Java broker
+/// counts the window from the born time: it checks back no earlier than
+/// born + window, and refuses a producer's COMMIT that arrives later than
+/// that ("wait check"; the proxy forwards the COMMIT one way, so the
+/// bridge never hears of it). So the window is the message's age plus
+/// [`ORPHANED_TRANSACTION_RECOVERY`], in whole seconds rounded up (the
+/// proxy reads seconds). Past the proxy's maximum, none: without a window
+/// the broker takes a COMMIT at any age and checks back after its own
+/// `transactionTimeOut`.
+pub(crate) fn orphan_recovery(born_ms: i64, now_ms: i64) -> Option<Duration> {
+    let age_ms = if born_ms > 0 {
+        now_ms.saturating_sub(born_ms).max(0) as u64
+    } else {
+        0
+    };
+    let window = ORPHANED_TRANSACTION_RECOVERY + Duration::from_secs(age_ms.div_ceil(1000));
+    (window <= MAX_ORPHAN_RECOVERY).then_some(window)
+}
 
 /// CRC-32 (IEEE) of the body as the Java 5.x client spells it:
 /// `Long.toHexString(crc).toUpperCase()`, i.e. upper-case hex without
@@ -145,6 +169,15 @@ pub(crate) fn duration_to_wire(d: Duration) -> prost_types::Duration {
 impl OutgoingMessage {
     /// The protobuf message for this message, bound for `queue_id`.
     pub(crate) fn to_wire(&self, namespace: &str, queue_id: i32) -> pb::Message {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.to_wire_at(namespace, queue_id, now_ms)
+    }
+
+    /// [`Self::to_wire`] as sent at `now_ms` (the transaction recovery
+    /// window depends on it).
+    pub(crate) fn to_wire_at(&self, namespace: &str, queue_id: i32, now_ms: i64) -> pb::Message {
         let mut sys = pb::SystemProperties {
             tag: self.tag.clone(),
             keys: self.keys.clone(),
@@ -168,7 +201,7 @@ impl OutgoingMessage {
             } => sys.delivery_timestamp = Some(timestamp_from_millis(*delivery_timestamp_ms)),
             MessageKind::Transaction => {
                 sys.orphaned_transaction_recovery_duration =
-                    Some(duration_to_wire(ORPHANED_TRANSACTION_RECOVERY))
+                    orphan_recovery(self.born_timestamp_ms, now_ms).map(duration_to_wire)
             }
         }
         pb::Message {
@@ -349,12 +382,45 @@ mod tests {
                 ),
                 MessageKind::Transaction => {
                     assert!(sys.message_group.is_none() && sys.delivery_timestamp.is_none());
+                    // Born in 2023: older than the proxy's maximum window.
+                    assert_eq!(sys.orphaned_transaction_recovery_duration, None);
+                    let at = m.to_wire_at("ns", 3, m.born_timestamp_ms + 600_000);
                     assert_eq!(
-                        sys.orphaned_transaction_recovery_duration,
-                        Some(duration_to_wire(ORPHANED_TRANSACTION_RECOVERY))
+                        at.system_properties
+                            .unwrap_or_default()
+                            .orphaned_transaction_recovery_duration,
+                        Some(duration_to_wire(Duration::from_secs(630)))
                     );
                 }
             }
         }
+    }
+
+    /// Java brokers measure a half message's recovery window from its born
+    /// time, and refuse a producer's COMMIT after it ("Message commit fail
+    /// [producer end] ... wait check"): forwarded from a backlog with its
+    /// 4.x born time, the window must cover the message's age, or every
+    /// COMMIT of a message older than the window waits for a check-back.
+    #[test]
+    fn orphan_recovery_is_counted_from_the_born_time() {
+        let born = 1_800_000_000_000;
+        let window = ORPHANED_TRANSACTION_RECOVERY;
+        assert_eq!(orphan_recovery(born, born), Some(window));
+        assert_eq!(orphan_recovery(born, born + 250), Some(window + Duration::from_secs(1)));
+        assert_eq!(
+            orphan_recovery(born, born + 3_000_000),
+            Some(window + Duration::from_secs(3_000))
+        );
+        // A clock behind the born time, or no born time: the window alone.
+        assert_eq!(orphan_recovery(born, born - 5_000), Some(window));
+        assert_eq!(orphan_recovery(0, born), Some(window));
+        // Beyond the proxy's maximum (1 h; more is refused as BAD_REQUEST):
+        // none, so the broker accepts the COMMIT at any age.
+        let last = MAX_ORPHAN_RECOVERY - window;
+        assert_eq!(
+            orphan_recovery(born, born + last.as_millis() as i64),
+            Some(MAX_ORPHAN_RECOVERY)
+        );
+        assert_eq!(orphan_recovery(born, born + last.as_millis() as i64 + 1), None);
     }
 }

@@ -263,14 +263,31 @@ impl Publisher {
 
     /// The message types `topic` accepts, from its route
     /// (`MessageQueue.accept_message_types`). Empty when the server declares
-    /// no type (then nothing is checked locally).
+    /// no type (then nothing is checked locally). An empty answer is not
+    /// kept: a Java proxy declares UNSPECIFIED while it cannot read the
+    /// topic's config from its broker (a broker restart), so the next call
+    /// asks again.
     pub async fn accepted_types(&self, topic: &str) -> Result<Vec<TopicMessageType>, PublishError> {
         if self.client.is_shut_down() {
             return Err(PublishError::Shutdown {
                 what: format!("QueryRoute for topic {topic}"),
             });
         }
-        Ok(self.route(topic).await?.accepted.clone())
+        let accepted = self.route(topic).await?.accepted.clone();
+        if accepted.is_empty() {
+            self.client.invalidate_route(topic);
+        }
+        Ok(accepted)
+    }
+
+    /// Announces this producer as a publisher of `topic` (settings and a
+    /// heartbeat) before any send: the proxy finds the producer that
+    /// answers a 5.x broker's transaction check-back by the topic, so a
+    /// bridge restarted with nothing left to send there must be listed too.
+    pub fn declare_topic(&self, topic: &str) {
+        if !self.client.is_shut_down() {
+            self.client.ensure_topic(topic);
+        }
     }
 
     /// Like [`validate`], with the topic's accepted types and the server's

@@ -830,6 +830,12 @@ fn spawn_type_learner(
     stop: &watch::Receiver<bool>,
 ) -> tokio::sync::oneshot::Receiver<Vec<crate::grpc::TopicMessageType>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // Every client of the route announces the topic now, not at its first
+    // send: a restarted bridge with nothing left to send there must still
+    // answer the 5.x broker's transaction check-backs.
+    for sink in ends.sinks.all() {
+        sink.declare_topic(target);
+    }
     let publisher = ends.sinks.first().clone();
     let cluster = publisher.cluster();
     let (route, target, health, stop) = (
@@ -853,13 +859,17 @@ fn spawn_type_learner(
                 let health = Arc::clone(&health);
                 let report = std::mem::take(&mut first);
                 async move {
-                    let result = publisher.accepted_types(&target).await;
+                    let result = publisher
+                        .accepted_types(&target)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|types| known_types(cluster, &target, types));
                     if let (Err(e), true) = (&result, report) {
                         health.stall(&format!(
                             "cannot learn the message types of {cluster} topic `{target}`: {e}"
                         ));
                     }
-                    result.map_err(|e| e.to_string())
+                    result
                 }
             },
         )
@@ -869,6 +879,26 @@ fn spawn_type_learner(
         }
     });
     rx
+}
+
+/// The target's accepted types once it declares some. None declared
+/// (UNSPECIFIED) is no answer yet, never a reason to refuse messages: a
+/// Java 5.x proxy says so while it cannot read the topic's config from its
+/// broker (for a while after a broker restart), so the route waits and
+/// asks again.
+fn known_types(
+    cluster: &str,
+    target: &str,
+    types: Vec<crate::grpc::TopicMessageType>,
+) -> Result<Vec<crate::grpc::TopicMessageType>, String> {
+    if types.is_empty() {
+        return Err(format!(
+            "{cluster} topic `{target}` declares no message type (UNSPECIFIED): a 5.x proxy \
+             answers so while it cannot reach the topic's broker; if it lasts, check the \
+             topic's message.type attribute on its brokers"
+        ));
+    }
+    Ok(types)
 }
 
 /// Keeps the route's stall reason in the store (`status` shows it) while
@@ -965,6 +995,20 @@ async fn commit_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chaos run of 2026-12-07: a bridge restarted just after the 5.x
+    /// broker learned "no type" from the proxy and quarantined 448 NORMAL
+    /// messages as untypeable.
+    #[test]
+    fn no_declared_type_is_no_answer_yet() {
+        use crate::grpc::TopicMessageType as T;
+        let err = known_types("5.x", "orders", Vec::new()).unwrap_err();
+        assert!(err.contains("`orders`") && err.contains("UNSPECIFIED"), "{err}");
+        assert_eq!(
+            known_types("5.x", "orders", vec![T::Normal]),
+            Ok(vec![T::Normal])
+        );
+    }
 
     #[test]
     fn only_the_queues_of_a_new_route_start_at_the_configured_position() {

@@ -96,6 +96,16 @@ impl Sink {
         }
     }
 
+    /// Announces the route's target topic to the cluster before any send
+    /// (5.x: so that transaction check-backs reach this process; 4.x
+    /// producers need no announcement).
+    pub fn declare_topic(&self, topic: &str) {
+        match self {
+            Sink::Grpc(p) => p.declare_topic(topic),
+            Sink::Remoting(_) => {}
+        }
+    }
+
     /// The cluster's name for messages and logs ("5.x" or "4.x").
     pub fn cluster(&self) -> &'static str {
         match self {
