@@ -88,60 +88,25 @@ async fn mixed_stream_survives_kills_and_peer_restarts() {
         tally.missing_in_source.is_empty(),
         "the producer's messages are not all in 4.x (a test setup problem): {tally}"
     );
-    // The Java proxy forwards EndTransaction to its broker one way: a
-    // COMMIT that reaches a 5.x broker while it shuts down is lost although
-    // the proxy answered OK. The broker then asks by check-back (every 5 s
-    // in this rig) and the bridge commits what it forwarded; yet on 5.5.0
-    // some stay half messages past the settle time (78 of 20,000 in one run
-    // here: docs/peers.md, an open problem). Such a message is a 5.x loss,
-    // not the bridge's: it is excused only with evidence (a TRANSACTION
-    // message whose half message the 5.x broker stored), and the probe is
-    // checked on a message that did arrive, so that it cannot excuse
-    // anything by being blind.
-    let tx_ids: Vec<String> = sent
-        .iter()
-        .filter(|m| m.kind == Kind::Transaction)
-        .map(|m| m.id.clone())
-        .collect();
-    let arrived_tx: Vec<String> = tx_ids
-        .iter()
-        .filter(|id| !tally.lost.contains(id))
-        .take(1)
-        .cloned()
-        .collect();
-    assert_eq!(
-        rig.held_as_5x_half_messages(&arrived_tx).await,
-        arrived_tx,
-        "the 5.x half-topic probe does not see a transaction message that arrived"
-    );
-    let lost_tx: Vec<String> = tally
-        .lost
-        .iter()
-        .filter(|id| tx_ids.contains(id))
-        .cloned()
-        .collect();
-    let commit_lost_in_5x = rig.held_as_5x_half_messages(&lost_tx).await;
-    let bridge_lost: Vec<&String> = tally
-        .lost
-        .iter()
-        .filter(|id| !commit_lost_in_5x.contains(id))
-        .collect();
-    if !commit_lost_in_5x.is_empty() {
-        eprintln!(
-            "chaos mixed stream: {} TRANSACTION message(s) whose half message 5.x stored \
-             but whose acknowledged COMMIT the 5.x broker never applied (one-way forward; \
-             no check-back recovered them in time): {commit_lost_in_5x:?}",
-            commit_lost_in_5x.len()
+    // Nothing is excused. Earlier runs on the Java peers lost TRANSACTION
+    // messages that 5.x held as half messages, and those were taken for a
+    // 5.x loss; they were the bridge's (a recovery window counted from the
+    // 4.x born time, and a restarted bridge that was no topic's producer for
+    // the check-backs: docs/peers.md). A lost TRANSACTION message still held
+    // as a 5.x half message is named, to tell the two apart next time.
+    if !tally.lost.is_empty() {
+        let lost_tx: Vec<String> = sent
+            .iter()
+            .filter(|m| m.kind == Kind::Transaction && tally.lost.contains(&m.id))
+            .map(|m| m.id.clone())
+            .collect();
+        let half = rig.held_as_5x_half_messages(&lost_tx).await;
+        panic!(
+            "messages lost: {tally}\n  of them TRANSACTION messages 5.x holds as unresolved \
+             half messages ({}): {half:?}",
+            half.len()
         );
     }
-    assert!(
-        commit_lost_in_5x.len() <= target_faults * 128,
-        "more lost commits than 5.x faults could swallow: {tally}"
-    );
-    assert!(
-        bridge_lost.is_empty(),
-        "messages lost: {tally}\n  not explained by a lost 5.x commit: {bridge_lost:?}"
-    );
     assert!(tally.damaged.is_empty(), "damaged copies: {tally}");
     assert!(tally.strays.is_empty(), "strays: {tally}");
     assert!(tally.order_violations.is_empty(), "FIFO order: {tally}");

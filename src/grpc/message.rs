@@ -406,7 +406,10 @@ mod tests {
         let born = 1_800_000_000_000;
         let window = ORPHANED_TRANSACTION_RECOVERY;
         assert_eq!(orphan_recovery(born, born), Some(window));
-        assert_eq!(orphan_recovery(born, born + 250), Some(window + Duration::from_secs(1)));
+        assert_eq!(
+            orphan_recovery(born, born + 250),
+            Some(window + Duration::from_secs(1))
+        );
         assert_eq!(
             orphan_recovery(born, born + 3_000_000),
             Some(window + Duration::from_secs(3_000))
@@ -421,6 +424,9 @@ mod tests {
             orphan_recovery(born, born + last.as_millis() as i64),
             Some(MAX_ORPHAN_RECOVERY)
         );
-        assert_eq!(orphan_recovery(born, born + last.as_millis() as i64 + 1), None);
+        assert_eq!(
+            orphan_recovery(born, born + last.as_millis() as i64 + 1),
+            None
+        );
     }
 }

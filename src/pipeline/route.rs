@@ -1003,7 +1003,10 @@ mod tests {
     fn no_declared_type_is_no_answer_yet() {
         use crate::grpc::TopicMessageType as T;
         let err = known_types("5.x", "orders", Vec::new()).unwrap_err();
-        assert!(err.contains("`orders`") && err.contains("UNSPECIFIED"), "{err}");
+        assert!(
+            err.contains("`orders`") && err.contains("UNSPECIFIED"),
+            "{err}"
+        );
         assert_eq!(
             known_types("5.x", "orders", vec![T::Normal]),
             Ok(vec![T::Normal])
