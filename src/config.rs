@@ -848,7 +848,10 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
 
     let pipeline = PipelineConfig {
         inflight_per_queue: raw.pipeline.inflight_per_queue.unwrap_or(1024),
-        send_batch_size: raw.pipeline.send_batch_size.unwrap_or(DEFAULT_SEND_BATCH_SIZE),
+        send_batch_size: raw
+            .pipeline
+            .send_batch_size
+            .unwrap_or(DEFAULT_SEND_BATCH_SIZE),
         max_concurrent_sends: raw.pipeline.max_concurrent_sends.unwrap_or(128),
         quarantine_after_failures: raw.pipeline.quarantine_after_failures.unwrap_or(10),
         max_inflight_mib: raw.pipeline.max_inflight_mib.unwrap_or(8),

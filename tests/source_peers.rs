@@ -1217,3 +1217,76 @@ async fn queue_locks_are_exclusive_per_client_until_released() {
         "the released queue goes to the other client, the held one stays"
     );
 }
+
+/// Issue 29: the instances of `[instances] coordinate` rebalance at once
+/// when the broker tells them their group changed. rocketmq-rust 1.0.0
+/// sent NOTIFY_CONSUMER_IDS_CHANGED on joins only; Java 4.9.7 must send it
+/// when a member leaves too (an unregister, as a clean stop does, and a
+/// dropped connection, as a SIGKILL does), or a survivor waits for its
+/// rebalance timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_notifies_the_group_when_a_member_leaves() {
+    use rmq_bridge::remoting::cmd::consumer::HeartbeatData;
+    use rmq_bridge::remoting::codes::request::NOTIFY_CONSUMER_IDS_CHANGED;
+    const MEMBERS: &str = "rmq_bridge_notify_test";
+    let cluster = start_cluster("notify").await;
+    let survivor = testkit::client();
+    create_topic(&survivor, &cluster, "members", 2).await;
+    let broker = cluster.broker_addr.clone();
+    let topics = vec!["members".to_string()];
+    let mut notices = survivor.subscribe_server_requests();
+    survivor
+        .heartbeat(
+            &broker,
+            &HeartbeatData::consumer("survivor", MEMBERS, &topics),
+        )
+        .await
+        .expect("survivor joins");
+    /// Whether a NOTIFY for `group` arrives within 10 s (others drained).
+    async fn wait_notify(
+        notices: &mut tokio::sync::broadcast::Receiver<
+            rmq_bridge::remoting::connection::ServerRequest,
+        >,
+        group: &str,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, notices.recv()).await {
+                Ok(Ok(r))
+                    if r.command.code == NOTIFY_CONSUMER_IDS_CHANGED
+                        && r.command.ext("consumerGroup").unwrap_or_default() == group =>
+                {
+                    return true
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+    }
+    for how in ["unregisters", "drops its connection"] {
+        let leaver = testkit::client();
+        leaver
+            .heartbeat(&broker, &HeartbeatData::consumer(how, MEMBERS, &topics))
+            .await
+            .expect("the second member joins");
+        assert!(
+            wait_notify(&mut notices, MEMBERS).await,
+            "no NOTIFY_CONSUMER_IDS_CHANGED on a join"
+        );
+        // Any further notice of the join is drained, so that the next one
+        // can only be the leave's.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while notices.try_recv().is_ok() {}
+        match how {
+            "unregisters" => leaver
+                .unregister_client(&broker, how, None, Some(MEMBERS))
+                .await
+                .expect("unregister"),
+            _ => leaver.shutdown(),
+        }
+        assert!(
+            wait_notify(&mut notices, MEMBERS).await,
+            "no NOTIFY_CONSUMER_IDS_CHANGED when a member {how}"
+        );
+    }
+}

@@ -206,6 +206,17 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// True when the server refused the message's delivery time
+    /// (ILLEGAL_DELIVERY_TIME): some servers refuse a time that is not in
+    /// the future, which the pipeline then clamps (send.rs).
+    pub fn refuses_delivery_time(&self) -> bool {
+        matches!(
+            self,
+            PublishError::IllegalMessage { code, .. }
+                if *code == pb::Code::IllegalDeliveryTime.as_str_name()
+        )
+    }
+
     /// True when this message can never be accepted by its target topic as
     /// it is (quarantine it); false when a retry may succeed.
     pub fn is_permanent(&self) -> bool {

@@ -231,6 +231,7 @@ async fn run_route(
         stop: Shutdown::new(worker_stop_rx.clone()),
         scheduled: None,
         retry_log: Default::default(),
+        delay_clamp: Default::default(),
         fence: None,
     });
     // Instances sharing an estate: also what the others confirmed or took.

@@ -61,7 +61,6 @@ pub fn build_rule(
             } else {
                 String::new()
             },
-            delay_clamp_min_ahead: t.delay_min_lead,
             origin: t.loop_prevention.then(|| {
                 let (four, five) = (t.source_cluster_name.clone(), t.target_cluster_name.clone());
                 let (source, destination) = match route.direction {

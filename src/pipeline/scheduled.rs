@@ -227,6 +227,7 @@ pub fn spawn_schedule_side(
         scheduled: Some(ledger.clone()),
         retry_log: Default::default(),
         fence: None,
+        // The route's delay_clamp: one target, one answer.
         ..(**sender).clone()
     });
     let admitter = Admitter {

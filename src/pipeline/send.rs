@@ -54,8 +54,13 @@ pub struct Sender {
     pub share: Arc<RouteShare>,
     pub quarantine: Quarantine,
     pub counters: m::RouteMessages,
-    /// DELAY targets: a delivery time must stay at least this far ahead.
+    /// DELAY targets that refuse a time not in the future: a delivery time
+    /// is then kept at least this far ahead.
     pub delay_min_lead: Duration,
+    /// Whether this route's target refused a past delivery time: until it
+    /// does, DELAY messages go with their own time (Java 5.x takes a past
+    /// time and delivers at once).
+    pub delay_clamp: Arc<DelayClamp>,
     /// Counted refusals after which a message is poison; 0 = never.
     pub poison_threshold: u32,
     pub stop: Shutdown,
@@ -68,6 +73,25 @@ pub struct Sender {
     /// no attempt starts once it is closed. None: the queue is this
     /// instance's alone.
     pub fence: Option<Arc<Fence>>,
+}
+
+/// Learned per route: the target refused a DELAY message's past delivery
+/// time (ILLEGAL_DELIVERY_TIME), so every DELAY send of the route is
+/// clamped to now + `delay_min_lead` from then on (`translate::clamp_delivery`).
+#[derive(Debug, Default)]
+pub struct DelayClamp {
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl DelayClamp {
+    pub fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True the first time.
+    fn turn_on(&self) -> bool {
+        !self.on.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// During an outage every message in flight fails and retries: logging each
@@ -174,13 +198,20 @@ impl Sender {
                     return SendOutcome::NotNeeded;
                 }
             }
-            // A retry can outlive the clamp made at translation time.
-            if let MessageKind::Delay {
-                delivery_timestamp_ms,
-            } = message.kind
+            // Clamped where the target refused a past time; again at each
+            // attempt, which can outlive the last clamp.
+            if let (
+                MessageKind::Delay {
+                    delivery_timestamp_ms,
+                },
+                true,
+            ) = (&message.kind, self.delay_clamp.is_on())
             {
-                let clamped =
-                    translate::clamp_delivery(delivery_timestamp_ms, now_ms(), self.delay_min_lead);
+                let clamped = translate::clamp_delivery(
+                    *delivery_timestamp_ms,
+                    now_ms(),
+                    self.delay_min_lead,
+                );
                 message.kind = MessageKind::Delay {
                     delivery_timestamp_ms: clamped,
                 };
@@ -200,6 +231,29 @@ impl Sender {
                 Err(e) => e,
             };
             self.count_error(&e);
+            if let (
+                MessageKind::Delay {
+                    delivery_timestamp_ms,
+                },
+                true,
+            ) = (&message.kind, e.refuses_delivery_time())
+            {
+                let clamped = translate::clamp_delivery(
+                    *delivery_timestamp_ms,
+                    now_ms(),
+                    self.delay_min_lead,
+                );
+                if clamped != *delivery_timestamp_ms {
+                    if self.delay_clamp.turn_on() {
+                        tracing::warn!(route = %self.route, topic = %message.topic, error = %e,
+                            lead = ?self.delay_min_lead,
+                            "the target refuses a DELAY delivery time that is not in the future; \
+                             this route's DELAY messages are sent no earlier than now + \
+                             [translate] delay_min_lead_ms from now on");
+                    }
+                    continue;
+                }
+            }
             let quarantine_reason =
                 match e.disposition() {
                     Disposition::Message => Some(e.to_string()),

@@ -52,6 +52,15 @@ impl SinkError {
         }
     }
 
+    /// The server refused a DELAY message's delivery time (see
+    /// [`PublishError::refuses_delivery_time`]).
+    pub fn refuses_delivery_time(&self) -> bool {
+        match self {
+            SinkError::Grpc(e) => e.refuses_delivery_time(),
+            SinkError::Remoting(_) => false,
+        }
+    }
+
     /// A short stable label for `rmq_bridge_target_errors_total{code}`.
     pub fn code_label(&self) -> &'static str {
         match self {

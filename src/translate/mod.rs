@@ -47,9 +47,6 @@ use crate::remoting::{names, MessageRecord, TransactionType};
 pub use crate::reserved::is_reserved_property;
 pub use environment::{environment_name, environment_of};
 
-/// Default for [`TranslateOptions::delay_clamp_min_ahead`].
-pub const DEFAULT_DELAY_CLAMP_MIN_AHEAD: Duration = Duration::from_secs(1);
-
 /// Where a FIFO message's `message_group` comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FifoGroupSource {
@@ -86,7 +83,7 @@ impl Default for ProvenanceNames {
 }
 
 /// Per-route translation settings (validated config, never raw input).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TranslateOptions {
     pub fifo_group_from: FifoGroupSource,
     /// `Some` stamps every message with its 4.x origin as user properties
@@ -97,25 +94,9 @@ pub struct TranslateOptions {
     /// The forwarding instance's client id for the provenance stamp; empty
     /// (no stamp) unless instances share the estate.
     pub instance: String,
-    /// The smallest lead over `now` that a DELAY delivery time is sent with;
-    /// see [`translate`] for the clamp.
-    pub delay_clamp_min_ahead: Duration,
     /// The loop-prevention stamp (origin.rs) every message leaves with;
     /// None only where `[translate] loop_prevention = false`.
     pub origin: Option<origin::OriginStamp>,
-}
-
-impl Default for TranslateOptions {
-    fn default() -> Self {
-        Self {
-            fifo_group_from: FifoGroupSource::default(),
-            provenance: None,
-            source_cluster: String::new(),
-            instance: String::new(),
-            delay_clamp_min_ahead: DEFAULT_DELAY_CLAMP_MIN_AHEAD,
-            origin: None,
-        }
-    }
 }
 
 /// Where the record was read, and when.
@@ -416,13 +397,11 @@ pub fn source_kind(record: &MessageRecord) -> Result<SourceKind, HalfState> {
 ///
 /// DELAY delivery time: the original delivery time (`TIMER_DELIVER_MS`, else
 /// `__STARTDELIVERTIME`), else the record's store time (a delay-level record
-/// in the real topic was stored there when it fell due). It is then
-/// **clamped**: a time earlier than `ctx.now_ms + opts.delay_clamp_min_ahead`
-/// becomes exactly that. Java 5.x servers accept a past time and deliver at
-/// once, but some servers (the rocketmq-rust proxy) reject a delivery time
-/// that is not in the future; the clamp delays an already-due message by at
-/// most `delay_clamp_min_ahead` and makes it acceptable everywhere. Retries
-/// long after translation may need a fresh translation for the same reason.
+/// in the real topic was stored there when it fell due), kept as it is even
+/// when past: Java 5.x servers accept a past time and deliver at once. Some
+/// servers (the rocketmq-rust proxy) refuse a time that is not in the
+/// future; the send layer clamps with [`clamp_delivery`] once a route's
+/// target refused one (pipeline/send.rs).
 pub fn translate(
     record: &MessageRecord,
     target_topic: &str,
@@ -481,7 +460,7 @@ fn choose_kind(
     if let (Some(original), true) = (traits.delay, accepted.delay) {
         let wanted = original.unwrap_or(record.store_timestamp_ms);
         return Some(MessageKind::Delay {
-            delivery_timestamp_ms: clamp_delivery(wanted, ctx.now_ms, opts.delay_clamp_min_ahead),
+            delivery_timestamp_ms: wanted,
         });
     }
     if accepted.fifo && (traits.sharding_key.is_some() || !accepted.normal) {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::grpc::{MessageKind, OutgoingMessage, TopicMessageType};
 use crate::remoting::{names, MessageRecord};
 
-use super::{clamp_delivery, translate, AcceptedTypes, SourceContext, TranslateOptions};
+use super::{translate, AcceptedTypes, SourceContext, TranslateOptions};
 use super::{SourceKind, Untranslatable};
 
 /// The 4.x schedule topic (Java `TopicValidator.RMQ_SYS_SCHEDULE_TOPIC`).
@@ -267,8 +267,7 @@ pub fn passed_schedule_topic(record: &MessageRecord) -> bool {
 }
 
 /// Translates a pending schedule-topic record into a 5.x DELAY message with
-/// its original deadline (clamped like every DELAY send, see
-/// [`super::translate`]): same message id, body, tag, keys, born time and
+/// its original deadline, even past (see [`super::translate`]): same message id, body, tag, keys, born time and
 /// host, user properties. A target that does not accept DELAY is a type
 /// mismatch: a pending message must not become due early.
 pub fn translate_pending(
@@ -296,7 +295,7 @@ pub fn translate_pending(
     }
     let mut message = translate(record, target_topic, &[TopicMessageType::Delay], ctx, opts)?;
     message.kind = MessageKind::Delay {
-        delivery_timestamp_ms: clamp_delivery(deadline_ms, ctx.now_ms, opts.delay_clamp_min_ahead),
+        delivery_timestamp_ms: deadline_ms,
     };
     Ok(message)
 }

@@ -9,10 +9,10 @@ use crate::grpc::TopicMessageType as T;
 use crate::remoting::MessageRecord;
 
 const NOW: i64 = 1_700_000_100_000;
-/// `NOW` + the default clamp lead (1 s).
-const CLAMPED: i64 = NOW + 1_000;
 const TOPIC: &str = "orders-v5";
-// The fixtures' store time is in the past, so a served delay message clamps.
+// The fixtures' store time is in the past: a served delay message keeps it
+// (no clamp at translation; the send layer clamps for a target that
+// refused a past time).
 const _: () = assert!(STORE_TIMESTAMP_MS < NOW);
 
 use crate::remoting::message::sys_flag::{
@@ -164,10 +164,10 @@ fn message_type_table() {
         // delay / scheduled
         ("served->N", &delay_served, &[T::Normal], NORMAL),
         (
-            "served->D clamps store time",
+            "served->D keeps the past store time",
             &delay_served,
             &[T::Delay],
-            delay_at(CLAMPED),
+            delay_at(STORE_TIMESTAMP_MS),
         ),
         ("served->F", &delay_served, &[T::Fifo], fifo("broker-a:3")),
         (
@@ -176,14 +176,24 @@ fn message_type_table() {
             &[T::Transaction],
             Want::Mismatch(SourceKind::Delayed),
         ),
-        ("served->mixed", &delay_served, mixed, delay_at(CLAMPED)),
+        (
+            "served->mixed",
+            &delay_served,
+            mixed,
+            delay_at(STORE_TIMESTAMP_MS),
+        ),
         (
             "served, future store time->D",
             &delay_served_future_store,
             &[T::Delay],
             delay_at(NOW + 10_000),
         ),
-        ("level->D", &delay_level, &[T::Delay], delay_at(CLAMPED)),
+        (
+            "level->D",
+            &delay_level,
+            &[T::Delay],
+            delay_at(STORE_TIMESTAMP_MS),
+        ),
         ("level->N", &delay_level, &[T::Normal], NORMAL),
         (
             "level 0 is no delay->D",
@@ -198,24 +208,29 @@ fn message_type_table() {
             delay_at(NOW + 60_000),
         ),
         ("timer future->N", &timer_future, &[T::Normal], NORMAL),
-        ("start past->D", &start_past, &[T::Delay], delay_at(CLAMPED)),
         (
-            "start inside clamp->D",
+            "start past->D",
+            &start_past,
+            &[T::Delay],
+            delay_at(NOW - 5_000),
+        ),
+        (
+            "start soon->D",
             &start_inside_clamp,
             &[T::Delay],
-            delay_at(CLAMPED),
+            delay_at(NOW + 500),
         ),
         (
             "timer unparsable->D",
             &timer_unparsable,
             &[T::Delay],
-            delay_at(CLAMPED),
+            delay_at(STORE_TIMESTAMP_MS),
         ),
         (
             "timer relative->D",
             &timer_relative,
             &[T::Delay],
-            delay_at(CLAMPED),
+            delay_at(STORE_TIMESTAMP_MS),
         ),
         // committed transactions
         ("committed->T", &committed, &[T::Transaction], TRANSACTION),
@@ -274,7 +289,7 @@ fn message_type_table() {
             "ordered delay->D",
             &ordered_delay,
             &[T::Delay],
-            delay_at(CLAMPED),
+            delay_at(STORE_TIMESTAMP_MS),
         ),
         // half messages: never forwarded, whatever the target
         (
@@ -382,28 +397,19 @@ fn fifo_group_from_source_queue_ignores_sharding_key() {
     );
 }
 
+/// A past delivery time is kept (Java 5.x takes it and delivers at once);
+/// clamping is the send layer's, and only for a target that refused one.
 #[test]
-fn delay_clamp_follows_option() {
+fn delay_keeps_a_past_time_and_the_clamp_is_pure() {
     let served = base().prop("REAL_TOPIC", "orders").build();
-    let opts = |lead: Duration| TranslateOptions {
-        delay_clamp_min_ahead: lead,
-        ..TranslateOptions::default()
+    let msg = run(&served, &[T::Delay], &TranslateOptions::default()).unwrap();
+    let MessageKind::Delay {
+        delivery_timestamp_ms,
+    } = msg.kind
+    else {
+        panic!("not DELAY: {:?}", msg.kind);
     };
-    let table: &[(Duration, i64)] = &[
-        (Duration::ZERO, NOW),
-        (Duration::from_millis(1), NOW + 1),
-        (Duration::from_secs(5), NOW + 5_000),
-    ];
-    for &(lead, want) in table {
-        let msg = run(&served, &[T::Delay], &opts(lead)).unwrap();
-        assert_eq!(
-            msg.kind,
-            MessageKind::Delay {
-                delivery_timestamp_ms: want
-            },
-            "{lead:?}"
-        );
-    }
+    assert!(delivery_timestamp_ms < NOW, "{delivery_timestamp_ms}");
     assert_eq!(
         clamp_delivery(NOW + 9_000, NOW, Duration::from_secs(5)),
         NOW + 9_000
@@ -416,11 +422,8 @@ fn delay_clamp_follows_option() {
         clamp_delivery(NOW + 4_999, NOW, Duration::from_secs(5)),
         NOW + 5_000
     );
+    assert_eq!(clamp_delivery(NOW - 60_000, NOW, Duration::ZERO), NOW);
     assert_eq!(clamp_delivery(0, NOW, Duration::MAX), i64::MAX);
-    assert_eq!(
-        TranslateOptions::default().delay_clamp_min_ahead,
-        DEFAULT_DELAY_CLAMP_MIN_AHEAD
-    );
 }
 
 /// Every system property a 4.x record may carry, with a plausible value.

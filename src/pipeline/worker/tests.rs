@@ -165,6 +165,7 @@ async fn start_on(
         poison_threshold: 3,
         scheduled: None,
         retry_log: Default::default(),
+        delay_clamp: Default::default(),
         fence,
         stop: Shutdown::new(stop_rx),
     });
@@ -904,5 +905,85 @@ async fn a_closed_fence_stops_every_send_of_its_queue() {
         "no send starts once the fence is closed"
     );
     assert_eq!(h.progress.done(), 10, "nothing past the fence is done");
+    h.finish().await;
+}
+
+/// One DELAY record at offset 0 whose delivery time passed a minute ago.
+fn past_delay_record() -> (PulledBatch, i64) {
+    let due = crate::checkpoint::now_ms() - 60_000;
+    let record = RecordBuilder::new()
+        .queue_offset(0)
+        .uniq_key("ID-DELAY")
+        .prop("__STARTDELIVERTIME", &due.to_string())
+        .build();
+    let batch = PulledBatch {
+        queue: queue(),
+        outcome: PullOutcome::Records {
+            records: vec![record],
+            undecodable: Vec::new(),
+            next_offset: 1,
+            max_offset: 1,
+        },
+    };
+    (batch, due)
+}
+
+fn sent_delivery_times(fake: &Fake) -> Vec<i64> {
+    fake.st()
+        .sends
+        .iter()
+        .flat_map(|req| req.messages.iter())
+        .filter_map(|m| m.system_properties.clone()?.delivery_timestamp)
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .collect()
+}
+
+/// Issue 29: a Java 5.x proxy takes a past delivery time and delivers at
+/// once, so a DELAY message goes with its own time; no clamp where no
+/// server refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_delay_goes_with_its_own_time() {
+    let h = start(
+        pb::MessageType::Delay,
+        TopicMessageType::Delay,
+        100,
+        4,
+        Duration::ZERO,
+    )
+    .await;
+    let (batch, due) = past_delay_record();
+    h.batches.send(batch).await.expect("feed");
+    wait_durable(&h.progress, 1).await;
+    assert_eq!(sent_delivery_times(&h.fake), vec![due]);
+    h.finish().await;
+}
+
+/// A target that refuses a time not in the future (ILLEGAL_DELIVERY_TIME;
+/// the rocketmq-rust proxy did): the message is sent again at once,
+/// clamped to now + delay_min_lead, and never quarantined; the route's
+/// later DELAY sends are clamped from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_refusing_a_past_time_gets_it_clamped() {
+    let h = start(
+        pb::MessageType::Delay,
+        TopicMessageType::Delay,
+        100,
+        4,
+        Duration::ZERO,
+    )
+    .await;
+    h.fake
+        .st()
+        .script
+        .push_back(crate::grpc::fake::Script::V2(pb::Code::IllegalDeliveryTime));
+    let (batch, due) = past_delay_record();
+    let before = crate::checkpoint::now_ms();
+    h.batches.send(batch).await.expect("feed");
+    wait_durable(&h.progress, 1).await;
+    let times = sent_delivery_times(&h.fake);
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert_eq!(times[0], due, "first sent with its own time");
+    assert!(times[1] >= before + 1_000, "then clamped: {times:?}");
+    assert!(h.store.quarantine_list(Some("r")).expect("list").is_empty());
     h.finish().await;
 }
