@@ -27,7 +27,7 @@ phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 phase "cargo clippy --lib --bins -- -D warnings (daemon build, without the dev feature)"
 cargo clippy --lib --bins -- -D warnings
-phase "build the tests (the debug profile; the quick start's build is part of it)"
+phase "build the tests (the debug profile)"
 cargo test --no-run --lib --bins --tests
 phase "unit, property and peer integration tests"
 # The test peers go to a tmpfs (why: scripts/peer-tmpdir.sh).
