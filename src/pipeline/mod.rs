@@ -589,8 +589,9 @@ async fn source_broker_addrs(shared: &Shared, cfg: &BridgeConfig) -> Vec<String>
 }
 
 /// Bumps the coordination's change counter when a broker says the group's
-/// members changed (NOTIFY_CONSUMER_IDS_CHANGED; rocketmq-rust 1.0.0 brokers
-/// send it on joins only, so routes also rebalance on a timer).
+/// members changed (NOTIFY_CONSUMER_IDS_CHANGED: Java 4.9.7 brokers send it
+/// on joins and leaves, `source_peers`; routes also rebalance on a timer, for
+/// a notice lost with a connection).
 async fn membership_listener(
     shared: Shared,
     coordination: Arc<coordinate::Coordination>,
