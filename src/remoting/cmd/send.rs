@@ -1,4 +1,4 @@
-//! SEND_MESSAGE (full Java header names) and SEND_BATCH_MESSAGE.
+//! SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE (one header writer, long or one-letter names).
 //!
 //! Used to write into a cluster over Remoting: test fixtures, reverse
 //! bridging and read-back checks. Bodies above `compress_over` are
@@ -52,6 +52,16 @@ impl SendRequest {
     }
 
     pub fn to_command(&self) -> Result<RemotingCommand> {
+        self.command(request::SEND_MESSAGE, &LONG_NAMES)
+    }
+
+    /// SEND_MESSAGE_V2: the same request with the one-letter header names
+    /// Java producers send (`SendMessageRequestHeaderV2`).
+    pub fn to_command_v2(&self) -> Result<RemotingCommand> {
+        self.command(request::SEND_MESSAGE_V2, &V2_NAMES)
+    }
+
+    fn command(&self, code: i32, names: &HeaderNames) -> Result<RemotingCommand> {
         let mut sys = self.sys_flag;
         let body = match self.compress_over {
             Some(limit) if self.body.len() > limit => {
@@ -60,55 +70,77 @@ impl SendRequest {
             }
             _ => self.body.clone(),
         };
-        let properties = checked_properties(&self.properties)?;
-        Ok(RemotingCommand::request(request::SEND_MESSAGE)
-            .with_ext("producerGroup", &self.producer_group)
-            .with_ext("topic", &self.topic)
-            .with_ext("defaultTopic", DEFAULT_TOPIC)
-            .with_ext("defaultTopicQueueNums", DEFAULT_TOPIC_QUEUE_NUMS)
-            .with_ext("queueId", self.queue_id)
-            .with_ext("sysFlag", sys)
-            .with_ext("bornTimestamp", self.born_timestamp_ms)
-            .with_ext("flag", self.flag)
-            .with_ext("properties", properties)
-            .with_ext("reconsumeTimes", 0)
-            .with_ext("unitMode", false)
-            .with_ext("batch", false)
+        let header = SendHeader {
+            producer_group: &self.producer_group,
+            topic: &self.topic,
+            queue_id: self.queue_id,
+            sys_flag: sys,
+            born_timestamp_ms: self.born_timestamp_ms,
+            flag: self.flag,
+            properties: checked_properties(&self.properties)?,
+            batch: false,
+        };
+        Ok(header
+            .write(RemotingCommand::request(code), names)
             .with_body(body))
     }
 }
 
-impl SendRequest {
-    /// SEND_MESSAGE_V2: the same request with the one-letter header names
-    /// Java producers send (`SendMessageRequestHeaderV2`).
-    pub fn to_command_v2(&self) -> Result<RemotingCommand> {
-        let full = self.to_command()?;
-        let mut v2 = RemotingCommand::request(request::SEND_MESSAGE_V2);
-        for (long, short) in V2_NAMES {
-            if let Some(value) = full.ext(long) {
-                v2 = v2.with_ext(short, value);
-            }
-        }
-        Ok(v2.with_body(full.body))
-    }
+/// The header fields of a send (`SendMessageRequestHeader`), written under
+/// the long names (SEND_MESSAGE) or the one-letter ones
+/// (`SendMessageRequestHeaderV2`: SEND_MESSAGE_V2, and SEND_BATCH_MESSAGE,
+/// which Java brokers decode with that header only).
+struct SendHeader<'a> {
+    producer_group: &'a str,
+    topic: &'a str,
+    queue_id: i32,
+    sys_flag: i32,
+    born_timestamp_ms: i64,
+    flag: i32,
+    properties: String,
+    batch: bool,
 }
 
-/// Header names of SEND_MESSAGE and their SEND_MESSAGE_V2 letters.
-const V2_NAMES: [(&str, &str); 13] = [
-    ("producerGroup", "a"),
-    ("topic", "b"),
-    ("defaultTopic", "c"),
-    ("defaultTopicQueueNums", "d"),
-    ("queueId", "e"),
-    ("sysFlag", "f"),
-    ("bornTimestamp", "g"),
-    ("flag", "h"),
-    ("properties", "i"),
-    ("reconsumeTimes", "j"),
-    ("unitMode", "k"),
-    ("maxReconsumeTimes", "l"),
-    ("batch", "m"),
+/// producerGroup, topic, defaultTopic, defaultTopicQueueNums, queueId,
+/// sysFlag, bornTimestamp, flag, properties, reconsumeTimes, unitMode,
+/// batch, in this order.
+type HeaderNames = [&'static str; 12];
+
+const LONG_NAMES: HeaderNames = [
+    "producerGroup",
+    "topic",
+    "defaultTopic",
+    "defaultTopicQueueNums",
+    "queueId",
+    "sysFlag",
+    "bornTimestamp",
+    "flag",
+    "properties",
+    "reconsumeTimes",
+    "unitMode",
+    "batch",
 ];
+
+/// `SendMessageRequestHeaderV2`'s letters (its `l`, maxReconsumeTimes, is
+/// never sent).
+const V2_NAMES: HeaderNames = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "m"];
+
+impl SendHeader<'_> {
+    fn write(self, cmd: RemotingCommand, n: &HeaderNames) -> RemotingCommand {
+        cmd.with_ext(n[0], self.producer_group)
+            .with_ext(n[1], self.topic)
+            .with_ext(n[2], DEFAULT_TOPIC)
+            .with_ext(n[3], DEFAULT_TOPIC_QUEUE_NUMS)
+            .with_ext(n[4], self.queue_id)
+            .with_ext(n[5], self.sys_flag)
+            .with_ext(n[6], self.born_timestamp_ms)
+            .with_ext(n[7], self.flag)
+            .with_ext(n[8], self.properties)
+            .with_ext(n[9], 0)
+            .with_ext(n[10], false)
+            .with_ext(n[11], self.batch)
+    }
+}
 
 /// One message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,21 +174,21 @@ impl SendBatchRequest {
         }
         let mut batch_props = Properties::new();
         batch_props.insert(names::WAIT, "true");
-        // Written with the one-letter names directly (no second header
-        // built and renamed per batch): a, b, ... as in `V2_NAMES`.
-        Ok(RemotingCommand::request(request::SEND_BATCH_MESSAGE)
-            .with_ext("a", &self.producer_group)
-            .with_ext("b", &self.topic)
-            .with_ext("c", DEFAULT_TOPIC)
-            .with_ext("d", DEFAULT_TOPIC_QUEUE_NUMS)
-            .with_ext("e", self.queue_id)
-            .with_ext("f", 0)
-            .with_ext("g", self.born_timestamp_ms)
-            .with_ext("h", 0)
-            .with_ext("i", batch_props.encode())
-            .with_ext("j", 0)
-            .with_ext("k", false)
-            .with_ext("m", true)
+        let header = SendHeader {
+            producer_group: &self.producer_group,
+            topic: &self.topic,
+            queue_id: self.queue_id,
+            sys_flag: 0,
+            born_timestamp_ms: self.born_timestamp_ms,
+            flag: 0,
+            properties: batch_props.encode(),
+            batch: true,
+        };
+        Ok(header
+            .write(
+                RemotingCommand::request(request::SEND_BATCH_MESSAGE),
+                &V2_NAMES,
+            )
             .with_body(body.freeze()))
     }
 }
