@@ -169,9 +169,13 @@ pub(crate) fn duration_to_wire(d: Duration) -> prost_types::Duration {
 impl OutgoingMessage {
     /// The protobuf message for this message, bound for `queue_id`.
     pub(crate) fn to_wire(&self, namespace: &str, queue_id: i32) -> pb::Message {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        // Only a transaction's recovery window needs the clock.
+        let now_ms = match self.kind {
+            MessageKind::Transaction => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            _ => 0,
+        };
         self.to_wire_at(namespace, queue_id, now_ms)
     }
 
