@@ -40,6 +40,8 @@ mod tests;
 
 pub use client::{default_client_id, GrpcClientConfig};
 pub use error::{Disposition, PublishError, ServerCode};
+#[cfg(test)]
+pub(crate) use message::millis_from_timestamp;
 pub use message::{MessageKind, OutgoingMessage, ReceivedMessage, TopicMessageType};
 pub use metadata::GrpcCredentials;
 pub use publish::{is_reserved_property, validate, Publisher, SendReceipt};

@@ -928,13 +928,25 @@ fn past_delay_record() -> (PulledBatch, i64) {
     (batch, due)
 }
 
+/// A worker of a route whose target takes DELAY only.
+async fn start_delay() -> Harness {
+    start(
+        pb::MessageType::Delay,
+        TopicMessageType::Delay,
+        100,
+        4,
+        Duration::ZERO,
+    )
+    .await
+}
+
 fn sent_delivery_times(fake: &Fake) -> Vec<i64> {
     fake.st()
         .sends
         .iter()
         .flat_map(|req| req.messages.iter())
         .filter_map(|m| m.system_properties.clone()?.delivery_timestamp)
-        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .map(|t| crate::grpc::millis_from_timestamp(&t))
         .collect()
 }
 
@@ -943,14 +955,7 @@ fn sent_delivery_times(fake: &Fake) -> Vec<i64> {
 /// server refused one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_past_delay_goes_with_its_own_time() {
-    let h = start(
-        pb::MessageType::Delay,
-        TopicMessageType::Delay,
-        100,
-        4,
-        Duration::ZERO,
-    )
-    .await;
+    let h = start_delay().await;
     let (batch, due) = past_delay_record();
     h.batches.send(batch).await.expect("feed");
     wait_durable(&h.progress, 1).await;
@@ -964,14 +969,7 @@ async fn a_past_delay_goes_with_its_own_time() {
 /// later DELAY sends are clamped from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_refusing_a_past_time_gets_it_clamped() {
-    let h = start(
-        pb::MessageType::Delay,
-        TopicMessageType::Delay,
-        100,
-        4,
-        Duration::ZERO,
-    )
-    .await;
+    let h = start_delay().await;
     h.fake
         .st()
         .script
