@@ -56,6 +56,8 @@ pub const GROUP_TRANSLATION_AGE_SECONDS: &str = "rmq_bridge_group_translation_ag
 pub const GROUP_REDELIVER: &str = "rmq_bridge_group_redeliver_messages";
 /// Messages the kept group has not consumed on 4.x that 5.x does not hold.
 pub const GROUP_HELD: &str = "rmq_bridge_group_held_messages";
+/// Ids a route remembers as forwarded early (pipeline/schedule_ledger.rs).
+pub const SCHEDULED_REMEMBERED: &str = "rmq_bridge_scheduled_remembered";
 
 /// Values of the `outcome` label of `rmq_bridge_messages_total`.
 pub mod outcome {
@@ -118,71 +120,160 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
         .map_err(|e| {
             format!("cannot serve metrics on {listen}: {e}; change [metrics] listen or stop what uses the port")
         })?;
-    describe();
+    describe(DAEMON_METRICS);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::gauge!(UP).set(1.0);
     Ok(())
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(
-        SOURCE_LAG_MESSAGES,
-        Unit::Count,
-        "4.x max offset minus bridge checkpoint, per source queue"
-    );
-    describe_gauge!(
-        SOURCE_LAG_SECONDS,
-        Unit::Seconds,
-        "age of the oldest message not yet checkpointed, per route"
-    );
-    describe_counter!(
-        MESSAGES_TOTAL,
-        Unit::Count,
-        "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail, loop_skipped"
-    );
-    describe_histogram!(
-        FORWARD_LATENCY_SECONDS,
-        Unit::Seconds,
-        "4.x store time to 5.x acknowledgement"
-    );
-    describe_gauge!(CUTOVER_PERCENT, "cutover percent in force, per route");
-    describe_gauge!(
-        OWNED_QUEUES,
-        Unit::Count,
-        "source queues this instance holds and forwards, per route"
-    );
-    describe_gauge!(
-        UNOWNED_QUEUES,
-        Unit::Count,
-        "source queues assigned to this instance that it could not lock yet, per route"
-    );
-    describe_gauge!(
-        STATE_PENDING_RECORDS,
-        Unit::Count,
-        "estate records not yet on the 5.x state topic"
-    );
-    describe_gauge!(
-        CHECKPOINT_AGE_SECONDS,
-        Unit::Seconds,
-        "seconds since the route's checkpoints were last written"
-    );
-    describe_counter!(TARGET_ERRORS_TOTAL, Unit::Count, "5.x send errors by code");
-    describe_counter!(
-        SOURCE_ERRORS_TOTAL,
-        Unit::Count,
-        "4.x pull / route errors by kind"
-    );
-    describe_gauge!(
-        QUARANTINE_SIZE,
-        Unit::Count,
-        "messages held in quarantine, per route"
-    );
-    describe_counter!(
-        CONFIG_RELOADS_TOTAL,
-        Unit::Count,
-        "config reloads by result"
-    );
-    describe_gauge!(BUILD_INFO, "build information");
-    describe_gauge!(UP, "1 while the bridge runs");
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric and its `# HELP` text.
+pub struct Described {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<metrics::Unit>,
+    pub help: &'static str,
+}
+
+const fn metric(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<metrics::Unit>,
+    help: &'static str,
+) -> Described {
+    Described {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+/// Every metric `rmq-bridge run` exports, with its help text (promtool's
+/// lint wants one on each).
+pub const DAEMON_METRICS: &[Described] = {
+    use metrics::Unit::{Count, Seconds};
+    use Kind::{Counter, Gauge, Histogram};
+    &[
+        metric(SOURCE_LAG_MESSAGES, Gauge, Some(Count), "4.x max offset minus bridge checkpoint, per source queue"),
+        metric(SOURCE_LAG_SECONDS, Gauge, Some(Seconds), "age of the oldest message not yet checkpointed, per route"),
+        metric(MESSAGES_TOTAL, Counter, Some(Count), "messages by outcome: forwarded, skipped, filtered, quarantined, expired, would_fail, loop_skipped"),
+        metric(FORWARD_LATENCY_SECONDS, Histogram, Some(Seconds), "4.x store time to 5.x acknowledgement"),
+        metric(CUTOVER_PERCENT, Gauge, None, "cutover percent in force, per route"),
+        metric(OWNED_QUEUES, Gauge, Some(Count), "source queues this instance holds and forwards, per route"),
+        metric(UNOWNED_QUEUES, Gauge, Some(Count), "source queues assigned to this instance that it could not lock yet, per route"),
+        metric(STATE_PENDING_RECORDS, Gauge, Some(Count), "estate records not yet on the 5.x state topic"),
+        metric(CHECKPOINT_AGE_SECONDS, Gauge, Some(Seconds), "seconds since the route's checkpoints were last written"),
+        metric(TARGET_ERRORS_TOTAL, Counter, Some(Count), "5.x send errors by code"),
+        metric(SOURCE_ERRORS_TOTAL, Counter, Some(Count), "4.x pull / route errors by kind"),
+        metric(QUARANTINE_SIZE, Gauge, Some(Count), "messages held in quarantine, per route"),
+        metric(CONFIG_RELOADS_TOTAL, Counter, Some(Count), "config reloads by result"),
+        metric(BUILD_INFO, Gauge, None, "build information"),
+        metric(UP, Gauge, None, "1 while the bridge runs"),
+        metric(ROUTE_STALLED, Gauge, None, "1 while a route is stalled because its target is misconfigured or unreachable; the log and `status` say why"),
+        metric(COMMIT_REFUSED, Gauge, None, "1 while a route refuses to write its progress back to its 4.x group (commit_as_group); the log says which consumers"),
+        metric(GROUP_TRANSLATION_AGE_SECONDS, Gauge, Some(Seconds), "seconds since a kept group was last translated and written to 5.x, per route and group"),
+        metric(GROUP_REDELIVER, Gauge, Some(Count), "messages a kept group already consumed on 4.x that 5.x would deliver again, per route and group"),
+        metric(GROUP_HELD, Gauge, Some(Count), "messages a kept group has not consumed on 4.x that 5.x does not hold, per route and group"),
+        metric(SCHEDULED_REMEMBERED, Gauge, Some(Count), "ids of scheduled messages a route remembers as forwarded early"),
+    ]
+};
+
+/// Every metric `rmq-bridge verify --follow` exports on its own endpoint.
+pub const VERIFY_METRICS: &[Described] = {
+    use metrics::Unit::{Count, Seconds};
+    use Kind::{Counter, Gauge};
+    &[
+        metric(VERIFY_MESSAGES, Gauge, Some(Count), "messages of the verified range per route and state: expected, found, missing, damaged, duplicated, quarantined"),
+        metric(VERIFY_CLEAN, Gauge, None, "1 while the last verification found nothing missing or damaged"),
+        metric(VERIFY_LAST_RUN_TIMESTAMP_SECONDS, Gauge, Some(Seconds), "when the last verification pass finished (unix seconds)"),
+        metric(VERIFY_VERIFIED_OFFSET_SUM, Gauge, None, "sum over a route's source queues of the offset verified up to"),
+        metric(VERIFY_ERRORS_TOTAL, Counter, Some(Count), "verification passes that could not complete"),
+    ]
+};
+
+/// Gives every metric of `list` its help text (and unit) in the installed
+/// recorder.
+pub fn describe(list: &[Described]) {
+    for m in list {
+        let help = m.help;
+        match (m.kind, m.unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(m.name, u, help),
+            (Kind::Counter, None) => metrics::describe_counter!(m.name, help),
+            (Kind::Gauge, Some(u)) => metrics::describe_gauge!(m.name, u, help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(m.name, help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(m.name, u, help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(m.name, help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Renders `list` as the exporter would, each metric set once.
+    fn rendered(list: &[Described]) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe(list);
+            for m in list {
+                match m.kind {
+                    Kind::Counter => metrics::counter!(m.name).increment(1),
+                    Kind::Gauge => metrics::gauge!(m.name).set(1.0),
+                    Kind::Histogram => metrics::histogram!(m.name).record(1.0),
+                }
+            }
+        });
+        handle.render()
+    }
+
+    /// promtool's lint of the scrape (issue 30: `rmq_bridge_route_stalled`
+    /// had no HELP): every exported metric has a `# HELP` line, and every
+    /// metric name in this module is in one of the two lists.
+    #[test]
+    fn every_metric_has_help() {
+        for list in [DAEMON_METRICS, VERIFY_METRICS] {
+            let text = rendered(list);
+            for m in list {
+                assert!(
+                    text.contains(&format!("# HELP {} ", m.name)),
+                    "no HELP for {}:\n{text}",
+                    m.name
+                );
+            }
+            for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+                let name = line.split_whitespace().nth(2).unwrap_or_default();
+                assert!(
+                    text.contains(&format!("# HELP {name} ")),
+                    "{name} has a TYPE but no HELP"
+                );
+            }
+        }
+        let listed: Vec<&str> = DAEMON_METRICS
+            .iter()
+            .chain(VERIFY_METRICS)
+            .map(|m| m.name)
+            .collect();
+        for line in include_str!("metrics.rs").lines() {
+            let Some(rest) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            if let Some(name) = rest
+                .split('"')
+                .nth(1)
+                .filter(|n| n.starts_with("rmq_bridge_"))
+            {
+                assert!(listed.contains(&name), "{name} is in neither list");
+            }
+        }
+    }
 }

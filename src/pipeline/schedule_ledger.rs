@@ -83,7 +83,7 @@ pub mod outcome {
 }
 
 /// Ids a route remembers as forwarded early: gauge of their number.
-pub const SCHEDULED_REMEMBERED: &str = "rmq_bridge_scheduled_remembered";
+pub use crate::metrics::SCHEDULED_REMEMBERED;
 
 pub fn schedule_side_name(route: &str) -> String {
     format!("{route}{SCHEDULE_SIDE_SUFFIX}")

@@ -681,7 +681,9 @@ fn install_metrics(listen: SocketAddr) -> anyhow::Result<()> {
         .install()
         .map_err(|e| {
             anyhow!("cannot serve verify metrics on {listen}: {e}; pass another --metrics-listen")
-        })
+        })?;
+    crate::metrics::describe(crate::metrics::VERIFY_METRICS);
+    Ok(())
 }
 
 fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
