@@ -195,6 +195,13 @@ pub struct CheckpointConfig {
 /// `target_peers`).
 pub const DEFAULT_SEND_BATCH_SIZE: usize = 32;
 
+/// The longest `target.request_timeout_ms` with `[instances] coordinate`:
+/// a holder stops starting sends when its own lease lapses (30 s after it
+/// asked for the lock, `pipeline::ownership::LOCAL_LOCK_TTL`), and brokers
+/// keep the lock 60 s, so a send started at the last moment must end within
+/// the 30 s between; a third of it leaves room for a slow lock request.
+pub const MAX_COORDINATED_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
     /// Messages per source queue beyond the durable checkpoint; bounds both
@@ -948,6 +955,18 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
                 "instances sharing an estate keep quarantine, cutover journal and queue starts in the 5.x topic `{}`, \
                  read and written over Remoting: set [target] namesrv_addr to the 5.x cluster's name servers",
                 instances.state_topic
+            ),
+        );
+    }
+    if instances.coordinate && target.request_timeout > MAX_COORDINATED_REQUEST_TIMEOUT {
+        p.push(
+            "target.request_timeout_ms",
+            format!(
+                "{} is above {} with [instances] coordinate = true: a send must end well inside the 30 s \
+                 between a holder's own lease and the broker's lock expiry, or another instance may \
+                 forward the same queue meanwhile; lower it",
+                target.request_timeout.as_millis(),
+                MAX_COORDINATED_REQUEST_TIMEOUT.as_millis()
             ),
         );
     }
@@ -1749,6 +1768,23 @@ cutover_percent = 30
         let c = parse_text(&on).expect("coordinate");
         assert!(c.instances.coordinate);
         assert_eq!(c.instances.state_topic, "rmq_bridge_state");
+        // Issue 30: a send must end inside the fence's margin.
+        let slow = on.replace(
+            "endpoint = \"127.0.0.1:8081\"",
+            "endpoint = \"127.0.0.1:8081\"\nrequest_timeout_ms = 30000",
+        );
+        let e = parse_text(&slow)
+            .expect_err("a request timeout beyond the fence's margin")
+            .to_string();
+        assert!(
+            e.contains("target.request_timeout_ms") && e.contains("10000"),
+            "{e}"
+        );
+        let alone = MINIMAL.replace(
+            "endpoint = \"127.0.0.1:8081\"",
+            "endpoint = \"127.0.0.1:8081\"\nrequest_timeout_ms = 30000",
+        );
+        parse_text(&alone).expect("one instance may wait longer");
         let forward = on.replace(
             "cutover_percent = 30",
             "cutover_percent = 30\nscheduled = \"forward\"",

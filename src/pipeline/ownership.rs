@@ -136,6 +136,17 @@ impl Fence {
 
 #[cfg(test)]
 mod tests {
+
+    /// A send started at the last moment of a holder's lease ends before
+    /// the broker's lock (60 s) can pass to another instance.
+    #[test]
+    fn the_longest_send_ends_inside_the_brokers_lock() {
+        const BROKER_LOCK: Duration = Duration::from_secs(60);
+        assert!(
+            LOCAL_LOCK_TTL + crate::config::MAX_COORDINATED_REQUEST_TIMEOUT * 2 <= BROKER_LOCK,
+            "config::MAX_COORDINATED_REQUEST_TIMEOUT leaves no margin"
+        );
+    }
     use super::*;
 
     fn members(n: usize) -> Vec<String> {
