@@ -313,8 +313,8 @@ async fn both_directions_on_the_same_topics_land_exactly_once_and_nothing_loops(
         assert_eq!(r.properties.get(ENV_TAG), env, "{id}: environment tag");
         assert_eq!(
             r.properties.get("bridge_origin"),
-            Some("5.x"),
-            "{id}: origin stamp"
+            Some(format!("5.x#{id}").as_str()),
+            "{id}: origin stamp, bound to the message's id"
         );
         assert_eq!(
             Some(&r.born_timestamp_ms),
@@ -328,7 +328,7 @@ async fn both_directions_on_the_same_topics_land_exactly_once_and_nothing_loops(
     {
         assert_eq!(
             r.properties.get("bridge_origin"),
-            Some("4.x"),
+            Some(format!("4.x#{}", r.message_id()).as_str()),
             "{}",
             r.message_id()
         );
@@ -616,7 +616,10 @@ async fn a_reverse_route_is_phased_by_its_cutover_and_packs_batches() {
             "{}: tag through a packed send",
             r.message_id()
         );
-        assert_eq!(r.properties.get("bridge_origin"), Some("5.x"));
+        assert_eq!(
+            r.properties.get("bridge_origin"),
+            Some(format!("5.x#{}", r.message_id()).as_str())
+        );
     }
     assert!(
         bridge.terminate_within(Duration::from_secs(30)),

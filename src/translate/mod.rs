@@ -501,7 +501,10 @@ fn user_properties(
     }
     if let Some(stamp) = &opts.origin {
         let carried = record.properties.get(&stamp.property);
-        out.insert(stamp.property.clone(), origin::stamped(carried, stamp));
+        out.insert(
+            stamp.property.clone(),
+            origin::stamped(carried, record.message_id(), stamp),
+        );
     }
     out
 }
@@ -509,7 +512,11 @@ fn user_properties(
 /// Whether the record came from its route's destination at some hop, so
 /// sending it would close a loop (origin.rs).
 pub fn looped(record: &MessageRecord, opts: &TranslateOptions) -> bool {
-    opts.origin
-        .as_ref()
-        .is_some_and(|stamp| origin::looped(record.properties.get(&stamp.property), stamp))
+    opts.origin.as_ref().is_some_and(|stamp| {
+        origin::looped(
+            record.properties.get(&stamp.property),
+            record.message_id(),
+            stamp,
+        )
+    })
 }

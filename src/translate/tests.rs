@@ -747,7 +747,11 @@ fn the_origin_stamp_is_added_kept_and_recognised_in_both_directions() {
     let born = base().prop("env", "gray").build();
     assert!(!looped(&born, &forward));
     let on_5x = run(&born, &[T::Normal], &forward).unwrap();
-    assert_eq!(on_5x.user_properties["bridge_origin"], "4.x");
+    // The stamp is bound to the message's own id (origin.rs).
+    assert_eq!(
+        on_5x.user_properties["bridge_origin"],
+        format!("4.x#{}", born.message_id())
+    );
     assert_eq!(on_5x.user_properties["env"], "gray");
     let seen_on_5x = base()
         .prop("env", "gray")
@@ -757,9 +761,18 @@ fn the_origin_stamp_is_added_kept_and_recognised_in_both_directions() {
         looped(&seen_on_5x, &reverse),
         "4.x -> 5.x -> 4.x is refused"
     );
+    // A new message (new id) that copied those user properties is not.
+    let copy = base()
+        .uniq_key("7F00000100002A9F00000000000000FF")
+        .prop("bridge_origin", &on_5x.user_properties["bridge_origin"])
+        .build();
+    assert!(!looped(&copy, &reverse), "a copy is not a loop");
     // Born on 5.x: sent to 4.x stamped, and the forward route skips it.
     let on_4x = run(&born, &[T::Normal, T::Fifo], &reverse).unwrap();
-    assert_eq!(on_4x.user_properties["bridge_origin"], "5.x");
+    assert_eq!(
+        on_4x.user_properties["bridge_origin"],
+        format!("5.x#{}", born.message_id())
+    );
     let seen_on_4x = base().prop("bridge_origin", "5.x").build();
     assert!(
         looped(&seen_on_4x, &forward),
