@@ -4,10 +4,11 @@
 //! body, `UNIQ_KEY`, `TAGS`, `KEYS`, user properties), which queue it goes
 //! to, and what each broker answer means for the pipeline.
 //!
-//! Queue choice: a FIFO message goes to the queue a stable hash of its
-//! group picks from the topic's writable queues sorted by (broker, queue
-//! id), so a group stays on one queue and a 4.x orderly consumer sees it in
-//! order (the pipeline keeps one send per group in flight); any other
+//! Queue choice: a FIFO message goes to the writable queue that scores
+//! highest for its group ([`fifo_queue`], rendezvous hashing), so a group
+//! stays on one queue, and stays there when another broker leaves, and a
+//! 4.x orderly consumer sees it in order (the pipeline keeps one send per
+//! group in flight); any other
 //! message takes the next queue in turn. DELAY and TRANSACTION messages
 //! never reach here as such: a 4.x topic is offered as NORMAL and FIFO only
 //! (see [`RemotingSink::accepted_types`]), so translation sends a due timer
@@ -142,15 +143,44 @@ impl RemotingSinkError {
     }
 }
 
-/// The queue a FIFO group's messages go to among `n` sorted queues: FNV-1a
-/// of the group, so every instance and every restart picks the same one.
-pub fn fifo_queue_index(group: &str, n: usize) -> usize {
+/// The queue a FIFO group's messages go to: of the topic's writable
+/// queues, the one with the highest score for (group, broker, queue id)
+/// (rendezvous hashing). Every instance and every restart picks the same
+/// one, and the choice does not depend on the other queues: when a broker
+/// leaves the route, only the groups whose queue went away move, while the
+/// others stay where their earlier messages wait for a 4.x orderly consumer
+/// (a hash modulo the number of queues moved most groups). A queue that
+/// joins takes over the groups that score highest on it. None when there
+/// is no queue.
+pub fn fifo_queue<'q>(group: &str, queues: &'q [WritableQueue]) -> Option<&'q WritableQueue> {
+    queues.iter().max_by_key(|q| {
+        (
+            fifo_score(group, &q.broker, q.queue_id),
+            std::cmp::Reverse(*q),
+        )
+    })
+}
+
+/// FNV-1a over the group, the broker name and the queue id (separated so
+/// that no two triples share their bytes), then SplitMix64's finaliser to
+/// spread the bits.
+fn fifo_score(group: &str, broker: &str, queue_id: i32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in group.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % n.max(1) as u64) as usize
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(group.as_bytes());
+    eat(&[0xff]);
+    eat(broker.as_bytes());
+    eat(&[0xff]);
+    eat(&queue_id.to_le_bytes());
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The 4.x properties of `message`: user properties, then the reserved
@@ -255,11 +285,12 @@ impl RemotingSink {
     }
 
     fn pick<'q>(&self, queues: &'q [WritableQueue], kind: &MessageKind) -> &'q WritableQueue {
-        let i = match kind {
-            MessageKind::Fifo { group } => fifo_queue_index(group, queues.len()),
-            _ => self.next.fetch_add(1, Ordering::Relaxed) % queues.len(),
-        };
-        &queues[i]
+        if let MessageKind::Fifo { group } = kind {
+            if let Some(q) = fifo_queue(group, queues) {
+                return q;
+            }
+        }
+        &queues[self.next.fetch_add(1, Ordering::Relaxed) % queues.len()]
     }
 
     /// One attempt.
@@ -394,29 +425,81 @@ mod tests {
         assert_eq!(plain.get("__SHARDINGKEY"), None);
     }
 
+    fn queues(brokers: &[&str], per_broker: i32) -> Vec<WritableQueue> {
+        let mut out = Vec::new();
+        for b in brokers {
+            for q in 0..per_broker {
+                out.push(WritableQueue {
+                    broker: b.to_string(),
+                    queue_id: q,
+                    addr: format!("{b}:10911"),
+                });
+            }
+        }
+        out
+    }
+
+    fn placement(groups: &[String], qs: &[WritableQueue]) -> Vec<(String, i32)> {
+        groups
+            .iter()
+            .map(|g| {
+                let q = fifo_queue(g, qs).expect("a queue");
+                (q.broker.clone(), q.queue_id)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_fifo_group_always_picks_the_same_queue_and_groups_spread() {
-        let n = 8;
-        let mut used = std::collections::BTreeSet::new();
-        for g in 0..200 {
-            let group = format!("order-{g}");
-            let i = fifo_queue_index(&group, n);
-            assert!(i < n);
-            assert_eq!(i, fifo_queue_index(&group, n), "stable for {group}");
-            used.insert(i);
+        let qs = queues(&["broker-a", "broker-b"], 4);
+        let groups: Vec<String> = (0..400).map(|g| format!("order-{g}")).collect();
+        let first = placement(&groups, &qs);
+        assert_eq!(first, placement(&groups, &qs), "stable");
+        let mut reversed = qs.clone();
+        reversed.reverse();
+        assert_eq!(
+            first,
+            placement(&groups, &reversed),
+            "whatever the order listed"
+        );
+        let mut count = std::collections::BTreeMap::new();
+        for p in &first {
+            *count.entry(p.clone()).or_insert(0) += 1;
         }
-        assert_eq!(used.len(), n, "200 groups use every one of 8 queues");
-        // Pinned: a change of the hash would move every group to another
-        // queue across an upgrade, which breaks their order at that moment.
-        assert_eq!(
-            fifo_queue_index("order-1", 8),
-            fifo_queue_index("order-1", 8)
-        );
-        assert_eq!(
-            fifo_queue_index("", 4),
-            (0xcbf2_9ce4_8422_2325u64 % 4) as usize
-        );
-        assert_eq!(fifo_queue_index("anything", 0), 0);
+        assert_eq!(count.len(), 8, "400 groups use every one of 8 queues");
+        assert!(count.values().all(|n| (25..=75).contains(n)), "{count:?}");
+        assert!(fifo_queue("anything", &[]).is_none());
+    }
+
+    /// Issue 30 item 6: when a broker leaves a reverse route, only the
+    /// groups whose queue went away move; every other group stays on its
+    /// queue, where its earlier messages may still wait for a 4.x orderly
+    /// consumer. (With a hash modulo the queue count, most groups moved.)
+    #[test]
+    fn only_the_groups_of_a_queue_that_left_move() {
+        let all = queues(&["broker-a", "broker-b", "broker-c"], 4);
+        let groups: Vec<String> = (0..600).map(|g| format!("g{g}")).collect();
+        let before = placement(&groups, &all);
+        for gone in ["broker-a", "broker-b", "broker-c"] {
+            let left: Vec<WritableQueue> =
+                all.iter().filter(|q| q.broker != gone).cloned().collect();
+            let after = placement(&groups, &left);
+            let mut moved = 0;
+            for (b, a) in before.iter().zip(&after) {
+                if b.0 == gone {
+                    moved += 1;
+                    assert_ne!(a.0, gone);
+                } else {
+                    assert_eq!(b, a, "a group on a remaining queue moved");
+                }
+            }
+            assert!(moved > 0);
+        }
+        // A queue that joins takes groups only onto itself.
+        let grown = queues(&["broker-a", "broker-b", "broker-c"], 5);
+        for (b, a) in before.iter().zip(&placement(&groups, &grown)) {
+            assert!(a == b || a.1 == 4, "{b:?} -> {a:?}");
+        }
     }
 
     #[test]
