@@ -726,8 +726,32 @@ pub async fn quarantine_drop(
 /// `reset-route`: drops a route's checkpoints and its source-topic binding
 /// (daemon stopped), so its next start begins at its configured `start`
 /// position and may name another source topic. Journal and quarantine stay.
-pub fn reset_route(path: &Path, route: &str) -> anyhow::Result<()> {
+///
+/// With `[instances] coordinate = true` that promise does not hold: the
+/// instances resume a queue from the larger of a local checkpoint and their
+/// group's position on the 4.x brokers, which this command does not touch.
+/// So it refuses and names the remedy, unless `local_only` accepts that
+/// only this instance's store changes (e.g. to bind the route to another
+/// source topic, whose positions the group keeps apart).
+pub fn reset_route(path: &Path, route: &str, local_only: bool) -> anyhow::Result<()> {
     let cfg = load(path)?;
+    if cfg.instances.coordinate && !local_only {
+        let topic = cfg.route(route).map_or_else(
+            || "<its source topic>".to_string(),
+            |r| r.source_topic.clone(),
+        );
+        bail!(
+            "reset-route would not make route {route} start over: with [instances] coordinate = true \
+             every instance resumes from the larger of its local checkpoint and the instances' group \
+             `{group}` position on the 4.x brokers, which this command does not change. To re-send: \
+             stop every instance, move the group back on the 4.x brokers (e.g. `mqadmin \
+             resetOffsetByTime -n <4.x namesrv> -g {group} -t {topic} -s <timestamp ms>`), then run \
+             `rmq-bridge reset-route --local-only -c <config> --route {route}` for every instance's \
+             config, and start them. To drop only this instance's checkpoints and topic binding \
+             (e.g. to bind the route to another topic), pass --local-only.",
+            group = cfg.source.consumer_group
+        );
+    }
     let dir = &cfg.checkpoint.dir;
     if !dir.join("CURRENT").exists() {
         bail!(
@@ -781,6 +805,11 @@ pub fn reset_route(path: &Path, route: &str) -> anyhow::Result<()> {
         );
     }
     match cfg.route(route) {
+        Some(r) if cfg.instances.coordinate => println!(
+            "next start: route {route} reads 4.x topic {} from the instances' group `{}` positions \
+             on the 4.x brokers where they exist, else from its start position ({})",
+            r.source_topic, cfg.source.consumer_group, r.start
+        ),
         Some(r) => println!(
             "next start: route {route} reads 4.x topic {} from its start position ({})",
             r.source_topic, r.start
@@ -971,13 +1000,13 @@ mod reset_route_tests {
             store.advance(&[("orders".into(), q.clone(), 42)]).unwrap();
             assert!(store.bind_route_topic("orders", "orders_v2").is_err());
             // While the daemon holds the store, reset is refused and says why.
-            let err = reset_route(&path, "orders").unwrap_err().to_string();
+            let err = reset_route(&path, "orders", false).unwrap_err().to_string();
             assert!(
                 err.contains("locked") && err.contains("daemon stopped"),
                 "{err}"
             );
         }
-        reset_route(&path, "orders").unwrap();
+        reset_route(&path, "orders", false).unwrap();
         let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
         assert!(store.get("orders", &q).unwrap().is_none());
         assert!(store.bind_route_topic("orders", "orders_v2").is_ok());
@@ -986,10 +1015,47 @@ mod reset_route_tests {
     #[test]
     fn reset_route_without_a_store_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let err = reset_route(&config(dir.path()), "orders")
+        let err = reset_route(&config(dir.path()), "orders", false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no checkpoint store"), "{err}");
+    }
+
+    /// Issue 30 item 4: under `coordinate` the command said the route would
+    /// start over while every instance resumed from the group's positions.
+    /// It refuses, names the remedy and changes nothing; `--local-only`
+    /// drops this instance's checkpoints and says where the route resumes.
+    #[test]
+    fn reset_route_under_coordinate_refuses_unless_local_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path());
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "endpoint = \"127.0.0.1:8081\"\n",
+            "endpoint = \"127.0.0.1:8081\"\nnamesrv_addr = \"127.0.0.1:9877\"\n",
+        ) + "[instances]\ncoordinate = true\n";
+        std::fs::write(&path, text).unwrap();
+        let q = SourceQueue {
+            broker_name: "b".into(),
+            queue_id: 0,
+        };
+        {
+            let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
+            store.advance(&[("orders".into(), q.clone(), 42)]).unwrap();
+        }
+        let err = reset_route(&path, "orders", false).unwrap_err().to_string();
+        assert!(
+            err.contains("coordinate")
+                && err.contains("resetOffsetByTime")
+                && err.contains("--local-only"),
+            "{err}"
+        );
+        {
+            let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
+            assert_eq!(store.get("orders", &q).unwrap().map(|c| c.offset), Some(42));
+        }
+        reset_route(&path, "orders", true).unwrap();
+        let store = CheckpointStore::open(&dir.path().join("store"), true).unwrap();
+        assert!(store.get("orders", &q).unwrap().is_none());
     }
 }
 

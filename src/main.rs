@@ -93,6 +93,11 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         route: String,
+        /// With `[instances] coordinate = true`: drop this instance's
+        /// checkpoints and binding only, knowing that the instances resume
+        /// from their group's positions on 4.x (refused without it).
+        #[arg(long)]
+        local_only: bool,
     },
     /// Print messages of a 4.x topic as JSON lines.
     Peek {
@@ -343,9 +348,13 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::ResetRoute { config, route } => {
+            Command::ResetRoute {
+                config,
+                route,
+                local_only,
+            } => {
                 cli::init_logging("warn", args.log_json);
-                cli::reset_route(&config, &route)
+                cli::reset_route(&config, &route, local_only)
             }
             Command::Peek {
                 namesrv,
