@@ -813,6 +813,7 @@ impl CheckpointStore {
         self.quarantine_forget(entry)?;
         self.replicate(|| SharedRecord::QuarantineRemoved {
             key: shared::quarantine_key(entry),
+            at_ms: shared::removal_version(entry, now_ms()),
         });
         Ok(())
     }

@@ -9,15 +9,22 @@
 //! Owns: the records' keys and encoding, the fold rule, and the merge of
 //! local and shared. Must not touch: I/O (the store and `crate::estate` do).
 //!
-//! Fold rule: records of one key always go to one queue of the state topic
-//! (the key is the send's ordering group), so their queue order is their
-//! write order. A quarantine entry lives until a later removal of its key
-//! (and comes back only when quarantined again, never by a retention
-//! refresh; a removal is refreshed while a refresh copy it shadows is in
-//! the topic, and instances forget locally what the topic removed);
-//! a journal entry, once written, is never changed; a queue's start is the
-//! first one written (a later instance that found no position anywhere
-//! writes a later start, which must not narrow what `verify` covers).
+//! Fold rule: the fold does not depend on where a record was stored. A
+//! key's records are sent with the key as ordering group, but the proxy
+//! hashes the group over the topic's writable queues, and that list
+//! shrinks while a 5.x broker restarts: a key moves queue, and queues are
+//! read one after another (issue 30, item 3). So every rule is
+//! order-free: a quarantine entry's version is its `quarantined_at_ms`, a
+//! removal's is [`removal_version`] (above the entry it removed); of a
+//! key, the higher version wins, a removal on a tie (records from before
+//! versions, 0, fall back to the topic's order). An entry comes back only
+//! when quarantined again, never by a retention refresh (which carries the
+//! entry's own version); a removal is refreshed while a copy it shadows is
+//! in the topic, and instances forget locally what the topic removed. A
+//! journal entry, once written, is never changed; a queue's start is the
+//! lowest one written (a later instance that found no position anywhere
+//! writes a later start, which must not narrow what `verify` covers); the
+//! schedule side's records only grow (schedule.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +49,11 @@ pub enum SharedRecord {
     },
     QuarantineRemoved {
         key: String,
+        /// The removal's version: the remover's clock, and above the
+        /// `quarantined_at_ms` of the entry it removed (0: written before
+        /// removals had versions). See the module's fold rule.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: i64,
     },
     Journal {
         entry: JournalEntry,
@@ -66,6 +78,17 @@ pub enum SharedRecord {
         queue: SourceQueue,
         offset: i64,
     },
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// The version of a removal of `entry` written at `now_ms`: later than the
+/// entry it removes even where the remover's clock is behind the clock of
+/// the instance that quarantined it.
+pub fn removal_version(entry: &QuarantineEntry, now_ms: i64) -> i64 {
+    now_ms.max(entry.quarantined_at_ms.saturating_add(1))
 }
 
 /// Where records go besides the local store. `enqueue` must not block: it
@@ -108,7 +131,7 @@ impl SharedRecord {
     pub fn key(&self) -> String {
         match self {
             SharedRecord::Quarantined { entry, .. } => quarantine_key(entry),
-            SharedRecord::QuarantineRemoved { key } => key.clone(),
+            SharedRecord::QuarantineRemoved { key, .. } => key.clone(),
             SharedRecord::Journal { entry } => journal_key(entry),
             SharedRecord::Start { route, queue, .. } => start_key(route, queue),
             SharedRecord::Forwarded { route, key, .. } => schedule::forwarded_key(route, key),
@@ -134,6 +157,8 @@ pub struct SharedView {
     quarantine: BTreeMap<String, QuarantineEntry>,
     /// Removed keys: store time (unix ms) of the newest removal.
     removed: BTreeMap<String, i64>,
+    /// Removed keys: the newest removal's version (0: unversioned).
+    removed_at: BTreeMap<String, i64>,
     /// Removed keys with a refresh copy stored after their removal: the
     /// removal must outlive that copy in the topic, so it is refreshed too.
     shadowed: BTreeSet<String>,
@@ -151,19 +176,49 @@ impl SharedView {
         let key = record.key();
         match record {
             SharedRecord::Quarantined { entry, refresh } => {
-                if refresh && self.removed.contains_key(&key) {
-                    self.shadowed.insert(key);
-                    return;
+                if let Some(removal) = self.removed_at.get(&key) {
+                    let superseded = match *removal {
+                        // Unversioned: the topic's order decides, and a
+                        // refresh never brings an entry back.
+                        0 => refresh,
+                        removal => removal >= entry.quarantined_at_ms,
+                    };
+                    if superseded {
+                        // A copy that may outlive the removal in the topic.
+                        if refresh || self.removed.get(&key).is_some_and(|t| stored_ms > *t) {
+                            self.shadowed.insert(key);
+                        }
+                        return;
+                    }
                 }
                 self.removed.remove(&key);
+                self.removed_at.remove(&key);
                 self.shadowed.remove(&key);
-                self.quarantine.insert(key.clone(), entry);
+                match self.quarantine.get(&key) {
+                    // An older incarnation read after a newer one.
+                    Some(live) if live.quarantined_at_ms > entry.quarantined_at_ms => {}
+                    _ => {
+                        self.quarantine.insert(key.clone(), entry);
+                    }
+                }
             }
-            SharedRecord::QuarantineRemoved { .. } => {
+            SharedRecord::QuarantineRemoved { at_ms, .. } => {
+                if let Some(live) = self.quarantine.get(&key) {
+                    if at_ms > 0 && live.quarantined_at_ms > at_ms {
+                        // Quarantined again after this removal (read later
+                        // only because it was stored on another queue).
+                        return;
+                    }
+                }
                 self.quarantine.remove(&key);
-                self.written_ms.remove(&key);
-                let at = self.removed.entry(key).or_insert(stored_ms);
+                // A copy stored after the removal may outlive it.
+                if self.written_ms.remove(&key).is_some_and(|t| t > stored_ms) {
+                    self.shadowed.insert(key.clone());
+                }
+                let at = self.removed.entry(key.clone()).or_insert(stored_ms);
                 *at = (*at).max(stored_ms);
+                let v = self.removed_at.entry(key).or_insert(at_ms);
+                *v = (*v).max(at_ms);
                 return;
             }
             SharedRecord::Journal { entry } => {
@@ -174,7 +229,11 @@ impl SharedView {
                 queue,
                 offset,
             } => {
-                self.starts.entry((route, queue)).or_insert(offset);
+                // The lowest: the first written (a later instance that
+                // found no position anywhere writes a later start), in
+                // whatever order the queues are read.
+                let start = self.starts.entry((route, queue)).or_insert(offset);
+                *start = (*start).min(offset);
             }
             SharedRecord::Forwarded {
                 route,
@@ -205,6 +264,16 @@ impl SharedView {
         self.removed.contains_key(key)
     }
 
+    /// Whether the topic removed `entry` (this incarnation of its key: a
+    /// removal older than the entry does not).
+    pub fn removes(&self, entry: &QuarantineEntry) -> bool {
+        match self.removed_at.get(&quarantine_key(entry)) {
+            None => false,
+            Some(0) => true,
+            Some(at) => *at >= entry.quarantined_at_ms,
+        }
+    }
+
     /// Every removed quarantine key.
     pub fn removed_keys(&self) -> impl Iterator<Item = &str> {
         self.removed.keys().map(String::as_str)
@@ -227,7 +296,10 @@ impl SharedView {
             self.removed
                 .iter()
                 .filter(|(k, at)| **at < before_ms && self.shadowed.contains(*k))
-                .map(|(k, _)| SharedRecord::QuarantineRemoved { key: k.clone() }),
+                .map(|(k, _)| SharedRecord::QuarantineRemoved {
+                    key: k.clone(),
+                    at_ms: self.removed_at.get(k).copied().unwrap_or(0),
+                }),
         );
         out.extend(
             self.journal
@@ -317,7 +389,7 @@ pub fn removed_elsewhere(
     Ok(store
         .quarantine_list(None)?
         .into_iter()
-        .filter(|e| view.is_removed(&quarantine_key(e)))
+        .filter(|e| view.removes(e))
         .collect())
 }
 
@@ -401,7 +473,7 @@ impl<'a> Records<'a> {
             .collect();
         for e in local {
             let key = quarantine_key(&e);
-            if !view.is_removed(&key) {
+            if !view.removes(&e) {
                 all.entry(key).or_insert(e);
             }
         }
@@ -499,7 +571,13 @@ mod tests {
             1,
         );
         assert_eq!(v.quarantine.len(), 1);
-        v.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 2);
+        v.apply(
+            SharedRecord::QuarantineRemoved {
+                key: key.clone(),
+                at_ms: 0,
+            },
+            2,
+        );
         assert!(v.quarantine.is_empty() && v.is_removed(&key) && v.knows(&key));
         // Re-read from 4.x after a restart and refused again: live again.
         v.apply(
@@ -525,23 +603,127 @@ mod tests {
         v.apply(quarantine(&e, false), 100);
         // One instance's refresh read it live; another's removal landed
         // first; the refresh copy lands after it.
-        v.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 200);
+        v.apply(
+            SharedRecord::QuarantineRemoved {
+                key: key.clone(),
+                at_ms: 0,
+            },
+            200,
+        );
         v.apply(quarantine(&e, true), 300);
         assert!(v.quarantine.is_empty() && v.is_removed(&key));
         assert_eq!(v.removed_keys().collect::<Vec<_>>(), vec![key.as_str()]);
         // The removal is written again while that copy may outlive it...
         assert_eq!(
             v.stale(250),
-            vec![SharedRecord::QuarantineRemoved { key: key.clone() }]
+            vec![SharedRecord::QuarantineRemoved {
+                key: key.clone(),
+                at_ms: 0
+            }]
         );
         // ...and not once the copy is gone from the topic (a fresh read).
         let mut later = SharedView::default();
-        later.apply(SharedRecord::QuarantineRemoved { key: key.clone() }, 200);
+        later.apply(
+            SharedRecord::QuarantineRemoved {
+                key: key.clone(),
+                at_ms: 0,
+            },
+            200,
+        );
         assert!(later.stale(250).is_empty());
         // Quarantined again for real (not a refresh): live again.
         v.apply(quarantine(&e, false), 400);
         assert_eq!(v.quarantine.len(), 1);
         assert!(!v.is_removed(&key) && v.stale(250).is_empty());
+    }
+
+    /// Issue 30, item 3: a key's records may sit on different queues (a
+    /// 5.x broker restarted between them, the key hashed onto another
+    /// queue) and queues are read one after another. Every order of the
+    /// same records folds to the same view.
+    #[test]
+    fn the_fold_does_not_depend_on_where_a_record_was_stored() {
+        let first = quarantined(7); // quarantined at 5
+        let key = quarantine_key(&first);
+        let mut again = first.clone();
+        again.quarantined_at_ms = 50;
+        let q = |e: &QuarantineEntry, refresh| SharedRecord::Quarantined {
+            entry: e.clone(),
+            refresh,
+        };
+        let removal = |entry: &QuarantineEntry, now| SharedRecord::QuarantineRemoved {
+            key: key.clone(),
+            at_ms: removal_version(entry, now),
+        };
+        let fold = |records: &[(SharedRecord, i64)]| {
+            let mut v = SharedView::default();
+            for (r, at) in records {
+                v.apply(r.clone(), *at);
+            }
+            v
+        };
+        let orders = |records: Vec<(SharedRecord, i64)>| {
+            let mut all = vec![records.clone()];
+            let mut rev = records.clone();
+            rev.reverse();
+            all.push(rev);
+            for i in 0..records.len() {
+                let mut r = records.clone();
+                let x = r.remove(i);
+                r.push(x);
+                all.push(r);
+            }
+            all
+        };
+        // Quarantined, then removed (replay): removed in every order, so a
+        // second replay does not send a duplicate.
+        let h1 = vec![(q(&first, false), 100), (removal(&first, 20), 200)];
+        for o in orders(h1) {
+            let v = fold(&o);
+            assert!(v.quarantine.is_empty(), "{o:?}");
+            assert!(v.removes(&first), "{o:?}");
+        }
+        // Removed, then quarantined again (refused on a re-read): live in
+        // every order, the removal does not take the new entry.
+        let h2 = vec![
+            (q(&first, false), 100),
+            (removal(&first, 20), 200),
+            (q(&again, false), 300),
+        ];
+        for o in orders(h2) {
+            let v = fold(&o);
+            assert_eq!(v.quarantine.get(&key), Some(&again), "{o:?}");
+            assert!(!v.removes(&again), "{o:?}");
+        }
+        // A remover whose clock is behind the quarantining instance's.
+        let behind = vec![(q(&again, false), 100), (removal(&again, 1), 200)];
+        for o in orders(behind) {
+            assert!(fold(&o).quarantine.is_empty(), "{o:?}");
+        }
+        // A refresh copy of the removed entry stored after the removal
+        // never revives it, and keeps the removal refreshed.
+        let h3 = vec![
+            (q(&first, false), 100),
+            (removal(&first, 20), 200),
+            (q(&first, true), 300),
+        ];
+        for o in orders(h3) {
+            let v = fold(&o);
+            assert!(v.quarantine.is_empty(), "{o:?}");
+            assert_eq!(v.stale(250).len(), 1, "{o:?}");
+        }
+        // Starts: the lowest, whatever the order.
+        let start = |offset| SharedRecord::Start {
+            route: "r".into(),
+            queue: super::tests::q(0),
+            offset,
+        };
+        for o in orders(vec![(start(500), 2), (start(10), 1)]) {
+            assert_eq!(
+                fold(&o).starts.get(&("r".to_string(), super::tests::q(0))),
+                Some(&10)
+            );
+        }
     }
 
     #[test]
@@ -556,6 +738,7 @@ mod tests {
         v.apply(
             SharedRecord::QuarantineRemoved {
                 key: quarantine_key(&dropped_elsewhere),
+                at_ms: 0,
             },
             1,
         );
@@ -621,6 +804,7 @@ mod tests {
         v.apply(
             SharedRecord::QuarantineRemoved {
                 key: quarantine_key(&gone),
+                at_ms: 0,
             },
             200,
         );
@@ -727,6 +911,7 @@ mod tests {
         v.apply(
             SharedRecord::QuarantineRemoved {
                 key: quarantine_key(&replayed_elsewhere),
+                at_ms: 0,
             },
             2,
         );
