@@ -296,7 +296,11 @@ fn fmt_ms(ms: i64) -> String {
 /// `[instances] coordinate = true`: the group's members and the queues
 /// each owns by the allocation every member computes, with the group's
 /// position of each queue (what the next owner starts from).
-async fn print_instances(source: &TopicSource, group: &str) {
+async fn print_instances(
+    source: &TopicSource,
+    group: &str,
+    home: &crate::pipeline::positions::PositionHome,
+) {
     let queues = match source.refresh_route().await {
         Ok(q) => q,
         Err(e) => {
@@ -321,7 +325,7 @@ async fn print_instances(source: &TopicSource, group: &str) {
         let owned = pipeline::ownership::allocate(&queues, &members, member);
         let mut shown = Vec::new();
         for q in &owned {
-            let at = source.group_offset(q, group).await.ok().flatten();
+            let at = home.read(source, q).await.ok().flatten();
             shown.push(format!(
                 "{q}@{}",
                 at.map(|o| o.to_string()).unwrap_or_else(|| "?".into())
@@ -423,7 +427,8 @@ pub async fn status(path: &Path, online: bool) -> anyhow::Result<()> {
             println!("  4.x not reachable: lag unknown");
         }
         if cfg.instances.coordinate && reachable {
-            print_instances(&source, &cfg.source.consumer_group).await;
+            let home = pipeline::positions::PositionHome::of_configured_route(&cfg, &r.name);
+            print_instances(&source, &cfg.source.consumer_group, &home).await;
         } else if cfg.instances.coordinate {
             println!(
                 "  instances: shared through group `{}` (4.x not reachable: members unknown)",

@@ -948,6 +948,20 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
             "must name a 5.x topic (default rmq_bridge_state)",
         );
     }
+    if instances.coordinate {
+        // Each route's positions live in a 4.x group of its own.
+        for (i, r) in routes.iter().enumerate() {
+            let group = route_position_group(&source.consumer_group, &r.name);
+            if !valid_resource_name(&group) {
+                p.push(
+                    format!("routes[{i}].name"),
+                    format!(
+                        "with [instances] coordinate the route's positions are kept in the 4.x group `{group}`, longer than RocketMQ's 255 characters; shorten the route name or [source] consumer_group"
+                    ),
+                );
+            }
+        }
+    }
     if instances.coordinate && target.namesrv_addrs.is_empty() {
         p.push(
             "instances.coordinate",
@@ -1441,6 +1455,14 @@ fn commit_as_group_conflicts(route: &RouteConfig) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The 4.x group holding route `route`'s positions when the instances
+/// share the group `group` (`[instances] coordinate`; pipeline/positions.rs).
+/// Offsets are kept per (group, topic, queue): two routes reading one topic
+/// need a group each, as two Java consumer groups of a topic do (issue 30).
+pub fn route_position_group(group: &str, route: &str) -> String {
+    format!("{group}-route-{route}")
 }
 
 /// RocketMQ's topic / group character set.

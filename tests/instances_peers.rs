@@ -787,9 +787,11 @@ async fn send_numbered(
     }
 }
 
-/// Waits until the group `rmq_bridge` committed every queue of `topic` to
-/// its end on 4.x, and the instance's estate records are all on 5.x.
+/// Waits until route `topic` (named as its topic) committed every queue of
+/// `topic` to its end on 4.x in its group, and the instance's estate
+/// records are all on 5.x.
 async fn wait_settled(estate: &Estate, inst: &Instance, topic: &str, queues: i32) {
+    let group = rmq_bridge::config::route_position_group("rmq_bridge", topic);
     testkit::eventually(
         &format!("{topic} committed to its end and the estate records shared"),
         Duration::from_secs(60),
@@ -799,7 +801,7 @@ async fn wait_settled(estate: &Estate, inst: &Instance, topic: &str, queues: i32
                 let max = estate.client.get_max_offset(broker, topic, q).await.ok()?;
                 let committed = estate
                     .client
-                    .query_consumer_offset(broker, "rmq_bridge", topic, q)
+                    .query_consumer_offset(broker, &group, topic, q)
                     .await
                     .ok()??;
                 if committed < max {
@@ -1131,4 +1133,131 @@ async fn a_successor_writes_back_no_further_than_what_another_instance_held() {
     }
     assert!(held_by_a > 0, "a held nothing; the test proves nothing");
     assert!(b.terminate(), "b stops cleanly");
+}
+
+/// Issue 30, item 1: two routes reading one topic each keep a position of
+/// their own. `pay` forwards 100 messages alone; `audit` is added on the
+/// same topic and must start at its own start (earliest), not at `pay`'s
+/// position; `late` waits for its 5.x topic while the others forward 100
+/// more, and after a restart and the topic's creation it must forward all
+/// 200 from where it stood, not from the others' position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routes_on_one_topic_each_keep_their_own_position() {
+    let topic = "pay";
+    let estate = Estate::new("inst-tworoutes", topic, "NORMAL").await;
+    testkit::create_topic(
+        &estate.client,
+        &estate.target,
+        "audit",
+        QUEUES,
+        Some("NORMAL"),
+    )
+    .await
+    .expect("5.x audit");
+    let pay = RouteSpec::new(topic, topic, topic, 100);
+    let mut a = estate.instance_with("a", std::slice::from_ref(&pay));
+    a.start();
+    wait_even(&[&a], topic, Duration::from_secs(90)).await;
+    let first: Vec<String> = (0..100).map(|i| format!("TWOA{i:08}")).collect();
+    send_numbered(&estate, topic, QUEUES, "TWOA", 0..100).await;
+    wait_outcome(&a, topic, "forwarded", 100, Duration::from_secs(60)).await;
+    wait_settled(&estate, &a, topic, QUEUES).await;
+
+    // A route added on the topic: its own start, not pay's position.
+    let all = [
+        pay.clone(),
+        RouteSpec::new("audit", topic, "audit", 100),
+        RouteSpec::new("late", topic, "late", 100),
+    ];
+    estate.configure(&a, &all);
+    wait_even(&[&a], "audit", Duration::from_secs(90)).await;
+    wait_even(&[&a], "late", Duration::from_secs(60)).await;
+    let second: Vec<String> = (100..200).map(|i| format!("TWOB{i:08}")).collect();
+    send_numbered(&estate, topic, QUEUES, "TWOB", 100..200).await;
+    let both: Vec<String> = first.iter().chain(&second).cloned().collect();
+    let copies = landed(&estate, "audit", &both).await;
+    assert_eq!(copies.len(), 200, "audit got every message of the topic");
+    landed(&estate, topic, &both).await;
+    // Let pay's positions (and whatever late may have written) reach 4.x.
+    wait_settled(&estate, &a, topic, QUEUES).await;
+    assert!(a.terminate(), "a stops cleanly");
+
+    // late's topic appears; after the restart it forwards from its own
+    // position (offset 0 of every queue).
+    testkit::create_topic(
+        &estate.client,
+        &estate.target,
+        "late",
+        QUEUES,
+        Some("NORMAL"),
+    )
+    .await
+    .expect("5.x late");
+    a.start();
+    let copies = landed(&estate, "late", &both).await;
+    keep_logs(&[&a]);
+    assert_eq!(copies.len(), 200, "late got every message of the topic");
+    assert!(a.terminate(), "a stops cleanly");
+}
+
+/// The `verify` line of `check --decommission` (status, detail).
+fn verify_line(report: &str) -> Option<(String, String)> {
+    report
+        .lines()
+        .filter(|l| l.starts_with("GREEN") || l.starts_with("RED"))
+        .find(|l| l.contains(" verify "))
+        .map(|l| (l[..5].trim().to_string(), l.to_string()))
+}
+
+/// Issue 30, item 2: instance a forwards 100 messages, `verify` finds them
+/// clean, a stops; instance b forwards 200 more. The report read with a's
+/// config must not call a's verdict coverage of the estate: it judges each
+/// queue by the estate's position, which b moved past a's verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_of_one_instance_does_not_cover_another_instances_progress() {
+    let topic = "cov";
+    let estate = Estate::new("inst-cov", topic, "NORMAL").await;
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
+    let mut a = estate.instance("a", topic);
+    a.start();
+    wait_even(&[&a], topic, Duration::from_secs(90)).await;
+    send_numbered(&estate, topic, QUEUES, "COVA", 0..100).await;
+    wait_outcome(&a, topic, "forwarded", 100, Duration::from_secs(60)).await;
+    wait_settled(&estate, &a, topic, QUEUES).await;
+    assert!(a.terminate(), "a stops cleanly");
+    let a_config = a.dir.join("bridge.toml");
+    let (_, verdict) = testkit::verify_json(bin, &a_config, &[], &a.dir.join("verify.json"))
+        .unwrap_or_else(|e| panic!("verify from a: {e}"));
+    assert_eq!(verdict["totals"]["missing"], 0, "{verdict:#}");
+    let a_cfg = a_config.to_string_lossy().to_string();
+    let (_, report) = testkit::run_cli(bin, &["check", "-c", &a_cfg, "--decommission"]);
+    let line = verify_line(&report).unwrap_or_else(|| panic!("no verify line:\n{report}"));
+    assert_eq!(
+        line.0, "GREEN",
+        "a's own verdict covers a's progress:\n{report}"
+    );
+
+    let mut b = estate.instance("b", topic);
+    b.start();
+    wait_even(&[&b], topic, Duration::from_secs(150)).await;
+    send_numbered(&estate, topic, QUEUES, "COVB", 100..300).await;
+    wait_outcome(&b, topic, "forwarded", 200, Duration::from_secs(60)).await;
+    wait_settled(&estate, &b, topic, QUEUES).await;
+    assert!(b.terminate(), "b stops cleanly");
+
+    let (_, report) = testkit::run_cli(bin, &["check", "-c", &a_cfg, "--decommission"]);
+    keep_logs(&[&a, &b]);
+    let line = verify_line(&report).unwrap_or_else(|| panic!("no verify line:\n{report}"));
+    assert_eq!(
+        line.0, "RED",
+        "a's verdict (100 messages) called coverage after b forwarded 200 more:\n{report}"
+    );
+    assert!(line.1.contains("stale"), "{report}");
+    // A verify run now covers the estate, and the line turns green.
+    let (_, verdict) = testkit::verify_json(bin, &a_config, &[], &a.dir.join("verify2.json"))
+        .unwrap_or_else(|e| panic!("verify from a: {e}"));
+    assert_eq!(verdict["totals"]["found"], 300, "{verdict:#}");
+    let (_, report) = testkit::run_cli(bin, &["check", "-c", &a_cfg, "--decommission"]);
+    let line = verify_line(&report).unwrap_or_else(|| panic!("no verify line:\n{report}"));
+    assert_eq!(line.0, "GREEN", "{report}");
 }

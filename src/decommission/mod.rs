@@ -321,6 +321,21 @@ pub struct QueueFloor {
     pub min: Option<i64>,
 }
 
+/// Instances sharing an estate: the position each queue must be verified
+/// to is the later of this store's checkpoint and the estate's position
+/// (what any instance forwarded), never this instance's alone.
+pub fn estate_positions(
+    local: BTreeMap<SourceQueue, i64>,
+    estate: &BTreeMap<SourceQueue, i64>,
+) -> BTreeMap<SourceQueue, i64> {
+    let mut out = local;
+    for (q, at) in estate {
+        let e = out.entry(q.clone()).or_insert(*at);
+        *e = (*e).max(*at);
+    }
+    out
+}
+
 /// Why a clean verdict does not cover the route (empty: it does). Every
 /// queue of the route (in 4.x now, or with a checkpoint) must have been
 /// verified up to its checkpoint, and from its start: the recorded start,
@@ -475,13 +490,12 @@ impl Ctx<'_> {
             None => None,
         };
         // Instances sharing an estate: what any of them confirmed is the
-        // group's position (this store has only this instance's queues).
+        // route's shared position (this store has only this instance's
+        // queues).
         let group = if self.cfg.instances.coordinate {
-            source
-                .group_offset(q, &self.cfg.source.consumer_group)
-                .await
-                .map_err(|e| e.to_string())?
-                .filter(|o| *o >= 0)
+            pipeline::positions::PositionHome::of_configured_route(self.cfg, &route.name)
+                .read(source, q)
+                .await?
         } else {
             None
         };
@@ -591,6 +605,10 @@ impl Ctx<'_> {
         let mut lag = 0i64;
         let mut oldest: Option<i64> = None;
         let mut unknown = Vec::new();
+        // Each queue's position in the estate (instances sharing it: the
+        // later of this store's and the route's shared one), which the
+        // verify line below must cover.
+        let mut positions = BTreeMap::new();
         for q in queues {
             let (checkpoint, max) = match self.queue_span(route, source, q).await {
                 Ok(span) => span,
@@ -599,6 +617,7 @@ impl Ctx<'_> {
                     continue;
                 }
             };
+            positions.insert(q.clone(), checkpoint);
             if max > checkpoint {
                 lag += max - checkpoint;
                 if let Ok(addr) = source.master_addr(q) {
@@ -690,7 +709,7 @@ impl Ctx<'_> {
             let min = source.min_offset(q).await.ok();
             floors.insert(q.clone(), QueueFloor { recorded, min });
         }
-        self.verify_line(report, route, &scope, &floors);
+        self.verify_line(report, route, &scope, &floors, &positions);
     }
 
     fn verify_line(
@@ -699,6 +718,7 @@ impl Ctx<'_> {
         route: &RouteConfig,
         scope: &str,
         floors: &BTreeMap<SourceQueue, QueueFloor>,
+        positions: &BTreeMap<SourceQueue, i64>,
     ) {
         let remedy =
             "run `rmq-bridge verify -c FILE` once lag is 0 (it needs [target] namesrv_addr), \
@@ -745,6 +765,11 @@ impl Ctx<'_> {
             .into_iter()
             .map(|(q, cp)| (q, cp.offset))
             .collect();
+        let checkpoints = if self.cfg.instances.coordinate {
+            estate_positions(checkpoints, positions)
+        } else {
+            checkpoints
+        };
         let behind = coverage_gaps(&v, &checkpoints, floors);
         if behind.is_empty() {
             report.green(
@@ -1588,6 +1613,29 @@ mod coverage_tests {
         let mut old = full.clone();
         old.verified_from.clear();
         assert_eq!(coverage_gaps(&old, &checkpoints, &floors).len(), 2);
+    }
+
+    /// Issue 30, item 2: instance A verified q0 to 100 and stopped; B then
+    /// forwarded q0 to 300 and q1 (which A never held) to 50. A's report
+    /// judges by the estate's positions, not by its own store.
+    #[test]
+    fn a_verdict_covers_the_estate_only_up_to_what_it_read() {
+        let local: BTreeMap<SourceQueue, i64> = [(q(0), 100)].into();
+        let estate: BTreeMap<SourceQueue, i64> = [(q(0), 300), (q(1), 50)].into();
+        let floors: BTreeMap<SourceQueue, QueueFloor> =
+            [(q(0), floor(Some(0), 0)), (q(1), floor(Some(0), 0))].into();
+        let a = verdict(&[(0, 0, 100), (1, 0, 0)]);
+        assert!(
+            coverage_gaps(&a, &local, &floors).is_empty(),
+            "what the old report saw"
+        );
+        let positions = estate_positions(local.clone(), &estate);
+        assert_eq!(positions, estate);
+        let gaps = coverage_gaps(&a, &positions, &floors);
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        // A store ahead of what the estate shows (not written back yet) counts too.
+        let ahead: BTreeMap<SourceQueue, i64> = [(q(0), 400)].into();
+        assert_eq!(estate_positions(ahead, &estate)[&q(0)], 400);
     }
 }
 

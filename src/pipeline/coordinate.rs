@@ -5,9 +5,9 @@
 //! `ownership::allocate` gives it, and forwards a queue only while it holds
 //! the broker's lock on it (LOCK_BATCH_MQ), renewed at every rebalance. The
 //! send layer asks the queue's [`Fence`] before each attempt; positions
-//! are shared as the group's committed offsets (UPDATE_CONSUMER_OFFSET),
-//! written only while the fence is open, so a former owner never moves a
-//! position another instance has taken over.
+//! are shared as committed offsets of each route's own group
+//! (positions.rs), written only while the fence is open, so a former owner
+//! never moves a position another instance has taken over.
 //!
 //! The route runner (route.rs) owns the queue tasks and decides when to
 //! start and stop them; this file owns the leases and speaks to the brokers.
@@ -46,6 +46,10 @@ pub struct Coordination {
     /// two routes may read one topic), so it is unlocked only when the
     /// last of them lets it go.
     holds: std::sync::Mutex<BTreeMap<(String, SourceQueue), std::collections::BTreeSet<String>>>,
+    /// Routes that were their topic's only reader when this instance
+    /// started (positions::sole_readers): they may read a position the
+    /// shared group kept for them before routes had groups of their own.
+    sole_readers: std::collections::BTreeSet<String>,
 }
 
 impl Coordination {
@@ -54,6 +58,7 @@ impl Coordination {
         group: String,
         estate: Option<Arc<crate::estate::Outbox>>,
         live: Option<Arc<crate::estate::LiveView>>,
+        sole_readers: std::collections::BTreeSet<String>,
     ) -> Arc<Self> {
         let (changed, _) = tokio::sync::watch::channel(0);
         Arc::new(Coordination {
@@ -63,6 +68,7 @@ impl Coordination {
             estate,
             live,
             holds: Default::default(),
+            sole_readers,
         })
     }
 
@@ -191,11 +197,10 @@ pub fn settled(
 }
 
 impl RouteOwnership {
-    /// A route's topic queues: positions in the instances' group.
+    /// A route's topic queues: positions in the route's own group.
     pub fn new(route: &str, coordination: Arc<Coordination>) -> Self {
-        let home = PositionHome::Group {
-            group: coordination.group.clone(),
-        };
+        let sole = coordination.sole_readers.contains(route);
+        let home = PositionHome::of_route(&coordination.group, route, sole);
         RouteOwnership {
             route: route.to_string(),
             coordination,
@@ -439,19 +444,6 @@ pub async fn group_members(
         .map_err(|e| format!("listing the members of group `{group}` on {addr}: {e}"))
 }
 
-/// The group's committed offset on a queue (None: none yet).
-pub async fn committed_offset(
-    source: &TopicSource,
-    group: &str,
-    queue: &SourceQueue,
-) -> Result<Option<i64>, String> {
-    source
-        .group_offset(queue, group)
-        .await
-        .map(|o| o.filter(|o| *o >= 0))
-        .map_err(|e| e.to_string())
-}
-
 /// The last step of releasing a queue whose tasks have stopped and whose
 /// position is durable: writes `offset` to the group, reads it back (a
 /// broker answers success and writes nothing while a server-side reset is
@@ -561,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_lock_several_routes_hold_stays_until_the_last_lets_it_go() {
-        let c = Coordination::new("me".into(), "g".into(), None, None);
+        let c = Coordination::new("me".into(), "g".into(), None, None, Default::default());
         let topic = "SCHEDULE_TOPIC_XXXX";
         c.hold(topic, &q(1), "a#scheduled");
         c.hold(topic, &q(1), "b#scheduled");

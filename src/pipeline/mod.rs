@@ -375,6 +375,7 @@ impl Bridge {
                 cfg.source.consumer_group.clone(),
                 estate.clone(),
                 live.clone(),
+                positions::sole_readers(&cfg.routes),
             )
         });
         Ok(Bridge {

@@ -17,9 +17,10 @@ use crate::metrics as m;
 use crate::source::{SourceError, SourceSettings, TopicSource};
 
 use super::admit::Admitter;
-use super::coordinate::{committed_offset, RouteOwnership};
+use super::coordinate::RouteOwnership;
 use super::health::RouteHealth;
 use super::ownership::Fence;
+use super::positions::PositionHome;
 use super::progress::{CheckpointFlusher, QueueProgress};
 use super::quarantine::Quarantine;
 use super::schedule_ledger::ScheduleLedger;
@@ -312,8 +313,8 @@ async fn run_route(
                 match source.refresh_route().await {
                     Ok(found) => {
                         if new_route_queues.is_none() {
-                            let group = shared.coordination.as_ref().map(|c| c.group.as_str());
-                            match route_is_new(&shared, &source, &name, &found, group).await {
+                            let home = ownership.as_ref().map(|o| o.home());
+                            match route_is_new(&shared, &source, &name, &found, home).await {
                                 Ok(new) => new_route_queues = Some(if new {
                                     found.iter().cloned().collect()
                                 } else {
@@ -455,15 +456,14 @@ async fn run_route(
 }
 
 /// Whether the route is new: no checkpoint of it here and, where instances
-/// share the estate, no position of the instances' group on any of its
-/// queues (a replacement instance without its state directory is not a new
+/// share the estate, no shared position of the route on any of its queues (a replacement instance without its state directory is not a new
 /// route).
 async fn route_is_new(
     shared: &Shared,
     source: &TopicSource,
     route: &str,
     found: &[SourceQueue],
-    group: Option<&str>,
+    home: Option<&PositionHome>,
 ) -> Result<bool, String> {
     let known = shared
         .store
@@ -472,11 +472,11 @@ async fn route_is_new(
     if !known.is_empty() {
         return Ok(false);
     }
-    let Some(group) = group else {
+    let Some(home) = home else {
         return Ok(true);
     };
     for queue in found {
-        if committed_offset(source, group, queue).await?.is_some() {
+        if home.read(source, queue).await?.is_some() {
             return Ok(false);
         }
     }

@@ -482,7 +482,7 @@ impl RouteVerifier {
 
     /// Reads what 5.x holds beyond what the index has, into the index.
     /// Instances sharing an estate: every queue of the route's topic, at
-    /// the later of this store's checkpoint and the instances' group
+    /// the later of this store's checkpoint and the route's shared
     /// position (what another instance confirmed), so that the verdict
     /// covers the estate and not only the queues this instance forwarded.
     async fn estate_checkpoints(
@@ -499,17 +499,18 @@ impl RouteVerifier {
             )
         })?;
         for q in queues {
-            let group = self
-                .source
-                .group_offset(&q, &cfg.source.consumer_group)
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "route {}: the instances' position of {q}: {e}",
-                        self.route.name
-                    )
-                })?
-                .filter(|o| *o >= 0);
+            let group = crate::pipeline::positions::PositionHome::of_configured_route(
+                cfg,
+                &self.route.name,
+            )
+            .read(&self.source, &q)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "route {}: the instances' position of {q}: {e}",
+                    self.route.name
+                )
+            })?;
             let Some(offset) = group else {
                 continue;
             };
