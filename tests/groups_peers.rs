@@ -306,6 +306,41 @@ async fn a_group_moves_to_5x_exactly_and_back_to_4x() {
         out.contains("WARNING") && out.contains("would never receive them"),
         "{out}"
     );
+    // Issue 30, item 8: --apply refuses while the group would never
+    // receive messages there, writes nothing; --force applies.
+    let ledger_args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "groups",
+            "translate",
+            "-c",
+            &cfg,
+            "--group",
+            "billing",
+            "--route",
+            "ledger",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let (ok, out) = cli(&ledger_args(&["--apply"]));
+    assert!(!ok, "apply with held messages must be refused:\n{out}");
+    assert!(
+        out.contains("not applied") && out.contains(&format!("{held} message(s)")),
+        "{out}"
+    );
+    for q in 0..QUEUES {
+        let written = client
+            .query_consumer_offset(&five.broker_addr, "billing", "ledger", q)
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(
+            written, None,
+            "queue {q}: a refused apply wrote {written:?}"
+        );
+    }
+    let (ok, out) = cli(&ledger_args(&["--apply", "--force"]));
+    assert!(ok, "--force applies:\n{out}");
 
     // The way back: a 5.x group "rollback" at known positions translates
     // to 4.x offsets a 4.x consumer resumes from without a gap.

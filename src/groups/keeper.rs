@@ -4,6 +4,9 @@
 //! moment and start exactly where it left 4.x. Its 4.x consumers may still
 //! run (their position is what is translated). Once the group has live
 //! 5.x consumers it has moved: the keeper leaves it alone (logged once).
+//! While messages the group has not consumed on 4.x are not on 5.x
+//! (`held_not_forwarded`), nothing is written: a group that moved then
+//! would never receive them; the gauge says how many.
 //!
 //! Owns: the schedule and the metrics; the translation is `groups::run`.
 
@@ -56,7 +59,16 @@ pub async fn run(mut config: watch::Receiver<Arc<BridgeConfig>>, mut stop: watch
                         }
                         Err(e) => {
                             let text = format!("{e:#}");
-                            if text.contains("live consumers on 5.x") {
+                            let refused = e.downcast_ref::<super::NotApplied>();
+                            if let Some(r) = refused {
+                                let labels =
+                                    [("route", route.name.clone()), ("group", group.clone())];
+                                metrics::gauge!(m::GROUP_REDELIVER, &labels)
+                                    .set(r.report.redeliver as f64);
+                                metrics::gauge!(m::GROUP_HELD, &labels)
+                                    .set(r.report.held_not_forwarded as f64);
+                            }
+                            if refused.is_some_and(super::NotApplied::moved) {
                                 if moved.insert(key.clone(), true).is_none() {
                                     tracing::info!(route = %route.name, group,
                                         "group has live consumers on 5.x: it moved, no longer translated");

@@ -29,7 +29,7 @@ use crate::config::{BridgeConfig, Direction, RouteConfig};
 use crate::pipeline;
 use crate::remoting::{LiveConsumers, RemotingClient};
 use crate::source::{SourceSettings, TopicSource};
-use translate::{id_key, translate_queue, Origins};
+use translate::{id_key, translate_queue, IdKey, Origins};
 
 /// Which way the group moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,11 +98,40 @@ pub struct GroupReport {
     pub seconds: f64,
 }
 
+/// `--apply` refused: what was found, and why nothing was written.
+#[derive(Debug)]
+pub struct NotApplied {
+    pub report: Box<GroupReport>,
+    pub reasons: Vec<String>,
+}
+
+impl NotApplied {
+    /// Refused because the group already has live consumers where it is
+    /// moved to (it moved).
+    pub fn moved(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| r.contains(&format!("live consumers on {}", self.report.to_cluster)))
+    }
+}
+
+impl std::fmt::Display for NotApplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not applied:\n  {}\n(--force applies despite live consumers and messages the group would never receive)",
+            self.reasons.join("\n  ")
+        )
+    }
+}
+
+impl std::error::Error for NotApplied {}
+
 /// One "to" queue as read: its max offset and (offset, id key) per message.
 struct ToQueue {
     queue: SourceQueue,
     max: i64,
-    records: Vec<(i64, u64)>,
+    records: Vec<(i64, IdKey)>,
 }
 
 struct Side {
@@ -221,7 +250,7 @@ pub async fn run(cfg: &BridgeConfig, opts: &GroupOptions) -> anyhow::Result<Grou
 
     // 1. The "to" side, kept compactly: (offset, id key) per queue.
     let mut to_records: Vec<ToQueue> = Vec::new();
-    let mut to_ids: HashSet<u64> = HashSet::new();
+    let mut to_ids: HashSet<IdKey> = HashSet::new();
     let mut to_messages = 0u64;
     for q in &to_queues {
         let addr = to.source.master_addr(q)?;
@@ -368,6 +397,12 @@ pub async fn run(cfg: &BridgeConfig, opts: &GroupOptions) -> anyhow::Result<Grou
                 ));
             }
         }
+        if !opts.force && report.held_not_forwarded > 0 {
+            refusals.push(format!(
+                "{} message(s) the group has not consumed on {} are not on {} (held by a cutover below 100 %, or not bridged yet): the group would never receive them there; raise the route to 100 % and let it drain first",
+                report.held_not_forwarded, report.from_cluster, report.to_cluster
+            ));
+        }
         if !opts.allow_backwards {
             for q in &report.queues {
                 if let Some(c) = q.current.filter(|c| *c > q.translated) {
@@ -379,10 +414,12 @@ pub async fn run(cfg: &BridgeConfig, opts: &GroupOptions) -> anyhow::Result<Grou
             }
         }
         if !refusals.is_empty() {
-            bail!(
-                "not applied:\n  {}\n(--force applies despite live consumers)",
-                refusals.join("\n  ")
-            );
+            report.seconds = started.elapsed().as_secs_f64();
+            return Err(NotApplied {
+                report: Box::new(report),
+                reasons: refusals,
+            }
+            .into());
         }
         for (line, ToQueue { queue: q, .. }) in report.queues.iter().zip(&to_records) {
             let addr = to.source.master_addr(q)?;

@@ -59,17 +59,42 @@ pub fn translate_queue(
     t
 }
 
-/// A message id's 64-bit FNV-1a: the origin map's key. Two ids sharing one
-/// (about 1 in 10^7 for a million ids) share an origin entry, and
-/// [`Origins::insert`] keeps the later position there, so a collision can
-/// only make the translation re-deliver, never skip.
-pub fn id_key(id: &str) -> u64 {
+/// A message id as the origin map knows it: a 64-bit FNV-1a (the map's
+/// key) and a 32-bit check from another hash. Ids are told apart by all 96
+/// bits: two ids sharing the 64-bit key but not the check are two messages
+/// (a source pair of them is never taken as consumed, so a collision there
+/// re-delivers; a destination message whose key but not check matches a
+/// source message has no source copy, and is delivered). Only a 96-bit
+/// collision between a destination message with no source copy and a
+/// consumed source message could skip one: about 1 in 10^16 for a million
+/// ids on each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdKey {
+    pub hash: u64,
+    pub check: u32,
+}
+
+pub fn id_key(id: &str) -> IdKey {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    // FNV-1a 32 over the same bytes: independent enough of the 64-bit
+    // one for a check.
+    let mut c: u32 = 0x811c_9dc5;
     for b in id.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
+        c ^= u32::from(*b);
+        c = c.wrapping_mul(0x0100_0193);
     }
-    h
+    IdKey { hash: h, check: c }
+}
+
+/// One origin entry: the A queue index, the check of the id it was
+/// recorded for, and the offset (`i64::MAX`: never taken as consumed).
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    queue: u32,
+    check: u32,
+    offset: i64,
 }
 
 /// Where each message of A sits: (A queue index, offset), by id key;
@@ -77,7 +102,7 @@ pub fn id_key(id: &str) -> u64 {
 /// MiB.
 #[derive(Debug, Default)]
 pub struct Origins {
-    map: HashMap<u64, (u32, i64)>,
+    map: HashMap<u64, Origin>,
 }
 
 impl Origins {
@@ -88,25 +113,34 @@ impl Origins {
     }
 
     /// Records that `id` is at `offset` of A queue `queue`. A message
-    /// found twice (a re-send, a collision) keeps its later position: the
-    /// group is taken to have consumed it only once both were consumed. In
-    /// two A queues it is never taken as consumed (which copy the group
-    /// reached is not known here).
+    /// found twice (a re-send) keeps its later position: the group is
+    /// taken to have consumed it only once both were consumed. In two A
+    /// queues it is never taken as consumed (which copy the group reached
+    /// is not known here), nor are two ids sharing one 64-bit key.
     pub fn insert(&mut self, id: &str, queue: u32, offset: i64) {
+        let key = id_key(id);
         self.map
-            .entry(id_key(id))
+            .entry(key.hash)
             .and_modify(|e| {
-                if queue != e.0 {
-                    e.1 = i64::MAX;
-                } else if offset > e.1 {
-                    e.1 = offset;
+                if queue != e.queue || key.check != e.check {
+                    e.offset = i64::MAX;
+                } else if offset > e.offset {
+                    e.offset = offset;
                 }
             })
-            .or_insert((queue, offset));
+            .or_insert(Origin {
+                queue,
+                check: key.check,
+                offset,
+            });
     }
 
     pub fn get(&self, id: &str) -> Option<(u32, i64)> {
-        self.map.get(&id_key(id)).copied()
+        let key = id_key(id);
+        self.map
+            .get(&key.hash)
+            .filter(|e| e.check == key.check)
+            .map(|e| (e.queue, e.offset))
     }
 
     pub fn len(&self) -> usize {
@@ -123,11 +157,14 @@ impl Origins {
         self.consumed_key(id_key(id), committed)
     }
 
-    /// [`Self::consumed`] by id key.
-    pub fn consumed_key(&self, key: u64, committed: &[i64]) -> bool {
-        match self.map.get(&key).copied() {
-            Some((queue, offset)) => committed.get(queue as usize).is_some_and(|c| offset < *c),
-            None => false,
+    /// [`Self::consumed`] by id key: false where only the 64-bit key
+    /// matches (another message; A has no copy of this one).
+    pub fn consumed_key(&self, key: IdKey, committed: &[i64]) -> bool {
+        match self.map.get(&key.hash) {
+            Some(e) if e.check == key.check => committed
+                .get(e.queue as usize)
+                .is_some_and(|c| e.offset < *c),
+            _ => false,
         }
     }
 }
@@ -205,5 +242,36 @@ mod tests {
         );
         o.insert("b", 0, 0);
         assert!(!o.consumed("b", &[100, 100]));
+    }
+
+    /// Issue 30, item 8: a destination message with no source copy whose
+    /// 64-bit key is a consumed source message's is not taken as consumed
+    /// (the translation would have put the position past it: a skip).
+    #[test]
+    fn a_key_collision_never_skips_a_message_the_source_does_not_have() {
+        let mut o = Origins::default();
+        o.insert("on-a", 0, 5);
+        let a = id_key("on-a");
+        assert!(o.consumed_key(a, &[10]));
+        let only_on_b = IdKey {
+            hash: a.hash,
+            check: a.check ^ 1,
+        };
+        assert!(!o.consumed_key(only_on_b, &[10]));
+        let t = translate_queue(
+            [
+                (0, o.consumed_key(a, &[10])),
+                (1, o.consumed_key(only_on_b, &[10])),
+            ],
+            2,
+        );
+        assert_eq!(t.offset, 1, "the position stops at the message A never had");
+        // Two source ids sharing a key are never taken as consumed.
+        let mut two = Origins::default();
+        two.insert("x", 0, 1);
+        let x = id_key("x");
+        two.map.entry(x.hash).and_modify(|e| e.check ^= 1);
+        two.insert("x", 0, 2);
+        assert!(!two.consumed_key(x, &[10]));
     }
 }
