@@ -142,7 +142,9 @@ fn five_message(
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
-        born_timestamp_ms: 1_700_000_000_000,
+        // Each message its own born time: a 4.x batch carries one for all.
+        born_timestamp_ms: 1_700_000_000_000
+            + id.bytes().fold(0i64, |h, b| (h * 31 + b as i64) % 100_000),
         born_host: "10.9.8.7".into(),
         kind,
     }

@@ -319,6 +319,15 @@ impl RemotingSink {
     /// (at most [`BATCH_MAX_BYTES`] of bodies; larger batches go one by
     /// one); one attempt.
     pub async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<(), RemotingSinkError> {
+        for run in born_runs(messages) {
+            self.send_run(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Messages of one born time as one SEND_BATCH_MESSAGE where they can go
+    /// so; one attempt.
+    async fn send_run(&self, messages: &[OutgoingMessage]) -> Result<(), RemotingSinkError> {
         let Some(first) = messages.first() else {
             return Ok(());
         };
@@ -389,6 +398,14 @@ impl RemotingSink {
     }
 }
 
+/// `messages` cut where the born time changes: a 4.x batch has one born
+/// time (the request header's) for every message in it, and each message
+/// keeps its own (SPEC section 3), so only messages born in the same
+/// millisecond share a batch.
+pub fn born_runs(messages: &[OutgoingMessage]) -> impl Iterator<Item = &[OutgoingMessage]> {
+    messages.chunk_by(|a, b| a.born_timestamp_ms == b.born_timestamp_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +427,23 @@ mod tests {
             born_host: "10.0.0.1".into(),
             kind,
         }
+    }
+
+    /// Issue 30, item 8: a batch carries one born time for all of its
+    /// messages, so only messages born in one millisecond share one.
+    #[test]
+    fn a_batch_never_spans_two_born_times() {
+        let at = |ms: i64| {
+            let mut m = message(MessageKind::Normal);
+            m.born_timestamp_ms = ms;
+            m
+        };
+        let messages = [at(1), at(1), at(2), at(1), at(3), at(3), at(3)];
+        let runs: Vec<Vec<i64>> = born_runs(&messages)
+            .map(|r| r.iter().map(|m| m.born_timestamp_ms).collect())
+            .collect();
+        assert_eq!(runs, vec![vec![1, 1], vec![2], vec![1], vec![3, 3, 3]]);
+        assert_eq!(born_runs(&[]).count(), 0);
     }
 
     #[test]
