@@ -22,6 +22,7 @@ pub mod positions;
 pub mod progress;
 pub mod publishers;
 pub mod quarantine;
+mod queues;
 pub mod route;
 pub mod rule;
 pub mod schedule_ledger;

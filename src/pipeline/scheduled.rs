@@ -49,7 +49,7 @@ use super::admit::{Admission, Admitter, OwnAdmission};
 use super::coordinate::RouteOwnership;
 use super::progress::QueueProgress;
 use super::quarantine::Quarantine;
-use super::route::{
+use super::queues::{
     members_changed, rebalance_route, release_queue, QueueTask, RebalanceContext, REBALANCE_EVERY,
 };
 use super::rule::RouteRule;
