@@ -611,7 +611,21 @@ async fn a_reverse_route_is_phased_by_its_cutover_and_packs_batches() {
         got, want,
         "exactly the buckets below 50 of the second phase"
     );
+    // Each message's own born time through a packed send (a 4.x batch
+    // carries one for all of its messages).
+    let born_on_5x: BTreeMap<String, i64> = e
+        .read(&e.five, "phased")
+        .await
+        .iter()
+        .map(|r| (r.message_id().to_string(), r.born_timestamp_ms))
+        .collect();
     for r in &landed {
+        assert_eq!(
+            Some(&r.born_timestamp_ms),
+            born_on_5x.get(r.message_id()),
+            "{}: born time through a packed send",
+            r.message_id()
+        );
         assert_eq!(
             r.tag(),
             Some("TagB"),
