@@ -275,6 +275,17 @@ pub enum Direction {
     Reverse,
 }
 
+impl Direction {
+    /// The cluster the route reads (and whose brokers hold its queue locks
+    /// and positions when instances coordinate).
+    pub fn read_cluster(self) -> &'static str {
+        match self {
+            Direction::Forward => "4.x",
+            Direction::Reverse => "5.x",
+        }
+    }
+}
+
 impl std::fmt::Display for Direction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -998,12 +1009,6 @@ fn validate(path: &Path, raw: &RawConfig, env: &[(String, String)], p: &Problems
             p.push(
                 format!("routes[{i}].direction"),
                 format!("route `{}` reads 5.x over Remoting, which needs the 5.x cluster's name servers: set [target] namesrv_addr", route.name),
-            );
-        }
-        if instances.coordinate {
-            p.push(
-                format!("routes[{i}].direction"),
-                format!("route `{}` is a reverse route, which instances.coordinate = true does not share yet (the instances' group and queue locks live on the 4.x brokers); run reverse routes on a single instance without [instances]", route.name),
             );
         }
     }

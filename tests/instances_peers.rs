@@ -191,10 +191,20 @@ async fn wait_even(instances: &[&Instance], route: &str, within: Duration) -> Ve
 
 /// Waits until every id is in the 5.x topic; returns the copies per id.
 async fn landed(estate: &Estate, topic: &str, ids: &[String]) -> BTreeMap<String, usize> {
+    landed_on(estate, &estate.target, topic, ids).await
+}
+
+/// Waits until every id is in `cluster`'s topic; returns the copies per id.
+async fn landed_on(
+    estate: &Estate,
+    cluster: &LocalCluster,
+    topic: &str,
+    ids: &[String],
+) -> BTreeMap<String, usize> {
     let want: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let records = testkit::read_back(&estate.client, &estate.target, topic)
+        let records = testkit::read_back(&estate.client, cluster, topic)
             .await
             .expect("read back 5.x");
         let mut copies: BTreeMap<String, usize> = BTreeMap::new();
@@ -207,7 +217,7 @@ async fn landed(estate: &Estate, topic: &str, ids: &[String]) -> BTreeMap<String
         }
         assert!(
             Instant::now() < deadline,
-            "{missing} of {} messages never reached 5.x",
+            "{missing} of {} messages never reached {topic}",
             want.len()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -470,14 +480,23 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
 /// copy of each message comes after the first copies of the group's earlier
 /// ones (a re-send after a takeover is a duplicate, not a reordering).
 async fn assert_fifo_order(estate: &Estate, topic: &str, ids: &[String]) {
+    assert_fifo_order_on(estate, &estate.target, topic, ids).await
+}
+
+async fn assert_fifo_order_on(
+    estate: &Estate,
+    cluster: &LocalCluster,
+    topic: &str,
+    ids: &[String],
+) {
     let index: BTreeMap<&str, usize> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
-    let mut records = testkit::read_back(&estate.client, &estate.target, topic)
+    let mut records = testkit::read_back(&estate.client, cluster, topic)
         .await
-        .expect("read back 5.x");
+        .expect("read back");
     records.sort_by_key(|r| (r.queue_id, r.queue_offset));
     let mut next: BTreeMap<usize, usize> = BTreeMap::new();
     let mut queue_of: BTreeMap<usize, i32> = BTreeMap::new();
@@ -489,13 +508,13 @@ async fn assert_fifo_order(estate: &Estate, topic: &str, ids: &[String]) {
         let q = *queue_of.entry(group).or_insert(r.queue_id);
         assert_eq!(
             q, r.queue_id,
-            "group g{group} in 5.x queues {q} and {}",
+            "group g{group} in queues {q} and {}",
             r.queue_id
         );
         let want = next.entry(group).or_insert(0);
         assert!(
             seq <= *want,
-            "group g{group}: message {seq} landed (5.x queue {} offset {}) before message {want}",
+            "group g{group}: message {seq} landed (queue {} offset {}) before message {want}",
             r.queue_id,
             r.queue_offset
         );
@@ -529,7 +548,19 @@ fn produce_until(
     rate: usize,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
-    let broker = estate.source.broker_addr.clone();
+    produce_to(&estate.source, topic, label, groups, rate, stop)
+}
+
+/// [`produce_until`] to `cluster`'s broker (over Remoting).
+fn produce_to(
+    cluster: &LocalCluster,
+    topic: &str,
+    label: &'static str,
+    groups: Option<usize>,
+    rate: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let broker = cluster.broker_addr.clone();
     let topic = topic.to_string();
     tokio::spawn(async move {
         let mut client = testkit::client();
@@ -1260,4 +1291,119 @@ async fn a_verdict_of_one_instance_does_not_cover_another_instances_progress() {
     let (_, report) = testkit::run_cli(bin, &["check", "-c", &a_cfg, "--decommission"]);
     let line = verify_line(&report).unwrap_or_else(|| panic!("no verify line:\n{report}"));
     assert_eq!(line.0, "GREEN", "{report}");
+}
+
+/// Issue 30, item 7: instances share reverse routes through the same group
+/// on the 5.x brokers. Three instances carry a reverse route of a FIFO
+/// stream (32 groups) produced on 5.x; one is SIGKILLed and its state
+/// directory deleted (`RMQ_INSTANCES_KILLS` times, default 1): every message
+/// reaches 4.x, each group in order in one 4.x queue, no two instances send
+/// for a queue at once, and the survivors take the queues over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_a_reverse_route_and_survive_a_sigkill_with_its_disk() {
+    let kills: usize = testkit::env_num("RMQ_INSTANCES_KILLS")
+        .expect("RMQ_INSTANCES_KILLS")
+        .unwrap_or(1);
+    let topic = "rev";
+    let estate = Estate::new("inst-rev", topic, "FIFO").await;
+    let route = [RouteSpec::new(topic, topic, topic, 100).with("direction", "\"reverse\"")];
+    let mut instances = [
+        estate.instance_with("a", &route),
+        estate.instance_with("b", &route),
+        estate.instance_with("c", &route),
+    ];
+    for inst in instances.iter_mut() {
+        inst.start();
+    }
+    let owned = wait_even(
+        &instances.iter().collect::<Vec<_>>(),
+        topic,
+        Duration::from_secs(90),
+    )
+    .await;
+    eprintln!("three instances own {owned:?} of {QUEUES} 5.x queues");
+
+    let rate: usize = if kills > 1 { 60 } else { 250 };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let producer = produce_to(
+        &estate.target,
+        topic,
+        "REV",
+        Some(FIFO_GROUPS),
+        rate,
+        stop_rx,
+    );
+    let mut takeovers = Vec::new();
+    let mut moved_total = 0usize;
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let victim = k % instances.len();
+        let moved = instances[victim].owned(topic);
+        moved_total += moved as usize;
+        instances[victim].kill9();
+        let killed = Instant::now();
+        std::fs::remove_dir_all(instances[victim].dir.join("checkpoints"))
+            .expect("delete the killed instance's state directory");
+        let survivors: Vec<&Instance> = instances
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != victim)
+            .map(|(_, inst)| inst)
+            .collect();
+        let owned = wait_even(&survivors, topic, Duration::from_secs(150)).await;
+        let takeover = killed.elapsed();
+        eprintln!(
+            "reverse kill {}: {} moved {moved} queues; takeover {takeover:?}; survivors own {owned:?}",
+            k + 1,
+            instances[victim].name
+        );
+        takeovers.push(takeover);
+        if k + 1 < kills {
+            instances[victim].start();
+            wait_even(
+                &instances.iter().collect::<Vec<_>>(),
+                topic,
+                Duration::from_secs(90),
+            )
+            .await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop_tx.send(true);
+    let ids = producer.await.expect("producer");
+    let copies = landed_on(&estate, &estate.source, topic, &ids).await;
+    keep_logs(&instances.iter().collect::<Vec<_>>());
+    let strays: Vec<&String> = copies
+        .keys()
+        .filter(|id| !ids.contains(*id))
+        .take(5)
+        .collect();
+    assert!(strays.is_empty(), "strays in the 4.x topic: {strays:?}");
+    assert_fifo_order_on(&estate, &estate.source, topic, &ids).await;
+    let duplicates: usize = copies.values().map(|n| n - 1).sum();
+    let per_queue_rate = rate as f64 / QUEUES as f64;
+    let bound = moved_total * (WINDOW + WINDOW / 4 + (per_queue_rate * 5.0) as usize);
+    let mut sorted = takeovers.clone();
+    sorted.sort();
+    eprintln!(
+        "reverse instances: {} messages, {kills} SIGKILL(s) moving {moved_total} queues, {duplicates} duplicates (bound {bound}), \
+         takeover median {:?} max {:?} (all: {takeovers:?})",
+        ids.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates exceed the bound {bound}"
+    );
+    for t in &takeovers {
+        assert!(
+            *t <= Duration::from_secs(60 + 10 + 15),
+            "takeover took {t:?}"
+        );
+    }
+    assert_exclusive(&ownership_intervals(&instances.iter().collect::<Vec<_>>()));
+    for inst in instances.iter_mut() {
+        assert!(inst.terminate(), "{} stops cleanly", inst.name);
+    }
 }

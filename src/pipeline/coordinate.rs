@@ -120,9 +120,16 @@ impl Coordination {
     }
 }
 
+/// Where a lock lives, for the instance's holds: the same topic name and
+/// broker name can be on both clusters (a forward and a reverse route of
+/// one topic).
+fn lock_scope(cluster: &str, topic: &str) -> String {
+    format!("{cluster}/{topic}")
+}
+
 /// One held queue.
 struct Held {
-    /// The topic it was locked under.
+    /// The topic it was locked under ([`lock_scope`]).
     topic: String,
     lease: Lease,
     fence: Arc<Fence>,
@@ -159,6 +166,9 @@ pub const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 /// One route's leases.
 pub struct RouteOwnership {
     route: String,
+    /// The cluster whose brokers hold the locks and positions: "4.x" for
+    /// forward routes and schedule sides, "5.x" for reverse routes.
+    cluster: &'static str,
     coordination: Arc<Coordination>,
     /// Where the held queues' positions are shared.
     home: PositionHome,
@@ -197,12 +207,14 @@ pub fn settled(
 }
 
 impl RouteOwnership {
-    /// A route's topic queues: positions in the route's own group.
-    pub fn new(route: &str, coordination: Arc<Coordination>) -> Self {
+    /// A route's topic queues, read on `cluster`: positions in the route's
+    /// own group there.
+    pub fn new(route: &str, cluster: &'static str, coordination: Arc<Coordination>) -> Self {
         let sole = coordination.sole_readers.contains(route);
         let home = PositionHome::of_route(&coordination.group, route, sole);
         RouteOwnership {
             route: route.to_string(),
+            cluster,
             coordination,
             home,
             held: BTreeMap::new(),
@@ -220,6 +232,7 @@ impl RouteOwnership {
         };
         Some(RouteOwnership {
             route: side.to_string(),
+            cluster: "4.x",
             coordination,
             home,
             held: BTreeMap::new(),
@@ -229,6 +242,10 @@ impl RouteOwnership {
 
     pub fn home(&self) -> &PositionHome {
         &self.home
+    }
+
+    pub fn cluster(&self) -> &'static str {
+        self.cluster
     }
 
     /// Forgets a held queue here and in the instance's holds.
@@ -330,11 +347,12 @@ impl RouteOwnership {
                         None => {
                             let lease = Lease::granted(sent_at);
                             let fence = Arc::new(Fence::new(&lease));
-                            self.coordination.hold(source.topic(), &queue, &self.route);
+                            let scope = lock_scope(self.cluster, source.topic());
+                            self.coordination.hold(&scope, &queue, &self.route);
                             self.held.insert(
                                 queue.clone(),
                                 Held {
-                                    topic: source.topic().to_string(),
+                                    topic: scope,
                                     lease,
                                     fence,
                                     committed: None,
@@ -451,6 +469,7 @@ pub async fn group_members(
 /// next owner then starts lower and re-sends (duplicates, never a gap).
 pub async fn release_lock(
     source: &TopicSource,
+    cluster: &str,
     coordination: &Coordination,
     home: &PositionHome,
     route: &str,
@@ -471,7 +490,7 @@ pub async fn release_lock(
     }
     // Another route of this instance reading the same queue still holds
     // the lock (its own rebalance releases it, and unlocks if last).
-    if coordination.held_by_any(source.topic(), queue) {
+    if coordination.held_by_any(&lock_scope(cluster, source.topic()), queue) {
         tracing::debug!(route, %queue, "the queue's lock stays: another route of this instance still reads it");
         return;
     }

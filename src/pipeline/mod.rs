@@ -557,6 +557,19 @@ async fn heartbeat_loop(
                 tracing::debug!(%addr, error = %e, "heartbeat failed");
             }
         }
+        // Coordinating instances share reverse routes through the same
+        // group on the 5.x brokers they read (issue 30, item 7).
+        if let (Some(_), Some(ends)) = (&shared.coordination, &shared.reverse) {
+            let topics = route_topics(&cfg, config::Direction::Reverse);
+            if !topics.is_empty() {
+                let data = HeartbeatData::consumer(&client_id, &cfg.source.consumer_group, &topics);
+                for addr in &reverse_broker_addrs(ends, &cfg).await {
+                    if let Err(e) = ends.remoting.heartbeat(addr, &data).await {
+                        tracing::debug!(%addr, error = %e, "heartbeat to a 5.x broker failed");
+                    }
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
@@ -564,20 +577,41 @@ async fn heartbeat_loop(
     }
 }
 
-/// Every broker address (masters and slaves) of every route's source topic,
-/// as the name servers answer now; topics they cannot route are left out.
-async fn source_broker_addrs(shared: &Shared, cfg: &BridgeConfig) -> Vec<String> {
-    let mut addrs = Vec::new();
-    for route in cfg
+/// The source topics of the routes of one direction.
+fn route_topics(cfg: &BridgeConfig, direction: config::Direction) -> Vec<String> {
+    let mut topics: Vec<String> = cfg
         .routes
         .iter()
-        .filter(|r| r.direction == config::Direction::Forward)
-    {
-        if let Ok(Some(r)) = shared
-            .namesrv
-            .topic_route(&shared.remoting, &route.source_topic)
-            .await
-        {
+        .filter(|r| r.direction == direction)
+        .map(|r| r.source_topic.clone())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// Every broker address (masters and slaves) of every forward route's
+/// source topic, as the 4.x name servers answer now; topics they cannot
+/// route are left out.
+async fn source_broker_addrs(shared: &Shared, cfg: &BridgeConfig) -> Vec<String> {
+    let topics = route_topics(cfg, config::Direction::Forward);
+    broker_addrs(&shared.remoting, &shared.namesrv, &topics).await
+}
+
+/// The same for the reverse routes' source topics on 5.x.
+async fn reverse_broker_addrs(ends: &Ends, cfg: &BridgeConfig) -> Vec<String> {
+    let topics = route_topics(cfg, config::Direction::Reverse);
+    broker_addrs(&ends.remoting, &ends.namesrv, &topics).await
+}
+
+async fn broker_addrs(
+    client: &RemotingClient,
+    namesrv: &NameServers,
+    topics: &[String],
+) -> Vec<String> {
+    let mut addrs = Vec::new();
+    for topic in topics {
+        if let Ok(Some(r)) = namesrv.topic_route(client, topic).await {
             for b in &r.broker_datas {
                 for addr in b.broker_addrs.values() {
                     if !addrs.contains(addr) {
@@ -595,11 +629,11 @@ async fn source_broker_addrs(shared: &Shared, cfg: &BridgeConfig) -> Vec<String>
 /// on joins and leaves, `source_peers`; routes also rebalance on a timer, for
 /// a notice lost with a connection).
 async fn membership_listener(
-    shared: Shared,
+    client: RemotingClient,
     coordination: Arc<coordinate::Coordination>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut requests = shared.remoting.subscribe_server_requests();
+    let mut requests = client.subscribe_server_requests();
     loop {
         let request = tokio::select! {
             r = requests.recv() => r,
@@ -629,9 +663,25 @@ async fn membership_listener(
 /// its queues), so the others take them without waiting for the brokers'
 /// expiry of a silent member.
 async fn leave_group(shared: &Shared, cfg: &BridgeConfig, coordination: &coordinate::Coordination) {
-    for addr in &source_broker_addrs(shared, cfg).await {
-        if let Err(e) = shared
-            .remoting
+    let mut sides = vec![(
+        shared.remoting.clone(),
+        source_broker_addrs(shared, cfg).await,
+    )];
+    if let Some(ends) = &shared.reverse {
+        sides.push((ends.remoting.clone(), reverse_broker_addrs(ends, cfg).await));
+    }
+    for (client, addrs) in sides {
+        leave_side(&client, &addrs, coordination).await;
+    }
+}
+
+async fn leave_side(
+    client: &RemotingClient,
+    addrs: &[String],
+    coordination: &coordinate::Coordination,
+) {
+    for addr in addrs {
+        if let Err(e) = client
             .unregister_client(
                 addr,
                 &coordination.client_id,
@@ -706,8 +756,16 @@ pub async fn run_daemon(cfg: BridgeConfig) -> anyhow::Result<()> {
         if let Some(live) = coordination.live.clone() {
             live.spawn(crate::shutdown::Shutdown::new(stop_rx.clone()));
         }
+        if let Some(ends) = &bridge.shared.reverse {
+            // Notices of the 5.x brokers, for reverse routes.
+            tokio::spawn(membership_listener(
+                ends.remoting.clone(),
+                coordination.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tokio::spawn(membership_listener(
-            bridge.shared.clone(),
+            bridge.shared.remoting.clone(),
             coordination,
             stop_rx.clone(),
         ));

@@ -126,11 +126,32 @@ impl PositionHome {
         match self {
             PositionHome::Group { group, .. } => {
                 let addr = source.master_addr(queue).map_err(|e| e.to_string())?;
-                source
-                    .client()
-                    .update_consumer_offset(&addr, group, source.topic(), queue.queue_id, offset)
-                    .await
-                    .map_err(|e| e.to_string())
+                let client = source.client();
+                let write = || {
+                    client.update_consumer_offset(
+                        &addr,
+                        group,
+                        source.topic(),
+                        queue.queue_id,
+                        offset,
+                    )
+                };
+                match write().await {
+                    // 5.x brokers keep offsets only of groups they know (a
+                    // reverse route's, issue 30 item 7); 4.x ones keep any.
+                    Err(crate::remoting::RemotingError::Broker { code, .. })
+                        if code
+                            == crate::remoting::codes::response::SUBSCRIPTION_GROUP_NOT_EXIST =>
+                    {
+                        client
+                            .create_subscription_group(&addr, group)
+                            .await
+                            .map_err(|e| format!("creating group `{group}` on {addr}: {e}"))?;
+                        write().await
+                    }
+                    other => other,
+                }
+                .map_err(|e| e.to_string())
             }
             PositionHome::StateTopic { route, outbox, .. } => {
                 outbox.enqueue(SharedRecord::SchedulePosition {

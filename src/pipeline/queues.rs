@@ -359,6 +359,7 @@ pub(super) fn release_queue(
     let lease_end = own.close(&queue).map(|(_, end)| end);
     let coordination = own.coordination().clone();
     let home = own.home().clone();
+    let cluster = own.cluster();
     let (source, name) = (source.clone(), name.to_string());
     async move {
         let progress = task.stop().await;
@@ -366,8 +367,16 @@ pub(super) fn release_queue(
         let offset = progress.durable();
         tracing::info!(route = %name, %queue, offset, "stopped queue: releasing it");
         if lease_end.is_some_and(|end| std::time::Instant::now() < end) {
-            super::coordinate::release_lock(&source, &coordination, &home, &name, &queue, offset)
-                .await;
+            super::coordinate::release_lock(
+                &source,
+                cluster,
+                &coordination,
+                &home,
+                &name,
+                &queue,
+                offset,
+            )
+            .await;
             tracing::info!(route = %name, %queue, offset, "released queue to another instance");
         } else {
             tracing::warn!(route = %name, %queue, offset,

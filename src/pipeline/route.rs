@@ -218,7 +218,7 @@ async fn run_route(
     let mut ownership = shared
         .coordination
         .clone()
-        .map(|c| RouteOwnership::new(&name, c));
+        .map(|c| RouteOwnership::new(&name, route.direction.read_cluster(), c));
     let mut membership_rx = shared.coordination.as_ref().map(|c| c.changed.subscribe());
     let mut rebalance = tokio::time::interval(REBALANCE_EVERY);
     rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
