@@ -734,27 +734,28 @@ pub async fn quarantine_drop(
 ///
 /// With `[instances] coordinate = true` that promise does not hold: the
 /// instances resume a queue from the larger of a local checkpoint and their
-/// group's position on the 4.x brokers, which this command does not touch.
+/// route's group position on the brokers it reads, which this command does not touch.
 /// So it refuses and names the remedy, unless `local_only` accepts that
 /// only this instance's store changes (e.g. to bind the route to another
 /// source topic, whose positions the group keeps apart).
 pub fn reset_route(path: &Path, route: &str, local_only: bool) -> anyhow::Result<()> {
     let cfg = load(path)?;
     if cfg.instances.coordinate && !local_only {
-        let topic = cfg.route(route).map_or_else(
-            || "<its source topic>".to_string(),
-            |r| r.source_topic.clone(),
+        let (topic, cluster) = cfg.route(route).map_or_else(
+            || ("<its source topic>".to_string(), "4.x"),
+            |r| (r.source_topic.clone(), r.direction.read_cluster()),
         );
+        // The route's positions live in a group of its own (issue 30).
+        let group = crate::config::route_position_group(&cfg.source.consumer_group, route);
         bail!(
             "reset-route would not make route {route} start over: with [instances] coordinate = true \
-             every instance resumes from the larger of its local checkpoint and the instances' group \
-             `{group}` position on the 4.x brokers, which this command does not change. To re-send: \
-             stop every instance, move the group back on the 4.x brokers (e.g. `mqadmin \
-             resetOffsetByTime -n <4.x namesrv> -g {group} -t {topic} -s <timestamp ms>`), then run \
+             every instance resumes from the larger of its local checkpoint and the route's group \
+             `{group}` position on the {cluster} brokers, which this command does not change. To re-send: \
+             stop every instance, move that group back on the {cluster} brokers (e.g. `mqadmin \
+             resetOffsetByTime -n <{cluster} namesrv> -g {group} -t {topic} -s <timestamp ms>`), then run \
              `rmq-bridge reset-route --local-only -c <config> --route {route}` for every instance's \
              config, and start them. To drop only this instance's checkpoints and topic binding \
-             (e.g. to bind the route to another topic), pass --local-only.",
-            group = cfg.source.consumer_group
+             (e.g. to bind the route to another topic), pass --local-only."
         );
     }
     let dir = &cfg.checkpoint.dir;
@@ -811,9 +812,12 @@ pub fn reset_route(path: &Path, route: &str, local_only: bool) -> anyhow::Result
     }
     match cfg.route(route) {
         Some(r) if cfg.instances.coordinate => println!(
-            "next start: route {route} reads 4.x topic {} from the instances' group `{}` positions \
-             on the 4.x brokers where they exist, else from its start position ({})",
-            r.source_topic, cfg.source.consumer_group, r.start
+            "next start: route {route} reads {cluster} topic {} from its group `{}` positions \
+             on the {cluster} brokers where they exist, else from its start position ({})",
+            r.source_topic,
+            crate::config::route_position_group(&cfg.source.consumer_group, route),
+            r.start,
+            cluster = r.direction.read_cluster(),
         ),
         Some(r) => println!(
             "next start: route {route} reads 4.x topic {} from its start position ({})",
@@ -1051,7 +1055,8 @@ mod reset_route_tests {
         assert!(
             err.contains("coordinate")
                 && err.contains("resetOffsetByTime")
-                && err.contains("--local-only"),
+                && err.contains("--local-only")
+                && err.contains("rmq_bridge-route-orders"),
             "{err}"
         );
         {
