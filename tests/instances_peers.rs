@@ -1407,3 +1407,67 @@ async fn three_instances_share_a_reverse_route_and_survive_a_sigkill_with_its_di
         assert!(inst.terminate(), "{} stops cleanly", inst.name);
     }
 }
+
+/// Issue 30, item 4: under coordinate `reset-route` refuses (it would not
+/// make the route start over), and the remedy it names works: with the
+/// instance stopped, the route's group moved back on the 4.x brokers and
+/// `reset-route --local-only`, the next start sends the topic again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_route_under_coordinate_refuses_and_its_remedy_re_sends() {
+    let topic = "reset";
+    let estate = Estate::new("inst-reset", topic, "NORMAL").await;
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
+    let mut a = estate.instance("a", topic);
+    a.start();
+    wait_even(&[&a], topic, Duration::from_secs(90)).await;
+    let ids: Vec<String> = (0..50).map(|i| format!("RESET{i:08}")).collect();
+    send_numbered(&estate, topic, QUEUES, "RESET", 0..50).await;
+    landed(&estate, topic, &ids).await;
+    wait_settled(&estate, &a, topic, QUEUES).await;
+    assert!(a.terminate(), "a stops cleanly");
+
+    let config = a.dir.join("bridge.toml").to_string_lossy().to_string();
+    let (ok, out) = testkit::run_cli(bin, &["reset-route", "-c", &config, "--route", topic]);
+    let group = rmq_bridge::config::route_position_group("rmq_bridge", topic);
+    assert!(!ok, "reset-route under coordinate must refuse:\n{out}");
+    assert!(
+        out.contains(&group) && out.contains("--local-only"),
+        "{out}"
+    );
+    // The remedy: the group back to the start on 4.x (what mqadmin
+    // resetOffsetByTime writes), then --local-only.
+    for q in 0..QUEUES {
+        estate
+            .client
+            .update_consumer_offset(&estate.source.broker_addr, &group, topic, q, 0)
+            .await
+            .expect("move the route's group back");
+    }
+    let (ok, out) = testkit::run_cli(
+        bin,
+        &[
+            "reset-route",
+            "--local-only",
+            "-c",
+            &config,
+            "--route",
+            topic,
+        ],
+    );
+    assert!(ok, "reset-route --local-only:\n{out}");
+    a.start();
+    testkit::eventually(
+        "every message sent a second time",
+        Duration::from_secs(120),
+        || async {
+            let copies = landed(&estate, topic, &ids).await;
+            copies.values().all(|n| *n >= 2).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        keep_logs(&[&a]);
+        panic!("{e}")
+    });
+    assert!(a.terminate(), "a stops cleanly");
+}

@@ -652,3 +652,79 @@ async fn a_reverse_route_is_phased_by_its_cutover_and_packs_batches() {
     );
     assert_eq!(report["totals"]["missing"], 0, "{report:#}");
 }
+
+/// Issue 30, item 5 (a): two deployments bridge the same topic pair and
+/// name the clusters differently: A forwards `pair` as prod4 -> cloud5, B
+/// reverses it as prod5 -> legacy4. A message born on 4.x reaches 5.x once
+/// (A), comes back to 4.x once (B: its stamp names neither of B's
+/// clusters), and stops there: its stamp names A's source at an earlier
+/// hop. Before, a route only refused a stamp naming its destination, and
+/// every hop made a new copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_naming_the_clusters_differently_do_not_loop() {
+    const N: usize = 20;
+    let e = estate("twodeploy", &[("pair", 4, 4, "NORMAL")]).await;
+    let deployment = |name: &str, routes: &[RouteSpec], four: &str, five: &str| {
+        let dir = e.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("deployment dir");
+        let metrics = format!("127.0.0.1:{}", free_port().expect("port"));
+        let path = testkit::write_bridge_config(&e.four, &e.five, &dir, &metrics, "", routes)
+            .expect("config");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text
+            .replacen(
+                "[source]\n",
+                &format!("[source]\ncluster_name = \"{four}\"\n"),
+                1,
+            )
+            .replacen(
+                "[target]\n",
+                &format!("[target]\ncluster_name = \"{five}\"\n"),
+                1,
+            );
+        testkit::write_config(&path, &text).expect("config");
+        BridgeProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_rmq-bridge")),
+            &path,
+            &dir.join("bridge.log"),
+        )
+    };
+    let mut a = deployment(
+        "a",
+        &[RouteSpec::new("pair-fwd", "pair", "pair", 100)],
+        "prod4",
+        "cloud5",
+    );
+    let mut b = deployment(
+        "b",
+        &[RouteSpec::new("pair-rev", "pair", "pair", 100).with("direction", "\"reverse\"")],
+        "legacy4",
+        "prod5",
+    );
+    for i in 0..N {
+        let sample = Sample {
+            queue_id: (i % 4) as i32,
+            body: format!("pair {i}").into_bytes(),
+            uniq_key: Some(format!("PAIR-{i:03}")),
+            ..Default::default()
+        };
+        testkit::produce(&e.client, &e.four, "pair", &sample)
+            .await
+            .expect("4.x send");
+    }
+    e.wait_for(&e.five, "pair", N).await;
+    e.wait_for(&e.four, "pair", 2 * N).await;
+    // Several pulls of both deployments later, nothing more arrived.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let on_5x = copies(&e.read(&e.five, "pair").await);
+    let on_4x = copies(&e.read(&e.four, "pair").await);
+    assert!(a.terminate_within(Duration::from_secs(30)), "A stops");
+    assert!(b.terminate_within(Duration::from_secs(30)), "B stops");
+    assert_eq!(on_5x.len(), N, "{on_5x:?}");
+    assert!(on_5x.values().all(|n| *n == 1), "copies on 5.x: {on_5x:?}");
+    assert_eq!(on_4x.len(), N, "{on_4x:?}");
+    assert!(
+        on_4x.values().all(|n| *n == 2),
+        "copies on 4.x (the original and B's): {on_4x:?}"
+    );
+}
