@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
-use rmq_bridge::dev::cluster::{free_port, ClusterOptions, LocalCluster};
+use rmq_bridge::dev::cluster::{free_port, ClusterOptions, LocalCluster, Peer};
 use rmq_bridge::dev::testkit::{self, metric, RouteSpec};
 use rmq_bridge::remoting::{RemotingClient, SendRequest};
 
@@ -1470,4 +1470,125 @@ async fn reset_route_under_coordinate_refuses_and_its_remedy_re_sends() {
         panic!("{e}")
     });
     assert!(a.terminate(), "a stops cleanly");
+}
+
+/// Issue 30, item 3: the estate topic's fold does not depend on where a
+/// record was stored. 5.x has two brokers; 16 messages are quarantined (a
+/// DELAY topic refuses them), their records spread over both brokers'
+/// queues of the state topic; the broker read last leaves, so the removals
+/// of `quarantine drop` go to the one read first; the other comes back.
+/// Read queue by queue, the removals come before the quarantine records
+/// stored on the returning broker: the old fold brought those back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5x_broker_restart_between_a_quarantine_and_its_removal_does_not_bring_it_back() {
+    let source = LocalCluster::start(ClusterOptions::new("fold-src")).expect("4.x peers");
+    let target = LocalCluster::start(
+        ClusterOptions::new("fold-dst")
+            .with_proxy(true)
+            .second_broker(true),
+    )
+    .expect("5.x peers with two brokers");
+    let client = testkit::client();
+    testkit::create_topic(&client, &source, "misc", 4, None)
+        .await
+        .expect("4.x misc");
+    testkit::create_topic(&client, &target, "misc_delay", 2, Some("DELAY"))
+        .await
+        .expect("5.x misc_delay");
+    testkit::create_topic(&client, &target, STATE_TOPIC, 2, Some("FIFO"))
+        .await
+        .expect("5.x state topic on both brokers");
+    let mut estate = Estate {
+        source,
+        target,
+        client,
+        dir: tempfile::tempdir().expect("tempdir"),
+        source_keys: String::new(),
+    };
+    let mut a = estate.instance_with("a", &[RouteSpec::new("misc", "misc", "misc_delay", 100)]);
+    a.start();
+    send_numbered(&estate, "misc", 4, "FOLD", 0..16).await;
+    wait_outcome(&a, "misc", "quarantined", 16, Duration::from_secs(120)).await;
+    testkit::eventually("quarantine records on 5.x", Duration::from_secs(60), || {
+        let pending = metric(&scrape(&a.metrics), "rmq_bridge_state_pending_records", &[]);
+        async move { (pending == 0.0).then_some(()) }
+    })
+    .await
+    .expect("shared");
+    assert!(a.terminate(), "a stops cleanly");
+
+    let (state_client, state_namesrv) = (estate.client.clone(), estate.target.namesrv_addr.clone());
+    let state_queues = |n: usize| {
+        let (client, namesrv) = (state_client.clone(), state_namesrv.clone());
+        async move {
+            testkit::eventually(
+                &format!("{n} state topic queues routed"),
+                Duration::from_secs(90),
+                || {
+                    let (client, namesrv) = (client.clone(), namesrv.clone());
+                    async move {
+                        let route = client.get_topic_route(&namesrv, STATE_TOPIC).await.ok()??;
+                        (route.readable_queues().len() == n).then_some(())
+                    }
+                },
+            )
+            .await
+            .expect("route");
+        }
+    };
+    // The removals must go to the broker read first: the one that stays.
+    // (The name server lists the brokers in an order of its own.)
+    let route = estate
+        .client
+        .get_topic_route(&estate.target.namesrv_addr, STATE_TOPIC)
+        .await
+        .expect("state topic route")
+        .expect("state topic routed");
+    let read_last = route
+        .queue_datas
+        .last()
+        .map(|d| d.broker_name.clone())
+        .expect("two brokers");
+    let leaving = if read_last == estate.target.broker_name {
+        Peer::Broker
+    } else {
+        Peer::BrokerB
+    };
+    eprintln!(
+        "state topic read order: {:?}; stopping {leaving}",
+        route
+            .queue_datas
+            .iter()
+            .map(|d| &d.broker_name)
+            .collect::<Vec<_>>()
+    );
+    estate.target.stop_peer(leaving);
+    state_queues(2).await;
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmq-bridge"));
+    let config = a.dir.join("bridge.toml").to_string_lossy().to_string();
+    let (ok, out) = testkit::run_cli(
+        bin,
+        &[
+            "quarantine",
+            "drop",
+            "-c",
+            &config,
+            "--route",
+            "misc",
+            "--all",
+        ],
+    );
+    assert!(ok && out.contains("dropped 16"), "quarantine drop:\n{out}");
+    estate.target.start_peer(leaving).expect("broker back");
+    state_queues(4).await;
+    let (ok, listed) = testkit::run_cli(
+        bin,
+        &["quarantine", "list", "-c", &config, "--route", "misc"],
+    );
+    assert!(ok, "quarantine list:\n{listed}");
+    let back: Vec<&str> = listed.lines().filter(|l| l.contains("FOLD")).collect();
+    assert!(
+        back.is_empty(),
+        "dropped entries came back after the broker restart:\n{listed}"
+    );
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rmq_bridge::dev::chaos::{scrape, BridgeProcess};
-use rmq_bridge::dev::cluster::{free_port, LocalCluster};
+use rmq_bridge::dev::cluster::{free_port, ClusterOptions, LocalCluster, Peer};
 use rmq_bridge::dev::testkit::{self, metric, RouteSpec, Sample};
 use rmq_bridge::grpc::{GrpcClientConfig, MessageKind, OutgoingMessage, Publisher};
-use rmq_bridge::remoting::{MessageRecord, RemotingClient};
+use rmq_bridge::remoting::{MessageRecord, RemotingClient, TopicConfig};
 
 const ENV_TAG: &str = "__microservice_tag__";
 
@@ -727,4 +727,158 @@ async fn two_deployments_naming_the_clusters_differently_do_not_loop() {
         on_4x.values().all(|n| *n == 2),
         "copies on 4.x (the original and B's): {on_4x:?}"
     );
+}
+
+/// Issue 30, item 6: a 4.x broker leaving a reverse route moves only the
+/// FIFO groups whose queue went with it. 4.x has broker-a (5 queues) and
+/// broker-b (3 queues); 24 groups of a FIFO stream go from 5.x to 4.x;
+/// broker-b stops (it leaves the name server's route); the next messages of
+/// every group that was on broker-a land on the same queue as before, and
+/// the moved groups stay in order on their new queue. With the group's
+/// queue picked as hash modulo the writable queues (8, then 5), most groups
+/// on broker-a moved too, while their earlier messages were still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4x_broker_leaving_a_reverse_route_moves_only_its_own_fifo_groups() {
+    const GROUPS: usize = 24;
+    const PER: usize = 4;
+    let topic = "leave";
+    let four = LocalCluster::start(ClusterOptions::new("leave-4x").second_broker(true))
+        .expect("4.x peers with two brokers");
+    let five = testkit::start_target_cluster("leave-5x").expect("5.x peers");
+    let client = testkit::client();
+    let (b_addr, _) = four.broker_b.clone().expect("second broker");
+    for (addr, queues) in [(&four.broker_addr, 5), (&b_addr, 3)] {
+        client
+            .create_topic(addr, &TopicConfig::new(topic, queues))
+            .await
+            .expect("4.x topic");
+    }
+    testkit::eventually("4.x topic on both brokers", Duration::from_secs(30), || {
+        let (client, namesrv) = (client.clone(), four.namesrv_addr.clone());
+        async move {
+            let route = client.get_topic_route(&namesrv, topic).await.ok()??;
+            (route.readable_queues().len() == 8).then_some(())
+        }
+    })
+    .await
+    .expect("route");
+    testkit::create_topic(&client, &five, topic, 4, Some("FIFO"))
+        .await
+        .expect("5.x topic");
+    let mut e = Estate {
+        four,
+        five,
+        client,
+        dir: tempfile::tempdir().expect("tempdir"),
+        metrics: format!("127.0.0.1:{}", free_port().expect("port")),
+    };
+    let mut bridge =
+        e.start(&[RouteSpec::new("leave-rev", topic, topic, 100).with("direction", "\"reverse\"")]);
+    let publisher = e.publisher().await;
+    let group_of = |id: &str| -> usize {
+        let i: usize = id[2..].parse().expect("numbered id");
+        i % GROUPS
+    };
+    for phase in ["A", "B"] {
+        if phase == "B" {
+            // broker-b leaves: a graceful stop unregisters it.
+            e.four.stop_peer(Peer::BrokerB);
+            let (client, namesrv) = (e.client.clone(), e.four.namesrv_addr.clone());
+            testkit::eventually(
+                "broker-b gone from the route",
+                Duration::from_secs(60),
+                || {
+                    let (client, namesrv) = (client.clone(), namesrv.clone());
+                    async move {
+                        let route = client.get_topic_route(&namesrv, topic).await.ok()??;
+                        (route.readable_queues().len() == 5).then_some(())
+                    }
+                },
+            )
+            .await
+            .expect("broker-b left");
+        }
+        for i in 0..GROUPS * PER {
+            let m = five_message(
+                topic,
+                &format!("{phase}-{i:04}"),
+                MessageKind::Fifo {
+                    group: format!("g{}", i % GROUPS),
+                },
+                &[],
+            );
+            send_5x(&publisher, &m).await;
+        }
+    }
+    // Phase A as it landed (both brokers), then phase B (broker-a only).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let landed = loop {
+        let records = e.read(&e.four, topic).await;
+        let b_count = records
+            .iter()
+            .filter(|r| r.message_id().starts_with("B-"))
+            .count();
+        if b_count >= GROUPS * PER {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{b_count} of {} phase-B messages on 4.x\n{}",
+            GROUPS * PER,
+            tail(&e.log())
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        bridge.terminate_within(Duration::from_secs(30)),
+        "clean stop"
+    );
+    // Phase A: read while broker-b ran? No: it is gone now; phase A's
+    // queues on broker-a are read now, those on broker-b are not.
+    let a_port = e
+        .four
+        .broker_addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("broker-a port");
+    let mut before: BTreeMap<usize, i32> = BTreeMap::new();
+    for r in landed.iter().filter(|r| r.message_id().starts_with("A-")) {
+        assert_eq!(r.store_host.port(), a_port, "only broker-a is read now");
+        let q = *before.entry(group_of(r.message_id())).or_insert(r.queue_id);
+        assert_eq!(q, r.queue_id, "phase A: group in two queues");
+    }
+    assert!(
+        !before.is_empty() && before.len() < GROUPS,
+        "some groups were on each broker: {before:?}"
+    );
+    let mut after: BTreeMap<usize, Vec<(i64, usize, i32)>> = BTreeMap::new();
+    for r in landed.iter().filter(|r| r.message_id().starts_with("B-")) {
+        let i: usize = r.message_id()[2..].parse().expect("numbered id");
+        after
+            .entry(i % GROUPS)
+            .or_default()
+            .push((r.queue_offset, i, r.queue_id));
+    }
+    let mut stayed = 0;
+    for (group, mut records) in after {
+        records.sort();
+        let queue = records[0].2;
+        assert!(
+            records.iter().all(|(_, _, q)| *q == queue),
+            "g{group}: phase B in several queues"
+        );
+        let seqs: Vec<usize> = records.iter().map(|(_, i, _)| *i).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        assert_eq!(seqs, sorted, "g{group}: phase B out of order on 4.x");
+        if let Some(q) = before.get(&group) {
+            assert_eq!(
+                *q, queue,
+                "g{group} was on broker-a queue {q} and moved to {queue} though its queue stayed"
+            );
+            stayed += 1;
+        }
+    }
+    assert_eq!(stayed, before.len());
 }

@@ -145,6 +145,8 @@ impl std::fmt::Display for PeerLog {
 pub enum Peer {
     NameServer,
     Broker,
+    /// A second broker of the cluster (`ClusterOptions::second_broker`).
+    BrokerB,
     Proxy,
 }
 
@@ -154,6 +156,7 @@ impl Peer {
         match self {
             Self::NameServer => "namesrv",
             Self::Broker => "broker",
+            Self::BrokerB => "broker-b",
             Self::Proxy => "proxy",
         }
     }
@@ -186,6 +189,11 @@ pub struct ClusterOptions {
     /// Files written into the broker's `conf/` before it starts: (file
     /// name, contents), e.g. `plain_acl.yml` for a broker with `aclEnable`.
     pub broker_conf_files: Vec<(String, String)>,
+    /// A second broker, `<name>-broker-b`, in the same cluster and name
+    /// server (its own port and store; the same properties), started after
+    /// the first: topics then have queues on two brokers, and one of them
+    /// can leave (issue 30's peer tests).
+    pub second_broker: bool,
 }
 
 impl ClusterOptions {
@@ -197,7 +205,13 @@ impl ClusterOptions {
             startup_timeout: startup_timeout_from_env(),
             broker_properties: Vec::new(),
             broker_conf_files: Vec::new(),
+            second_broker: false,
         }
+    }
+
+    pub fn second_broker(mut self, on: bool) -> Self {
+        self.second_broker = on;
+        self
     }
 
     pub fn with_proxy(mut self, with_proxy: bool) -> Self {
@@ -293,6 +307,8 @@ pub struct LocalCluster {
     /// `127.0.0.1:PORT` of the broker (Remoting), as registered in the name server.
     pub broker_addr: String,
     pub broker_name: String,
+    /// The second broker's address and name (`ClusterOptions::second_broker`).
+    pub broker_b: Option<(String, String)>,
     pub cluster_name: String,
     /// `127.0.0.1:PORT` of the proxy's gRPC v2 endpoint, if started with a proxy.
     pub proxy_endpoint: Option<String>,
@@ -302,6 +318,7 @@ pub struct LocalCluster {
     startup_timeout: Duration,
     namesrv: PeerProcess,
     broker: PeerProcess,
+    broker_b_process: Option<PeerProcess>,
     proxy: Option<PeerProcess>,
     startup_times: Vec<(Peer, Duration)>,
     sentinel: Option<Child>,
@@ -409,6 +426,33 @@ impl LocalCluster {
             &broker_config,
             vec![loopback(broker_port)],
         ));
+        let (broker_b, broker_b_process) = if opts.second_broker {
+            let name = format!("{}-broker-b", opts.name);
+            let port = free_broker_port()?;
+            let home = peer_home(&dir, Peer::BrokerB, line)?;
+            for (file, contents) in &opts.broker_conf_files {
+                write_file(&home.join("conf").join(file), contents)?;
+            }
+            let config = home.join("broker.properties");
+            let store_root = home.join("store");
+            write_file(
+                &config,
+                &settings::broker_properties(&BrokerPlan {
+                    line,
+                    cluster_name: &cluster_name,
+                    broker_name: &name,
+                    listen_port: port,
+                    namesrv_addr: &namesrv_addr,
+                    store_root: &store_root,
+                    overrides: &opts.broker_properties,
+                })?,
+            )?;
+            let process =
+                PeerProcess::new(spec(Peer::BrokerB, home, &config, vec![loopback(port)]));
+            (Some((format!("{LOOPBACK}:{port}"), name)), Some(process))
+        } else {
+            (None, None)
+        };
 
         // Proxy.
         let (proxy, proxy_endpoint) = if opts.with_proxy {
@@ -438,6 +482,7 @@ impl LocalCluster {
             namesrv_addr,
             broker_addr,
             broker_name,
+            broker_b,
             cluster_name,
             proxy_endpoint,
             sentinel: sentinel::spawn(&dir, keep),
@@ -447,6 +492,7 @@ impl LocalCluster {
             startup_timeout: opts.startup_timeout,
             namesrv,
             broker,
+            broker_b_process,
             proxy,
             startup_times: Vec::new(),
         };
@@ -468,6 +514,9 @@ impl LocalCluster {
     fn start_all(&mut self) -> Result<(), DevClusterError> {
         self.start_peer(Peer::NameServer)?;
         self.start_peer(Peer::Broker)?;
+        if self.broker_b_process.is_some() {
+            self.start_peer(Peer::BrokerB)?;
+        }
         if self.proxy.is_some() {
             self.start_peer(Peer::Proxy)?;
         }
@@ -493,6 +542,12 @@ impl LocalCluster {
         match peer {
             Peer::NameServer => Ok(&mut self.namesrv),
             Peer::Broker => Ok(&mut self.broker),
+            Peer::BrokerB => self.broker_b_process.as_mut().ok_or_else(|| {
+                DevClusterError::InvalidOption(
+                    "this cluster was started without a second broker (ClusterOptions::second_broker)"
+                        .to_string(),
+                )
+            }),
             Peer::Proxy => self.proxy.as_mut().ok_or_else(|| {
                 DevClusterError::InvalidOption(
                     "this cluster was started without a proxy (ClusterOptions::with_proxy)"
@@ -506,6 +561,7 @@ impl LocalCluster {
         match peer {
             Peer::NameServer => Some(&self.namesrv),
             Peer::Broker => Some(&self.broker),
+            Peer::BrokerB => self.broker_b_process.as_ref(),
             Peer::Proxy => self.proxy.as_ref(),
         }
     }
@@ -646,6 +702,9 @@ impl Drop for LocalCluster {
             running.push(proxy);
         }
         running.push(&mut self.broker);
+        if let Some(b) = self.broker_b_process.as_mut() {
+            running.push(b);
+        }
         running.push(&mut self.namesrv);
         running.retain_mut(|p| p.is_running());
         for process in running.iter_mut() {

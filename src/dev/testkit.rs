@@ -49,14 +49,20 @@ pub async fn create_topic(
     if let Some(t) = message_type {
         config.attributes.insert("message.type".into(), t.into());
     }
-    client
-        .create_topic(&cluster.broker_addr, &config)
-        .await
-        .with_context(|| format!("creating topic {topic}"))?;
+    // On every broker of the cluster (a second one: `queues` on each).
+    let mut brokers = vec![cluster.broker_addr.clone()];
+    brokers.extend(cluster.broker_b.as_ref().map(|(addr, _)| addr.clone()));
+    for addr in &brokers {
+        client
+            .create_topic(addr, &config)
+            .await
+            .with_context(|| format!("creating topic {topic} on {addr}"))?;
+    }
+    let want = queues * brokers.len() as i32;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(route)) = client.get_topic_route(&cluster.namesrv_addr, topic).await {
-            if route.readable_queues().len() as i32 >= queues {
+            if route.readable_queues().len() as i32 >= want {
                 return Ok(());
             }
         }

@@ -27,7 +27,7 @@ pub fn ready_marker(peer: Peer) -> &'static str {
         // "The Name Server boot success. serializeType=JSON"
         Peer::NameServer => "The Name Server boot success",
         // "The broker[<name>, <ip:port>] boot success. serializeType=JSON ..."
-        Peer::Broker => "boot success",
+        Peer::Broker | Peer::BrokerB => "boot success",
         // "<date> rocketmq-proxy startup successfully"
         Peer::Proxy => "rocketmq-proxy startup successfully",
     }
@@ -37,7 +37,7 @@ pub fn ready_marker(peer: Peer) -> &'static str {
 fn main_class(peer: Peer) -> &'static str {
     match peer {
         Peer::NameServer => "org.apache.rocketmq.namesrv.NamesrvStartup",
-        Peer::Broker => "org.apache.rocketmq.broker.BrokerStartup",
+        Peer::Broker | Peer::BrokerB => "org.apache.rocketmq.broker.BrokerStartup",
         Peer::Proxy => "org.apache.rocketmq.proxy.ProxyStartup",
     }
 }
@@ -46,7 +46,7 @@ fn main_class(peer: Peer) -> &'static str {
 fn heap(peer: Peer) -> &'static str {
     match peer {
         Peer::NameServer => "-Xmx128m",
-        Peer::Broker => "-Xmx512m",
+        Peer::Broker | Peer::BrokerB => "-Xmx512m",
         Peer::Proxy => "-Xmx256m",
     }
 }
@@ -184,7 +184,7 @@ pub fn jvm_args(
     args.push(classpath.into());
     args.push(main_class(peer).into());
     match peer {
-        Peer::NameServer | Peer::Broker => {
+        Peer::NameServer | Peer::Broker | Peer::BrokerB => {
             args.push("-c".into());
             args.push(config.display().to_string());
         }
