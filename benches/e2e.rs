@@ -580,14 +580,23 @@ async fn raw_pull(
         },
     );
     let queues = source.refresh_route().await?;
-    let mut ends = Vec::new();
-    for q in &queues {
-        ends.push(source.max_offset(q).await?);
-    }
-    let stored: i64 = ends.iter().sum();
-    if stored != expected as i64 {
-        bail!("4.x topic {TOPIC} holds {stored} messages, {expected} were preloaded");
-    }
+    // A Java broker indexes what it stored a moment later (its consume
+    // queues are built by a background dispatcher): wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ends = loop {
+        let mut ends = Vec::new();
+        for q in &queues {
+            ends.push(source.max_offset(q).await?);
+        }
+        let stored: i64 = ends.iter().sum();
+        if stored == expected as i64 {
+            break ends;
+        }
+        if Instant::now() > deadline {
+            bail!("4.x topic {TOPIC} holds {stored} messages 30 s after the preload, {expected} were preloaded");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let messages = Arc::new(AtomicU64::new(0));
     let pulls = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);

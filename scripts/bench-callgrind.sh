@@ -14,10 +14,12 @@
 #
 #   scripts/bench-callgrind.sh                         # 10,000 and 30,000 messages
 #   RMQ_CALLGRIND_SMALL=5000 RMQ_CALLGRIND_LARGE=15000 scripts/bench-callgrind.sh
+#   RMQ_CALLGRIND_REPORT_ONLY=1 scripts/bench-callgrind.sh   # the table again, no run
 #
 # Prints per leg: instructions per message, and the functions that cost most
-# (self cost, the LARGE run); writes target/callgrind/<leg>-<N>.out for
-# callgrind_annotate / kcachegrind.
+# (self cost, the LARGE run); writes target/callgrind/<leg>-<N>.out (or
+# under RMQ_CALLGRIND_DIR, an absolute path) for callgrind_annotate /
+# kcachegrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${RMQ_CALLGRIND_SMALL:-10000}
@@ -30,7 +32,7 @@ command -v valgrind >/dev/null || { echo "bench-callgrind: valgrind is not insta
 scripts/install-peers.sh
 . scripts/peer-tmpdir.sh
 target_dir="${CARGO_TARGET_DIR:-target}"
-out="$(pwd)/$target_dir/callgrind"
+out="${RMQ_CALLGRIND_DIR:-$(pwd)/$target_dir/callgrind}"
 mkdir -p "$out"
 cargo bench --bench e2e --no-run
 real="$(pwd)/$target_dir/release/rmq-bridge"
@@ -57,14 +59,21 @@ EOF
     }
 }
 
-total() {
-  # "PROGRAM TOTALS" of callgrind_annotate: the Ir count with commas.
-  callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'
+annotated() {
+  # callgrind_annotate into a file (a pipe closed early would SIGPIPE it).
+  callgrind_annotate --threshold=100 "$1" >"$1.txt" 2>/dev/null || true
 }
 
-rm -f "$out"/bh_*-"$small".out "$out"/bh_*-"$large".out
-run_wrapper "$small"
-run_wrapper "$large"
+total() {
+  # "PROGRAM TOTALS" of callgrind_annotate: the Ir count with commas.
+  awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$1.txt" | head -n 1
+}
+
+if [[ "${RMQ_CALLGRIND_REPORT_ONLY:-0}" != 1 ]]; then
+  rm -f "$out"/bh_*-"$small".out "$out"/bh_*-"$large".out
+  run_wrapper "$small"
+  run_wrapper "$large"
+fi
 
 echo
 echo "| leg | Ir at $small | Ir at $large | instructions per message |"
@@ -76,6 +85,8 @@ for leg in bh_single bh_packed; do
     echo "| $leg | missing | missing | (no callgrind output: is the leg in the bench?) |"
     continue
   fi
+  annotated "$a"
+  annotated "$b"
   ia=$(total "$a")
   ib=$(total "$b")
   per=$(( (ib - ia) / (large - small) ))
@@ -86,5 +97,5 @@ for leg in bh_single bh_packed; do
   [[ -s "$b" ]] || continue
   echo
   echo "== $leg, $large messages: the 15 functions of most self cost"
-  callgrind_annotate --threshold=100 "$b" 2>/dev/null | grep -E '^ *[0-9,]+ \([ 0-9.]+%\)' | head -16
+  grep -E '^ *[0-9,]+ \([ 0-9.]+%\)' "$b.txt" | sed -n '2,16p' || true
 done
