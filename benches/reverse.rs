@@ -11,8 +11,9 @@
 //!
 //! Prints the rates and ratio = bridged / min(raw pull, raw send).
 //! Run: `cargo bench --bench reverse` (after `. scripts/peer-tmpdir.sh`).
+//! `RMQ_BENCH_BRIDGE_BIN` runs another daemon binary (or a wrapper) in the
+//! bridged leg.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,8 +167,12 @@ async fn main() -> anyhow::Result<()> {
         &[RouteSpec::new("rev", TOPIC, TOPIC, 100).with("direction", "\"reverse\"")],
     )?;
     let log = dir.path().join("bridge.log");
-    let mut bridge =
-        BridgeProcess::start(Path::new(env!("CARGO_BIN_EXE_rmq-bridge")), &config, &log);
+    // RMQ_BENCH_BRIDGE_BIN: another daemon binary, or a wrapper running it
+    // (scripts/bench-callgrind.sh runs it under callgrind).
+    let binary = std::env::var_os("RMQ_BENCH_BRIDGE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rmq-bridge").into());
+    let mut bridge = BridgeProcess::start(&binary, &config, &log);
     let pid = bridge.pid().context("bridge pid")?;
     let started = Instant::now();
     let mut first: Option<(Instant, i64, Duration)> = None;

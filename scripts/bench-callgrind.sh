@@ -6,7 +6,9 @@
 #
 # Runs the blackhole legs of benches/e2e.rs (RMQ_BENCH_ONLY_BLACKHOLE=1: the
 # bridge drains a preloaded 4.x topic into the in-process blackhole 5.x
-# endpoint, once with single sends, once packed) with the daemon under
+# endpoint, once with single sends, once packed) and the bridged leg of
+# benches/reverse.rs (a reverse route drains a preloaded 5.x topic into the
+# 4.x broker, packed by born time) with the daemon under
 # `valgrind --tool=callgrind`, twice: with SMALL and with LARGE messages. The
 # marginal cost, (Ir(LARGE) - Ir(SMALL)) / (LARGE - SMALL), leaves out what
 # does not grow with traffic (start, connect, shutdown); what grows with time
@@ -35,6 +37,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 out="${RMQ_CALLGRIND_DIR:-$(pwd)/$target_dir/callgrind}"
 mkdir -p "$out"
 cargo bench --bench e2e --no-run
+cargo bench --bench reverse --no-run
 real="$(pwd)/$target_dir/release/rmq-bridge"
 [[ -x "$real" ]] || { echo "bench-callgrind: no release build at $real" >&2; exit 2; }
 
@@ -45,7 +48,7 @@ run_wrapper() {
   local n=$1
   cat >"$wrapper" <<EOF
 #!/usr/bin/env bash
-leg=\$(basename "\${3:-unknown}" .toml)
+leg=\${RMQ_CALLGRIND_LEG:-\$(basename "\${3:-unknown}" .toml)}
 exec valgrind --tool=callgrind --callgrind-out-file="$out/\$leg-$n.out" "$real" "\$@"
 EOF
   chmod +x "$wrapper"
@@ -55,6 +58,13 @@ EOF
     cargo bench --bench e2e >"$out/bench-$n.txt" 2>&1 || {
       echo "bench-callgrind: the bench failed; see $out/bench-$n.txt" >&2
       tail -20 "$out/bench-$n.txt" >&2
+      exit 1
+    }
+  echo "== reverse route (5.x -> 4.x server), $n messages, the daemon under callgrind"
+  RMQ_BENCH_BRIDGE_BIN="$wrapper" RMQ_CALLGRIND_LEG=reverse RMQ_BENCH_REVERSE_MESSAGES="$n" \
+    cargo bench --bench reverse >"$out/reverse-$n.txt" 2>&1 || {
+      echo "bench-callgrind: the reverse bench failed; see $out/reverse-$n.txt" >&2
+      tail -20 "$out/reverse-$n.txt" >&2
       exit 1
     }
 }
@@ -70,7 +80,7 @@ total() {
 }
 
 if [[ "${RMQ_CALLGRIND_REPORT_ONLY:-0}" != 1 ]]; then
-  rm -f "$out"/bh_*-"$small".out "$out"/bh_*-"$large".out
+  rm -f "$out"/*-"$small".out "$out"/*-"$large".out
   run_wrapper "$small"
   run_wrapper "$large"
 fi
@@ -78,7 +88,7 @@ fi
 echo
 echo "| leg | Ir at $small | Ir at $large | instructions per message |"
 echo "|---|---|---|---|"
-for leg in bh_single bh_packed; do
+for leg in bh_single bh_packed reverse; do
   a="$out/$leg-$small.out"
   b="$out/$leg-$large.out"
   if [[ ! -s "$a" || ! -s "$b" ]]; then
@@ -92,7 +102,7 @@ for leg in bh_single bh_packed; do
   per=$(( (ib - ia) / (large - small) ))
   echo "| $leg | $ia | $ib | $per |"
 done
-for leg in bh_single bh_packed; do
+for leg in bh_single bh_packed reverse; do
   b="$out/$leg-$large.out"
   [[ -s "$b" ]] || continue
   echo
