@@ -153,7 +153,18 @@ fn age(ms: i64) -> String {
 /// Groups that belong to the bridge or to RocketMQ itself, never an
 /// application's.
 fn is_own_or_system_group(cfg: &BridgeConfig, group: &str) -> bool {
-    group == cfg.source.consumer_group
+    is_own_or_system_group_of(&cfg.source.consumer_group, group)
+}
+
+/// [`is_own_or_system_group`] for the bridge's group `own`: it, the groups
+/// named after it (each route's positions under `[instances] coordinate`,
+/// `config::route_position_group`; the estate reader `<own>_state`), and
+/// RocketMQ's own.
+fn is_own_or_system_group_of(own: &str, group: &str) -> bool {
+    let route_prefix = crate::config::route_position_group(own, "");
+    group == own
+        || group.starts_with(&route_prefix)
+        || group == format!("{own}_state")
         || group.starts_with("rmq_bridge")
         || group.starts_with("CID_RMQ_SYS_")
         || group.starts_with("CID_SYS_RMQ")
@@ -1498,6 +1509,23 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A custom `consumer_group`: the route groups named after it (issue
+    /// 30 item 1) are the bridge's, not an application's.
+    #[test]
+    fn the_bridges_own_groups_are_never_taken_for_an_applications() {
+        for g in [
+            "bridge_x",
+            "bridge_x-route-pay",
+            "bridge_x_state",
+            "rmq_bridge-route-a",
+        ] {
+            assert!(is_own_or_system_group_of("bridge_x", g), "{g}");
+        }
+        for g in ["pay_app", "bridge_x2", "bridge_y-route-pay"] {
+            assert!(!is_own_or_system_group_of("bridge_x", g), "{g}");
+        }
+    }
 
     #[test]
     fn the_report_is_ready_only_without_red_lines() {
