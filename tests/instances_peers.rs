@@ -385,41 +385,7 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
     let rate: usize = if kills > 1 { 60 } else { 250 };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let producer = produce_until(&estate, topic, "INST", Some(FIFO_GROUPS), rate, stop_rx);
-    let mut takeovers = Vec::new();
-    let mut moved_total = 0usize;
-    for k in 0..kills {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let victim = k % instances.len();
-        let moved = instances[victim].owned(topic);
-        moved_total += moved as usize;
-        instances[victim].kill9();
-        let killed = Instant::now();
-        std::fs::remove_dir_all(instances[victim].dir.join("checkpoints"))
-            .expect("delete the killed instance's state directory");
-        let survivors: Vec<&Instance> = instances
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != victim)
-            .map(|(_, inst)| inst)
-            .collect();
-        let owned = wait_even(&survivors, topic, Duration::from_secs(150)).await;
-        let takeover = killed.elapsed();
-        eprintln!(
-            "kill {}: {} moved {moved} queues; takeover {takeover:?}; survivors own {owned:?}",
-            k + 1,
-            instances[victim].name
-        );
-        takeovers.push(takeover);
-        if k + 1 < kills {
-            instances[victim].start();
-            wait_even(
-                &instances.iter().collect::<Vec<_>>(),
-                topic,
-                Duration::from_secs(90),
-            )
-            .await;
-        }
-    }
+    let (takeovers, moved_total) = sigkill_rounds(&mut instances, topic, kills, "").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     let ids = producer.await.expect("producer");
@@ -473,6 +439,54 @@ async fn three_instances_share_the_estate_and_survive_a_sigkill_with_its_disk() 
     for inst in instances.iter_mut() {
         assert!(inst.terminate(), "{} stops cleanly", inst.name);
     }
+}
+
+/// `kills` rounds: SIGKILL one instance in turn (its state directory
+/// deleted), wait until the survivors own every queue evenly, start it
+/// again (but after the last kill). Returns each takeover's time and how
+/// many queues the killed instances held in all.
+async fn sigkill_rounds(
+    instances: &mut [Instance],
+    topic: &str,
+    kills: usize,
+    label: &str,
+) -> (Vec<Duration>, usize) {
+    let mut takeovers = Vec::new();
+    let mut moved_total = 0usize;
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let victim = k % instances.len();
+        let moved = instances[victim].owned(topic);
+        moved_total += moved as usize;
+        instances[victim].kill9();
+        let killed = Instant::now();
+        std::fs::remove_dir_all(instances[victim].dir.join("checkpoints"))
+            .expect("delete the killed instance's state directory");
+        let survivors: Vec<&Instance> = instances
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != victim)
+            .map(|(_, inst)| inst)
+            .collect();
+        let owned = wait_even(&survivors, topic, Duration::from_secs(150)).await;
+        let takeover = killed.elapsed();
+        eprintln!(
+            "{label}kill {}: {} moved {moved} queues; takeover {takeover:?}; survivors own {owned:?}",
+            k + 1,
+            instances[victim].name
+        );
+        takeovers.push(takeover);
+        if k + 1 < kills {
+            instances[victim].start();
+            wait_even(
+                &instances.iter().collect::<Vec<_>>(),
+                topic,
+                Duration::from_secs(90),
+            )
+            .await;
+        }
+    }
+    (takeovers, moved_total)
 }
 
 /// Message i belongs to group i % FIFO_GROUPS as its (i / FIFO_GROUPS)th:
@@ -1333,41 +1347,7 @@ async fn three_instances_share_a_reverse_route_and_survive_a_sigkill_with_its_di
         rate,
         stop_rx,
     );
-    let mut takeovers = Vec::new();
-    let mut moved_total = 0usize;
-    for k in 0..kills {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let victim = k % instances.len();
-        let moved = instances[victim].owned(topic);
-        moved_total += moved as usize;
-        instances[victim].kill9();
-        let killed = Instant::now();
-        std::fs::remove_dir_all(instances[victim].dir.join("checkpoints"))
-            .expect("delete the killed instance's state directory");
-        let survivors: Vec<&Instance> = instances
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != victim)
-            .map(|(_, inst)| inst)
-            .collect();
-        let owned = wait_even(&survivors, topic, Duration::from_secs(150)).await;
-        let takeover = killed.elapsed();
-        eprintln!(
-            "reverse kill {}: {} moved {moved} queues; takeover {takeover:?}; survivors own {owned:?}",
-            k + 1,
-            instances[victim].name
-        );
-        takeovers.push(takeover);
-        if k + 1 < kills {
-            instances[victim].start();
-            wait_even(
-                &instances.iter().collect::<Vec<_>>(),
-                topic,
-                Duration::from_secs(90),
-            )
-            .await;
-        }
-    }
+    let (takeovers, moved_total) = sigkill_rounds(&mut instances, topic, kills, "reverse ").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     let ids = producer.await.expect("producer");
