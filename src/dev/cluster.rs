@@ -393,44 +393,18 @@ impl LocalCluster {
             vec![loopback(namesrv_port)],
         ));
 
-        // Broker.
-        let broker_port = free_broker_port()?;
-        let broker_addr = format!("{LOOPBACK}:{broker_port}");
-        let broker_home = peer_home(&dir, Peer::Broker, line)?;
-        for (name, contents) in &opts.broker_conf_files {
-            let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
-            if !plain {
-                return Err(DevClusterError::InvalidOption(format!(
-                    "broker conf file `{name}` must be a plain file name"
-                )));
-            }
-            write_file(&broker_home.join("conf").join(name), contents)?;
-        }
-        let broker_config = broker_home.join("broker.properties");
-        let store_root = broker_home.join("store");
-        write_file(
-            &broker_config,
-            &settings::broker_properties(&BrokerPlan {
-                line,
-                cluster_name: &cluster_name,
-                broker_name: &broker_name,
-                listen_port: broker_port,
-                namesrv_addr: &namesrv_addr,
-                store_root: &store_root,
-                overrides: &opts.broker_properties,
-            })?,
-        )?;
-        let broker = PeerProcess::new(spec(
-            Peer::Broker,
-            broker_home,
-            &broker_config,
-            vec![loopback(broker_port)],
-        ));
-        let (broker_b, broker_b_process) = if opts.second_broker {
-            let name = format!("{}-broker-b", opts.name);
+        // Brokers: the first, and a second one if asked, alike but for
+        // their name, port and home.
+        let broker_peer = |peer: Peer, name: &str| -> Result<(u16, PeerProcess), DevClusterError> {
             let port = free_broker_port()?;
-            let home = peer_home(&dir, Peer::BrokerB, line)?;
+            let home = peer_home(&dir, peer, line)?;
             for (file, contents) in &opts.broker_conf_files {
+                let plain = !file.is_empty() && !file.contains('/') && file != "." && file != "..";
+                if !plain {
+                    return Err(DevClusterError::InvalidOption(format!(
+                        "broker conf file `{file}` must be a plain file name"
+                    )));
+                }
                 write_file(&home.join("conf").join(file), contents)?;
             }
             let config = home.join("broker.properties");
@@ -440,15 +414,21 @@ impl LocalCluster {
                 &settings::broker_properties(&BrokerPlan {
                     line,
                     cluster_name: &cluster_name,
-                    broker_name: &name,
+                    broker_name: name,
                     listen_port: port,
                     namesrv_addr: &namesrv_addr,
                     store_root: &store_root,
                     overrides: &opts.broker_properties,
                 })?,
             )?;
-            let process =
-                PeerProcess::new(spec(Peer::BrokerB, home, &config, vec![loopback(port)]));
+            let process = PeerProcess::new(spec(peer, home, &config, vec![loopback(port)]));
+            Ok((port, process))
+        };
+        let (broker_port, broker) = broker_peer(Peer::Broker, &broker_name)?;
+        let broker_addr = format!("{LOOPBACK}:{broker_port}");
+        let (broker_b, broker_b_process) = if opts.second_broker {
+            let name = format!("{}-broker-b", opts.name);
+            let (port, process) = broker_peer(Peer::BrokerB, &name)?;
             (Some((format!("{LOOPBACK}:{port}"), name)), Some(process))
         } else {
             (None, None)
